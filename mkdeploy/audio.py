@@ -1,0 +1,105 @@
+"""Audio input: decode with soundfile, mix down to mono, resample to 16 kHz float32.
+
+Every failure raises :class:`~mkdeploy.errors.AudioError` with one line that names the file, so a batch
+run can report it and carry on with the other files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mkdeploy.errors import AudioError
+
+SAMPLE_RATE = 16000
+#: Extensions looked for when a folder is given instead of files.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
+#: Peak amplitude under which a clip counts as silent (about -80 dBFS).
+SILENCE_PEAK = 1e-4
+
+
+@dataclass
+class AudioInfo:
+    """What was read, before resampling.
+
+    Attributes:
+        path: the file.
+        sample_rate: its original rate in Hz.
+        channels: its original channel count.
+        duration: seconds of audio.
+        silent: peak amplitude below :data:`SILENCE_PEAK`.
+    """
+
+    path: str
+    sample_rate: int
+    channels: int
+    duration: float
+    silent: bool
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited resampling with soxr (the resampler of SoX, also used by librosa)."""
+    if orig_sr == target_sr:
+        return audio.astype(np.float32, copy=False)
+    import soxr
+
+    return soxr.resample(audio, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+def load_audio_with_info(path: str | Path, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, AudioInfo]:
+    """Read an audio file as mono float32 at ``sr`` Hz.
+
+    Args:
+        path: wav, flac, ogg/opus or mp3 (what libsndfile decodes).
+        sr: target sample rate.
+
+    Returns:
+        (samples in [-1, 1], info about the original file).
+
+    Raises:
+        AudioError: missing, empty, corrupt or non-audio file.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes); re-export or remove it")
+    try:
+        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError or TypeError by format
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AudioError(f"{path}: cannot decode audio ({reason}); convert it to wav/flac/ogg/mp3") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: holds no audio samples; re-export or remove it")
+    if not np.all(np.isfinite(data)):
+        raise AudioError(f"{path}: contains NaN or infinite samples; re-export it")
+    channels = data.shape[1]
+    mono = data.mean(axis=1) if channels > 1 else data[:, 0]
+    audio = resample(mono, file_sr, sr)
+    info = AudioInfo(
+        path=str(path), sample_rate=int(file_sr), channels=int(channels), duration=len(mono) / float(file_sr),
+        silent=bool(np.abs(mono).max() < SILENCE_PEAK),
+    )
+    return audio, info
+
+
+def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read an audio file as mono float32 at ``sr`` Hz (see :func:`load_audio_with_info`)."""
+    return load_audio_with_info(path, sr)[0]
+
+
+def expand_audio_paths(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, folders expanded to the audio files they hold (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in AUDIO_EXTENSIONS))
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,1 @@
+"""Teacher and student loading: local dirs, hub ids, CTranslate2 import."""
