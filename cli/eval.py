@@ -1,0 +1,52 @@
+"""`mkd eval`: WER and CER of a model on a manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from mkdeploy.cli.common import cli_errors, console, out, progress, quiet_libraries
+
+
+def eval_cmd(
+    model: Path = typer.Argument(..., help="HF Whisper directory or ONNX export directory."),
+    manifest: Path = typer.Argument(..., help="JSONL manifest or folder of audio with .txt references."),
+    output: Path = typer.Option(..., "--output", "-o", help="JSON file with wer, cer and per-utterance rows."),
+    language: str = typer.Option("en", "--language"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    backend: str = typer.Option("auto", "--backend"),
+    device: str = typer.Option("auto", "--device"),
+    force: bool = typer.Option(False, "--force", help="Overwrite --output."),
+) -> None:
+    """Score a model's transcripts against references (Whisper's English normaliser, then jiwer)."""
+    from mkdeploy.data import load_manifest
+    from mkdeploy.evaluate import evaluate_manifest
+    from mkdeploy.fsutil import atomic_write_text, check_writable
+    from mkdeploy.runtime import TranscriptionOptions
+
+    quiet_libraries()
+    with cli_errors():
+        check_writable(output, force)
+        n = len(load_manifest(manifest, require_text=True))
+        opts = TranscriptionOptions(language=language, batch_size=batch_size)
+        with progress(disable=n < 2) as bar:
+            job = bar.add_task("evaluating", total=n)
+            rates, results, failures = evaluate_manifest(model, manifest, backend, device, opts,
+                                                         on_progress=lambda k: bar.advance(job, k))
+        payload = {"model": str(model), "manifest": str(manifest), **rates.to_dict(),
+                   "failures": [f.__dict__ for f in failures]}
+        atomic_write_text(output, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    table = Table(title=f"{model} on {manifest}")
+    for col in ("utterances", "words", "WER %", "CER %"):
+        table.add_column(col, justify="right")
+    table.add_row(str(rates.n), str(rates.ref_words), f"{100 * rates.wer:.2f}", f"{100 * rates.cer:.2f}")
+    out.print(table)
+    out.print(f"wrote {output}")
+    if failures:
+        console.print(f"[bold red]{len(failures)} file(s) failed:[/]")
+        for f in failures:
+            console.print(f"  {f.reason}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)

@@ -1,0 +1,23 @@
+"""The `mkd` command: a thin Typer app; each command lives in its own module and calls the library."""
+
+from __future__ import annotations
+
+import typer
+
+from mkdeploy.cli.eval import eval_cmd
+from mkdeploy.cli.import_ct2 import import_ct2
+from mkdeploy.cli.transcribe import transcribe
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="mkdeploy: distil Whisper, export to ONNX, transcribe and benchmark.")
+app.command("import-ct2")(import_ct2)
+app.command("transcribe")(transcribe)
+app.command("eval")(eval_cmd)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

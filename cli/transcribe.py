@@ -1,0 +1,68 @@
+"""`mkd transcribe`: audio files -> txt / json / srt / vtt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from mkdeploy.cli.common import cli_errors, console, out, progress, quiet_libraries
+
+
+def transcribe(
+    model: Path = typer.Argument(..., help="HF Whisper directory or ONNX export directory."),
+    audio: List[Path] = typer.Argument(..., help="Audio files or folders of audio files."),
+    output_dir: Path = typer.Option(Path("transcripts"), "--output-dir", "-o", help="Where transcripts go."),
+    fmt: List[str] = typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable)."),
+    language: str = typer.Option("en", "--language", help="Language code for multilingual models."),
+    task: str = typer.Option("transcribe", "--task", help="transcribe or translate (multilingual models)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
+    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8 or fp16 (default: best for the device)."),
+    timestamps: bool = typer.Option(True, "--timestamps/--no-timestamps", help="Predict segment times."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing transcripts."),
+) -> None:
+    """Transcribe audio files; bad files are listed and the rest still transcribed."""
+    from mkdeploy.audio import expand_audio_paths
+    from mkdeploy.errors import MkdError
+    from mkdeploy.fsutil import check_writable
+    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+    from mkdeploy.writers import WRITERS, get_writer
+
+    quiet_libraries()
+    with cli_errors():
+        bad = [f for f in fmt if f not in WRITERS]
+        if bad:
+            raise MkdError(f"--format {bad[0]}: choose txt, json, srt or vtt")
+        if backend not in ("auto", "torch", "onnx") or device not in ("auto", "cuda", "cpu"):
+            raise MkdError("--backend takes auto|torch|onnx and --device auto|cuda|cpu")
+        paths = expand_audio_paths(audio)
+        if not paths:
+            raise MkdError(f"no audio files found in {', '.join(map(str, audio))}")
+        writers = [get_writer(f, output_dir) for f in fmt]
+        kw = {"variant": variant} if variant else {}
+        tr = WhisperTranscriber.from_pretrained(model, backend=backend, device=device, **kw)
+        console.print(f"model {model} on {tr.backend}/{tr.device}" + (f" ({tr.provider})" if tr.provider else ""))
+        for p in paths:
+            for w in writers:
+                stem = Path(p).stem
+                target = w.output_dir / f"{stem}.{w.extension}"
+                if not force:
+                    check_writable(target, force)
+        opts = TranscriptionOptions(language=language, task=task, batch_size=batch_size, return_timestamps=timestamps)
+        with progress(disable=len(paths) < 2) as bar:
+            job = bar.add_task("transcribing", total=len(paths))
+            results, failures = tr.transcribe_files(paths, opts, on_progress=lambda n: bar.advance(job, n))
+        for r in results:
+            for w in writers:
+                w(r, force=True)
+            note = " (silent: nothing decoded)" if r.silent else ""
+            out.print(f"{r.path}: {r.text}{note}", highlight=False, soft_wrap=True)
+        out.print(f"{len(results)} transcribed -> {output_dir}")
+        if failures:
+            console.print(f"[bold red]{len(failures)} file(s) failed:[/]")
+            for f in failures:
+                console.print(f"  {f.reason}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)

@@ -1,0 +1,128 @@
+"""Word and character error rates with jiwer, after Whisper's English text normaliser.
+
+The normaliser is transformers' port of openai/whisper's ``EnglishTextNormalizer`` with Whisper's
+British-to-American spelling map, so numbers here compare with published Whisper WERs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import jiwer
+
+
+@lru_cache(maxsize=1)
+def english_normalizer():
+    """Whisper's English normaliser (transformers), with its spelling mapping."""
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    mapping = json.loads(resources.files("mkdeploy").joinpath("assets/english_spelling.json").read_text())
+    return EnglishTextNormalizer(mapping)
+
+
+def normalize(text: str) -> str:
+    return english_normalizer()(text or "").strip()
+
+
+@dataclass
+class UtteranceScore:
+    """Per-utterance errors (counts are on normalised text)."""
+
+    id: str
+    reference: str
+    hypothesis: str
+    wer: float
+    cer: float
+    ref_words: int
+    word_errors: int
+    ref_chars: int
+    char_errors: int
+
+
+@dataclass
+class ErrorRates:
+    """Corpus-level rates: total errors over total reference length (not a mean of per-utterance rates).
+
+    Attributes:
+        wer, cer: fractions (0.05 is 5%).
+        utterances: per-utterance rows.
+    """
+
+    wer: float
+    cer: float
+    n: int
+    ref_words: int
+    ref_chars: int
+    utterances: list[UtteranceScore] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _errors(ref: str, hyp: str, chars: bool) -> tuple[int, int]:
+    """(errors, reference length). jiwer refuses empty references: every hypothesis unit is an insertion."""
+    if chars:
+        ref_units, hyp_units = len(ref), len(hyp)
+    else:
+        ref_units, hyp_units = len(ref.split()), len(hyp.split())
+    if ref_units == 0:
+        return hyp_units, 0
+    if hyp_units == 0:
+        return ref_units, ref_units
+    out = jiwer.process_characters(ref, hyp) if chars else jiwer.process_words(ref, hyp)
+    return out.substitutions + out.deletions + out.insertions, ref_units
+
+
+def error_rates(references: Sequence[str], hypotheses: Sequence[str], ids: Sequence[str] | None = None,
+                normalise: bool = True) -> ErrorRates:
+    """WER and CER of ``hypotheses`` against ``references``.
+
+    Args:
+        references: reference transcripts.
+        hypotheses: model transcripts, same order.
+        ids: row identifiers for the per-utterance table.
+        normalise: apply Whisper's English normaliser to both sides first.
+
+    Returns:
+        :class:`ErrorRates` with corpus-level fractions and per-utterance rows.
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(references))]
+    rows = []
+    tw = tc = ew = ec = 0
+    for uid, ref, hyp in zip(ids, references, hypotheses):
+        r, h = (normalize(ref), normalize(hyp)) if normalise else (ref.strip(), hyp.strip())
+        we, wn = _errors(r, h, chars=False)
+        ce, cn = _errors(r, h, chars=True)
+        rows.append(UtteranceScore(uid, r, h, we / wn if wn else float(we > 0), ce / cn if cn else float(ce > 0),
+                                   wn, we, cn, ce))
+        tw, tc, ew, ec = tw + wn, tc + cn, ew + we, ec + ce
+    return ErrorRates(wer=ew / tw if tw else 0.0, cer=ec / tc if tc else 0.0, n=len(rows), ref_words=tw,
+                      ref_chars=tc, utterances=rows)
+
+
+def evaluate_manifest(model_path: str | Path, manifest: str | Path, backend: str = "auto", device: str = "auto",
+                      options=None, on_progress=None):
+    """Transcribe a manifest with a model and score it.
+
+    Returns:
+        (ErrorRates, transcriptions, failures). Unreadable files are listed in failures and left out of
+        the rates.
+    """
+    from mkdeploy.data import load_manifest
+    from mkdeploy.runtime import WhisperTranscriber
+
+    rows = load_manifest(manifest, require_text=True)
+    transcriber = WhisperTranscriber.from_pretrained(model_path, backend=backend, device=device)
+    results, failures = transcriber.transcribe_files([r.audio for r in rows], options, on_progress=on_progress)
+    by_path = {t.path: t for t in results}
+    kept = [r for r in rows if str(r.audio) in by_path]
+    rates = error_rates([r.text or "" for r in kept], [by_path[str(r.audio)].text for r in kept],
+                        ids=[r.id for r in kept])
+    return rates, results, failures

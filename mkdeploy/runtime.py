@@ -1,0 +1,314 @@
+"""Transcription with a Whisper model on PyTorch or ONNX Runtime.
+
+Both backends drive the same Hugging Face ``generate`` (optimum's ``ORTModelForSpeechSeq2Seq`` reuses
+Whisper's generation mixin), so decoding options, long-form handling and outputs are identical and an fp32
+ONNX export is token-identical to its PyTorch source.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+
+from mkdeploy.audio import SAMPLE_RATE, load_audio_with_info
+from mkdeploy.errors import AudioError, MkdError, ModelError
+
+logger = logging.getLogger(__name__)
+
+#: Samples in one Whisper window (30 s).
+WINDOW_SAMPLES = 30 * SAMPLE_RATE
+
+Backend = Literal["auto", "torch", "onnx"]
+Device = Literal["auto", "cuda", "cpu"]
+
+
+@dataclass
+class Segment:
+    """A stretch of transcript with its times in seconds (from Whisper's timestamp tokens)."""
+
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Transcription:
+    """The result for one audio input.
+
+    Attributes:
+        path: source file ("" for in-memory audio).
+        text: the whole transcript.
+        segments: timed segments (empty when timestamps are off or the clip is silent).
+        duration: seconds of audio.
+        tokens: generated token ids (special tokens removed), for parity checks.
+        silent: the input held no signal; nothing was decoded (Whisper invents text on silence).
+    """
+
+    path: str
+    text: str
+    segments: list[Segment]
+    duration: float
+    tokens: list[int] = field(default_factory=list)
+    silent: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TranscriptionOptions:
+    """Decoding options shared by both backends.
+
+    Attributes:
+        language: language code for multilingual models ("en" by default); ignored by ``.en`` models.
+        task: "transcribe" or "translate" (multilingual models only).
+        batch_size: clips decoded together.
+        return_timestamps: predict timestamp tokens (segments with times); needed for audio over 30 s.
+        num_beams: 1 is greedy.
+        max_new_tokens: cap per 30 s window (None: the model's limit).
+    """
+
+    language: str | None = "en"
+    task: str = "transcribe"
+    batch_size: int = 8
+    return_timestamps: bool = True
+    num_beams: int = 1
+    max_new_tokens: int | None = None
+
+
+@dataclass
+class FileFailure:
+    """An input that could not be transcribed, with a one-line reason naming the file."""
+
+    path: str
+    reason: str
+
+
+def is_onnx_dir(path: str | Path) -> bool:
+    """True for a directory holding an ONNX encoder (an ``mkd export`` output)."""
+    p = Path(path)
+    return p.is_dir() and (p / "encoder_model.onnx").exists()
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """Raise a clear ModelError unless ``path`` is a usable Whisper directory (HF or ONNX)."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: no such model directory; import one with `mkd import-ct2` or give a HF Whisper directory")
+    if not p.is_dir():
+        raise ModelError(f"{p}: is a file; give the model directory that holds config.json")
+    if not (p / "config.json").exists():
+        hint = " (a CTranslate2 model: run `mkd import-ct2` first)" if (p / "model.bin").exists() else ""
+        raise ModelError(f"{p}: no config.json, not a Hugging Face Whisper directory{hint}")
+    if not (p / "preprocessor_config.json").exists() or not (
+        (p / "tokenizer.json").exists() or (p / "vocab.json").exists()
+    ):
+        raise ModelError(f"{p}: processor files missing (preprocessor_config.json, tokenizer.json); re-save the model with its processor")
+    return p
+
+
+def resolve_device(device: Device) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MkdError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu or auto")
+    return device
+
+
+class WhisperTranscriber:
+    """Batched Whisper transcription (faster-whisper's ``WhisperModel`` in spirit).
+
+    Args:
+        model: a ``WhisperForConditionalGeneration`` or an optimum ``ORTModelForSpeechSeq2Seq``.
+        processor: the model's ``WhisperProcessor``.
+        backend: "torch" or "onnx" (for reports).
+        device: "cpu" or "cuda".
+        provider: the ONNX Runtime provider actually in use (None for PyTorch).
+    """
+
+    def __init__(self, model, processor, backend: str, device: str, provider: str | None = None):
+        self.model = model
+        self.processor = processor
+        self.backend = backend
+        self.device = device
+        self.provider = provider
+        gen = model.generation_config
+        self.multilingual = bool(getattr(gen, "is_multilingual", False) and getattr(gen, "lang_to_id", None))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, backend: Backend = "auto", device: Device = "auto",
+                        **onnx_kwargs) -> "WhisperTranscriber":
+        """Load a HF Whisper directory (PyTorch) or an ONNX export (ONNX Runtime).
+
+        Args:
+            path: model directory.
+            backend: "auto" picks ONNX for an export directory, PyTorch otherwise.
+            device: "auto" (GPU when usable), "cuda" (fail if it cannot run there) or "cpu".
+            onnx_kwargs: passed to :func:`mkdeploy.exporters.ort.load_ort_model` (e.g. ``variant``).
+        """
+        path = check_model_dir(path)
+        if backend == "auto":
+            backend = "onnx" if is_onnx_dir(path) else "torch"
+        if backend == "onnx":
+            from mkdeploy.exporters.ort import load_ort_model
+
+            model, processor, provider = load_ort_model(path, device=device, **onnx_kwargs)
+            return cls(model, processor, "onnx", "cuda" if provider == "CUDAExecutionProvider" else "cpu", provider)
+        import torch
+        from transformers import AutoProcessor, WhisperForConditionalGeneration
+
+        if is_onnx_dir(path) and not (path / "model.safetensors").exists():
+            raise ModelError(f"{path}: an ONNX export; use --backend onnx (or auto)")
+        dev = resolve_device(device)
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+            model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path}: cannot load the Whisper model ({str(exc).splitlines()[0]})") from None
+        model.to(dev).eval()
+        return cls(model, processor, "torch", dev)
+
+    # -- decoding -------------------------------------------------------------------------------
+    def _generate_kwargs(self, options: TranscriptionOptions) -> dict:
+        kw: dict = dict(return_timestamps=options.return_timestamps, num_beams=options.num_beams)
+        if self.multilingual:
+            kw.update(language=options.language or "en", task=options.task)
+        if options.max_new_tokens:
+            kw["max_new_tokens"] = options.max_new_tokens
+        return kw
+
+    def _features(self, audios: Sequence[np.ndarray]):
+        fe = self.processor.feature_extractor
+        n_window = fe.n_samples
+        if max(len(a) for a in audios) > n_window:
+            # Long-form: keep every sample; generate() walks the audio window by window (seeking on the
+            # last timestamp), so nothing past 30 s is dropped.
+            inputs = fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
+                        padding="longest", return_attention_mask=True)
+            if inputs.input_features.shape[-1] < fe.nb_max_frames:
+                inputs = fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
+        else:
+            inputs = fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
+        return inputs.input_features, inputs.attention_mask
+
+    def transcribe_arrays(self, audios: Sequence[np.ndarray], options: TranscriptionOptions | None = None
+                          ) -> list[Transcription]:
+        """Transcribe 16 kHz mono float32 arrays, ``options.batch_size`` at a time.
+
+        Returns:
+            One :class:`Transcription` per input, in input order.
+        """
+        import torch
+
+        options = options or TranscriptionOptions()
+        if not options.return_timestamps and any(len(a) > WINDOW_SAMPLES for a in audios):
+            options = TranscriptionOptions(**{**asdict(options), "return_timestamps": True})
+        results: list[Transcription | None] = [None] * len(audios)
+        # Batches of similar length waste less padding (long-form pads every clip to the longest).
+        order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
+        for start in range(0, len(order), options.batch_size):
+            idx = order[start:start + options.batch_size]
+            for i, t in zip(idx, self._transcribe_batch([audios[i] for i in idx], options)):
+                results[i] = t
+        return [r for r in results if r is not None]
+
+    def _transcribe_batch(self, audios: list[np.ndarray], options: TranscriptionOptions) -> list[Transcription]:
+        import torch
+
+        features, mask = self._features(audios)
+        dtype = getattr(self.model, "dtype", torch.float32)
+        features = features.to(self.device, dtype=dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32)
+        mask = mask.to(self.device)
+        kw = self._generate_kwargs(options)
+        with torch.inference_mode():
+            if options.return_timestamps:
+                out = self.model.generate(features, attention_mask=mask, return_segments=True, **kw)
+                sequences, all_segments = out["sequences"], out["segments"]
+            else:
+                sequences = self.model.generate(features, attention_mask=mask, **kw)
+                all_segments = [None] * len(audios)
+        tok = self.processor.tokenizer
+        special = set(tok.all_special_ids)
+        ts_begin = tok.convert_tokens_to_ids("<|notimestamps|>") + 1
+        results = []
+        for audio, seq, segs in zip(audios, sequences, all_segments):
+            ids = [int(t) for t in seq.tolist() if int(t) not in special and int(t) < ts_begin]
+            segments = []
+            for s in segs or []:
+                stoks = [int(t) for t in s["tokens"].tolist() if int(t) not in special and int(t) < ts_begin]
+                text = tok.decode(stoks, skip_special_tokens=True)
+                if text.strip():
+                    segments.append(Segment(round(float(s["start"]), 3), round(float(s["end"]), 3), text.strip(), stoks))
+            text = tok.decode(ids, skip_special_tokens=True).strip()
+            results.append(Transcription(path="", text=text, segments=segments, duration=len(audio) / SAMPLE_RATE,
+                                         tokens=ids))
+        return results
+
+    def transcribe_files(
+        self,
+        paths: Sequence[str | Path],
+        options: TranscriptionOptions | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> tuple[list[Transcription], list[FileFailure]]:
+        """Transcribe files; bad files are reported, never fatal to the rest.
+
+        Args:
+            paths: audio files.
+            options: decoding options.
+            on_progress: called with the number of files just finished.
+
+        Returns:
+            (transcriptions of the readable files in input order, failures with one-line reasons).
+        """
+        options = options or TranscriptionOptions()
+        done: list[Transcription] = []
+        failures: list[FileFailure] = []
+        pending: list[tuple[str, np.ndarray, float]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            for (p, _, dur), t in zip(pending, self.transcribe_arrays([a for _, a, _ in pending], options)):
+                t.path, t.duration = p, dur
+                done.append(t)
+            if on_progress:
+                on_progress(len(pending))
+            pending.clear()
+
+        for p in paths:
+            try:
+                audio, info = load_audio_with_info(p)
+            except AudioError as exc:
+                failures.append(FileFailure(str(p), str(exc)))
+                if on_progress:
+                    on_progress(1)
+                continue
+            if info.silent:
+                # Whisper hallucinates whole sentences on silence (DESIGN §8): report nothing instead.
+                done.append(Transcription(str(p), "", [], info.duration, silent=True))
+                if on_progress:
+                    on_progress(1)
+                continue
+            pending.append((str(p), audio, info.duration))
+            if len(pending) >= options.batch_size:
+                flush()
+        flush()
+        order = {str(p): i for i, p in enumerate(paths)}
+        done.sort(key=lambda t: order.get(t.path, 0))
+        return done, failures
+
+
+def timed_transcribe(transcriber: WhisperTranscriber, audio: np.ndarray, options: TranscriptionOptions
+                     ) -> tuple[Transcription, float]:
+    """Transcribe one clip and return it with its wall time in seconds."""
+    t0 = time.perf_counter()
+    result = transcriber.transcribe_arrays([audio], options)[0]
+    return result, time.perf_counter() - t0
