@@ -103,9 +103,10 @@ def check_model_dir(path: str | Path) -> Path:
         raise ModelError(f"{p}: no such model directory; import one with `mkd import-ct2` or give a HF Whisper directory")
     if not p.is_dir():
         raise ModelError(f"{p}: is a file; give the model directory that holds config.json")
+    if (p / "model.bin").exists() and not any(p.glob("*.safetensors")) and not (p / "pytorch_model.bin").exists():
+        raise ModelError(f"{p}: a CTranslate2 model; convert it with `mkd import-ct2 {p} OUT_DIR` first")
     if not (p / "config.json").exists():
-        hint = " (a CTranslate2 model: run `mkd import-ct2` first)" if (p / "model.bin").exists() else ""
-        raise ModelError(f"{p}: no config.json, not a Hugging Face Whisper directory{hint}")
+        raise ModelError(f"{p}: no config.json, not a Hugging Face Whisper directory")
     if not (p / "preprocessor_config.json").exists() or not (
         (p / "tokenizer.json").exists() or (p / "vocab.json").exists()
     ):

