@@ -25,6 +25,12 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     logging.getLogger("optimum").setLevel(logging.ERROR)
+    try:  # optimum keeps its own library root logger (it resets the level set above on first use)
+        from optimum.utils import logging as optimum_logging
+
+        optimum_logging.set_verbosity_error()
+    except ImportError:
+        pass
     import warnings
 
     warnings.filterwarnings("ignore", category=UserWarning)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mkdeploy.cli.eval import eval_cmd
+from mkdeploy.cli.export import export_cmd
 from mkdeploy.cli.import_ct2 import import_ct2
 from mkdeploy.cli.transcribe import transcribe
 
@@ -13,6 +14,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 app.command("import-ct2")(import_ct2)
 app.command("transcribe")(transcribe)
 app.command("eval")(eval_cmd)
+app.command("export")(export_cmd)
 
 
 def main() -> None:

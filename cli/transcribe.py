@@ -20,7 +20,7 @@ def transcribe(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8 or fp16 (default: best for the device)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8 or fp16 (default: the folder given, fp32 at an export's root)."),
     timestamps: bool = typer.Option(True, "--timestamps/--no-timestamps", help="Predict segment times."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing transcripts."),
 ) -> None:

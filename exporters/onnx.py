@@ -1,0 +1,277 @@
+"""`mkd export`: a Hugging Face Whisper directory to a validated ONNX export.
+
+Layout of an export directory (it loads as is with optimum's ``ORTModelForSpeechSeq2Seq``)::
+
+    OUT/encoder_model.onnx, OUT/decoder_model_merged.onnx   fp32, with config and processor files
+    OUT/int8/...                                            dynamic int8 (CPU), when asked for
+    OUT/fp16/...                                            fp16 weights and activations (GPU), when asked for
+    OUT/mkdeploy_export.json                                the manifest (source hash, opset, parity)
+
+Only the merged decoder is kept: it serves the first step and the cached steps through one graph, so the
+unmerged pair optimum also writes would double the size on disk for nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mkdeploy.errors import MkdError, ModelError
+from mkdeploy.fsutil import atomic_output_dir
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "mkdeploy_export.json"
+ONNX_FILES = ("encoder_model.onnx", "decoder_model_merged.onnx")
+TASK = "automatic-speech-recognition-with-past"
+
+
+class ExportError(MkdError):
+    """The export ran but failed validation (nothing is written)."""
+
+
+@dataclass
+class ExportOptions:
+    """What to export and how strictly to check it.
+
+    Attributes:
+        quantize: "int8" adds a dynamically quantised variant for CPU.
+        fp16: add an fp16 variant for GPU (inputs and outputs stay fp32).
+        opset: ONNX opset (None: optimum's default for Whisper).
+        atol: tolerance of optimum's output check (encoder and decoder outputs against PyTorch).
+        validate: run the parity checks; an fp32 export whose greedy tokens differ from PyTorch's fails.
+    """
+
+    quantize: str | None = None
+    fp16: bool = False
+    opset: int | None = None
+    atol: float = 1e-3
+    validate: bool = True
+
+
+@dataclass
+class VariantParity:
+    """Agreement of one variant with the PyTorch source on the sample audio.
+
+    Attributes:
+        variant: "fp32", "int8" or "fp16".
+        clips: number of sample clips.
+        identical: clips whose greedy tokens are identical to PyTorch's.
+        token_agreement: share of PyTorch's tokens reproduced position by position.
+        max_abs_logit_diff: largest difference of first-step logits (None when not measured).
+        provider: the ONNX Runtime provider that ran the check.
+    """
+
+    variant: str
+    clips: int
+    identical: int
+    token_agreement: float
+    max_abs_logit_diff: float | None
+    provider: str
+
+
+@dataclass
+class ExportManifest:
+    """Written to OUT/mkdeploy_export.json."""
+
+    source: str
+    source_sha256: str
+    opset: int
+    task: str
+    variants: dict[str, dict] = field(default_factory=dict)
+    parity: list[dict] = field(default_factory=list)
+    sample_audio: str = ""
+    seconds: float = 0.0
+
+
+def hash_model_dir(path: Path) -> str:
+    """SHA-256 over the weight files (sorted by name), so a manifest names exactly what was exported."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _opset_of(path: Path) -> int:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _copy_side_files(src: Path, dst: Path) -> None:
+    for f in src.iterdir():
+        if f.is_file() and f.suffix != ".onnx" and not f.name.endswith(".onnx_data") and f.name != MANIFEST:
+            shutil.copy(f, dst / f.name)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantisation of every graph, the merged decoder's If-branches included.
+
+    Without ``EnableSubgraph`` the merged decoder's two branches (where all its MatMuls live) stay fp32
+    (DESIGN §8).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quantize_dynamic logs a pre-processing advice on the root logger for every graph.
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ONNX_FILES:
+        quantize_dynamic(src / name, dst / name, weight_type=QuantType.QInt8, per_channel=False,
+                         extra_options={"EnableSubgraph": True})
+    _copy_side_files(src, dst)
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and activations, fp32 at the graph's inputs and outputs (so the runtime feeds the same
+    features). Normalisations and Softmax stay fp32 via ORT's block list defaults."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ONNX_FILES:
+        model = onnx.load(str(src / name))
+        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+        onnx.save(model, str(dst / name))
+    _copy_side_files(src, dst)
+
+
+def _sample_audio(samples: Sequence[np.ndarray] | None) -> tuple[list[np.ndarray], str]:
+    if samples:
+        return list(samples), "given"
+    try:
+        from mkdeploy.synth import synthesize
+
+        texts = ["The quick brown fox jumps over the lazy dog.", "Please call Stella and ask her to bring these things."]
+        return [synthesize(t) for t in texts], "synthesised speech (piper)"
+    except MkdError:
+        rng = np.random.default_rng(0)
+        return [rng.standard_normal(16000 * s).astype(np.float32) * 0.05 for s in (2, 4)], "random noise"
+
+
+def _first_step_logits(model, features, start_ids):
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_features=features, decoder_input_ids=start_ids)
+    return out.logits.float().cpu().numpy()
+
+
+def check_parity(source: Path, export_dir: Path, variant: str, audios: Sequence[np.ndarray],
+                 reference=None, device: str = "cpu") -> tuple[VariantParity, list[list[int]]]:
+    """Greedy tokens and first-step logits of an ONNX variant against the PyTorch model.
+
+    Args:
+        source: the PyTorch model directory.
+        export_dir: the variant's directory.
+        variant: its name, for the report.
+        audios: 16 kHz clips.
+        reference: PyTorch's tokens per clip (computed when None).
+        device: where ONNX Runtime runs ("cpu" or "cuda").
+
+    Returns:
+        (parity, PyTorch's tokens) so later variants reuse the reference.
+    """
+    import torch
+
+    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+
+    greedy = TranscriptionOptions(return_timestamps=False, num_beams=1, batch_size=len(audios))
+    pt = WhisperTranscriber.from_pretrained(source, backend="torch", device="cpu")
+    if reference is None:
+        reference = [t.tokens for t in pt.transcribe_arrays(audios, greedy)]
+    ort = WhisperTranscriber.from_pretrained(export_dir, backend="onnx", device=device)
+    ours = [t.tokens for t in ort.transcribe_arrays(audios, greedy)]
+    identical = sum(a == b for a, b in zip(ours, reference))
+    total = sum(len(r) for r in reference) or 1
+    agree = sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(ours, reference)) / total
+    feats = pt.processor.feature_extractor(list(audios[:1]), sampling_rate=16000, return_tensors="pt").input_features
+    start = torch.tensor([[pt.model.generation_config.decoder_start_token_id]])
+    diff = float(np.abs(_first_step_logits(pt.model, feats, start) - _first_step_logits(ort.model, feats, start)).max())
+    return VariantParity(variant, len(audios), identical, round(agree, 4), diff, ort.provider or ""), reference
+
+
+def export_onnx(model_dir: str | Path, out: str | Path, options: ExportOptions | None = None, force: bool = False,
+                samples: Sequence[np.ndarray] | None = None, device: str = "cpu") -> ExportManifest:
+    """Export a HF Whisper directory to ONNX (encoder + merged decoder with past key values).
+
+    Args:
+        model_dir: HF Whisper directory (an imported teacher or a merged student).
+        out: the export directory; built in a temporary directory and renamed into place.
+        options: variants, opset and validation.
+        force: replace an existing ``out``.
+        samples: 16 kHz clips for the token parity check (default: two synthesised sentences).
+        device: where the parity check runs ONNX Runtime (fp16 is checked only on CUDA).
+
+    Returns:
+        the manifest, also written to OUT/mkdeploy_export.json.
+
+    Raises:
+        ExportError: optimum's output check or the fp32 token check failed.
+    """
+    from optimum.exporters.onnx import main_export
+
+    from mkdeploy.runtime import check_model_dir, is_onnx_dir
+
+    options = options or ExportOptions()
+    model_dir = check_model_dir(model_dir)
+    if is_onnx_dir(model_dir):
+        raise ModelError(f"{model_dir}: already an ONNX export; give the PyTorch model directory")
+    if options.quantize not in (None, "int8"):
+        raise MkdError(f"--quantize {options.quantize}: only int8 is supported")
+    t0 = time.perf_counter()
+    with atomic_output_dir(out, force=force) as tmp:
+        raw = tmp / ".optimum"
+        try:
+            main_export(str(model_dir), raw, task=TASK, opset=options.opset, atol=options.atol,
+                        do_validation=options.validate, local_files_only=True, library_name="transformers")
+        except Exception as exc:  # optimum raises ValueError / AtolError / its own export errors
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"{model_dir}: ONNX export failed ({first})") from None
+        for name in ONNX_FILES:
+            shutil.move(raw / name, tmp / name)
+        _copy_side_files(raw, tmp)
+        shutil.rmtree(raw)
+        manifest = ExportManifest(source=str(model_dir.resolve()), source_sha256=hash_model_dir(model_dir),
+                                  opset=_opset_of(tmp / "encoder_model.onnx"), task=TASK)
+        variants = {"fp32": tmp}
+        if options.quantize == "int8":
+            quantize_int8(tmp, tmp / "int8")
+            variants["int8"] = tmp / "int8"
+        if options.fp16:
+            convert_fp16(tmp, tmp / "fp16")
+            variants["fp16"] = tmp / "fp16"
+        for name, d in variants.items():
+            manifest.variants[name] = {
+                "path": "." if name == "fp32" else name,
+                "bytes": sum(f.stat().st_size for f in d.iterdir() if f.suffix == ".onnx"),
+            }
+        if options.validate:
+            audios, what = _sample_audio(samples)
+            manifest.sample_audio = f"{len(audios)} clips, {what}"
+            reference = None
+            for name, d in variants.items():
+                if name == "fp16" and device != "cuda":
+                    manifest.parity.append({"variant": "fp16", "skipped": "fp16 is checked on CUDA only"})
+                    continue
+                parity, reference = check_parity(model_dir, d, name, audios, reference, device=device)
+                manifest.parity.append(asdict(parity))
+                if name == "fp32" and parity.identical != parity.clips:
+                    raise ExportError(f"{model_dir}: fp32 ONNX greedy tokens differ from PyTorch on "
+                                      f"{parity.clips - parity.identical} of {parity.clips} clips; nothing written")
+        manifest.seconds = round(time.perf_counter() - t0, 1)
+        (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    return manifest

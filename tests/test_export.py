@@ -1,0 +1,165 @@
+"""ONNX export (optimum) and the ONNX Runtime transcriber on a tiny random model; the real tiny.en export
+is an integration test."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from mkdeploy.cli.main import app
+from mkdeploy.errors import MkdError, ModelError, OutputExistsError
+from mkdeploy.exporters.onnx import MANIFEST, ExportOptions, export_onnx
+from mkdeploy.exporters.ort import load_ort_model
+from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+
+GREEDY = TranscriptionOptions(return_timestamps=False, batch_size=4, max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(16000 * s).astype(np.float32) * 0.1 for s in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_model_dir, tmp_path_factory, samples):
+    out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
+    export_onnx(tiny_model_dir, out, ExportOptions(quantize="int8", fp16=True), samples=samples)
+    return out
+
+
+def test_export_layout_manifest_and_parity(tiny_export, tiny_model_dir):
+    from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
+
+    m = json.loads((tiny_export / MANIFEST).read_text())
+    assert m["task"] == "automatic-speech-recognition-with-past" and m["opset"] >= 14
+    assert len(m["source_sha256"]) == 64 and set(m["variants"]) == {"fp32", "int8", "fp16"}
+    fp32 = next(p for p in m["parity"] if p["variant"] == "fp32")
+    assert fp32["identical"] == fp32["clips"] == 3 and fp32["max_abs_logit_diff"] < 1e-3
+    assert not (tiny_export / "decoder_model.onnx").exists(), "only the merged decoder is kept"
+    # the root loads with optimum as is, merged decoder with past
+    model = ORTModelForSpeechSeq2Seq.from_pretrained(tiny_export, local_files_only=True)
+    assert model.decoder.is_merged and model.can_use_cache
+    # never overwrite without --force
+    with pytest.raises(OutputExistsError, match="--force"):
+        export_onnx(tiny_model_dir, tiny_export, ExportOptions(validate=False))
+
+
+def test_int8_quantises_the_merged_decoder_subgraphs(tiny_export):
+    def count(graph, op):
+        n = sum(node.op_type == op for node in graph.node)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    n += count(attr.g, op)
+        return n
+
+    dec = onnx.load(str(tiny_export / "int8" / "decoder_model_merged.onnx"))
+    assert count(dec.graph, "DynamicQuantizeLinear") > 0 or count(dec.graph, "MatMulInteger") > 0
+    assert (tiny_export / "int8" / "decoder_model_merged.onnx").stat().st_size < 0.5 * (
+        tiny_export / "decoder_model_merged.onnx").stat().st_size
+
+
+def test_fp16_variant_has_fp16_weights_and_fp32_io(tiny_export):
+    enc = onnx.load(str(tiny_export / "fp16" / "encoder_model.onnx"))
+    dtypes = {i.data_type for i in enc.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in dtypes
+    assert enc.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_onnx_transcriber_matches_pytorch(tiny_export, tiny_model_dir, samples):
+    pt = WhisperTranscriber.from_pretrained(tiny_model_dir, device="cpu")
+    ox = WhisperTranscriber.from_pretrained(tiny_export, device="cpu")
+    assert ox.backend == "onnx" and ox.provider == "CPUExecutionProvider"
+    ref = pt.transcribe_arrays(samples, GREEDY)
+    got = ox.transcribe_arrays(samples, GREEDY)
+    assert [r.tokens for r in got] == [r.tokens for r in ref]
+    assert len({t for r in ref for t in r.tokens}) > 3  # not a collapsed random model
+    q = WhisperTranscriber.from_pretrained(tiny_export, device="cpu", variant="int8")
+    assert len(q.transcribe_arrays(samples, GREEDY)) == 3
+
+
+def test_cpu_sessions_do_not_spin(tiny_export):
+    model, _, _ = load_ort_model(tiny_export, "cpu")
+    opts = model.encoder.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_onnx_error_paths(tiny_export, tiny_model_dir, tmp_path):
+    import torch
+
+    with pytest.raises(ModelError, match="no int8 variant|not a complete"):
+        load_ort_model(tiny_model_dir, "cpu", "int8")
+    with pytest.raises(ModelError, match="PyTorch model directory"):
+        load_ort_model(tiny_model_dir, "cpu")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_export, broken, ignore=shutil.ignore_patterns("int8", "fp16"))
+    (broken / "decoder_model_merged.onnx").unlink()
+    with pytest.raises(ModelError, match="missing decoder_model_merged.onnx"):
+        load_ort_model(broken, "cpu")
+    (broken / "decoder_model_merged.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelError, match="cannot load the ONNX export"):
+        load_ort_model(broken, "cpu")
+    with pytest.raises(ModelError, match="unknown ONNX variant"):
+        load_ort_model(tiny_export, "cpu", "int4")
+    with pytest.raises(ModelError, match="already an ONNX export"):
+        export_onnx(tiny_export, tmp_path / "again")
+    if not torch.cuda.is_available():
+        # onnxruntime-gpu lists CUDA here but cannot run it: --device cuda must say so, not fall back.
+        with pytest.raises(MkdError, match="--device cuda"):
+            load_ort_model(tiny_export, "cuda")
+        assert load_ort_model(tiny_export, "auto")[2] == "CPUExecutionProvider"
+
+
+def test_export_and_transcribe_cli(tiny_model_dir, tmp_path, samples):
+    import soundfile as sf
+
+    runner = CliRunner()
+    clip = tmp_path / "a.wav"
+    sf.write(clip, samples[1], 16000)
+    out = tmp_path / "exp"
+    r = runner.invoke(app, ["export", str(tiny_model_dir), str(out), "--quantize", "int8", "--sample-audio", str(clip)])
+    assert r.exit_code == 0, r.output
+    assert "fp32" in r.output and "int8" in r.output and (out / "int8" / "encoder_model.onnx").exists()
+    r = runner.invoke(app, ["export", str(tiny_model_dir), str(out)])
+    assert r.exit_code == 2 and "--force" in r.output
+    r = runner.invoke(app, ["export", str(tiny_model_dir), str(tmp_path / "q"), "--quantize", "int4"])
+    assert r.exit_code == 2 and "int8" in r.output and not (tmp_path / "q").exists()
+    for variant in ("fp32", "int8"):
+        r = runner.invoke(app, ["transcribe", str(out), str(clip), "--variant", variant, "--device", "cpu",
+                                "--output-dir", str(tmp_path / variant), "--format", "json"])
+        assert r.exit_code == 0, r.output
+        assert "CPUExecutionProvider" in r.output
+        assert "text" in json.loads((tmp_path / variant / "a.json").read_text())
+    r = runner.invoke(app, ["transcribe", str(tmp_path / "nothing"), str(clip), "--backend", "onnx"])
+    assert r.exit_code == 2 and "no such model directory" in r.output
+
+
+@pytest.mark.integration
+def test_real_tiny_en_export_is_token_identical(tiny_en_teacher, speech_clips, tmp_path):
+    from mkdeploy.audio import load_audio
+    from mkdeploy.evaluate import error_rates
+
+    audios = [load_audio(p) for p, _ in speech_clips]
+    out = tmp_path / "tiny.en-onnx"
+    m = export_onnx(tiny_en_teacher, out, ExportOptions(quantize="int8"), samples=audios[:2])
+    assert m.parity[0]["identical"] == 2
+    pt = WhisperTranscriber.from_pretrained(tiny_en_teacher, device="cpu")
+    opts = TranscriptionOptions(batch_size=4)
+    ref = pt.transcribe_arrays(audios, opts)
+    got = WhisperTranscriber.from_pretrained(out, device="cpu").transcribe_arrays(audios, opts)
+    assert [r.tokens for r in got] == [r.tokens for r in ref]
+    assert [(s.start, s.end) for r in got for s in r.segments] == [(s.start, s.end) for r in ref for s in r.segments]
+    q = WhisperTranscriber.from_pretrained(out, device="cpu", variant="int8").transcribe_arrays(audios, opts)
+    texts = [t for _, t in speech_clips]
+    wer32, wer8 = error_rates(texts, [r.text for r in got]).wer, error_rates(texts, [r.text for r in q]).wer
+    assert wer8 <= wer32 + 0.01, f"int8 WER {wer8:.3f} vs fp32 {wer32:.3f}"
+    # long-form on ONNX: same segments as PyTorch past the 30 s window
+    long = np.concatenate([a for a in audios for _ in range(3)])
+    assert len(long) > 30 * 16000
+    [lt] = pt.transcribe_arrays([long], opts)
+    [lo] = WhisperTranscriber.from_pretrained(out, device="cpu").transcribe_arrays([long], opts)
+    assert lo.tokens == lt.tokens and lo.segments[-1].end > 30
