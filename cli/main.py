@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from mkdeploy.cli.bench import bench_cmd
 from mkdeploy.cli.eval import eval_cmd
 from mkdeploy.cli.export import export_cmd
 from mkdeploy.cli.import_ct2 import import_ct2
@@ -15,6 +16,7 @@ app.command("import-ct2")(import_ct2)
 app.command("transcribe")(transcribe)
 app.command("eval")(eval_cmd)
 app.command("export")(export_cmd)
+app.command("bench")(bench_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,428 @@
+"""`mkd bench`: latency and accuracy of several models on the same clips, side by side.
+
+Every model transcribes every clip one at a time (batch 1, greedy, no timestamps: the serving case whose
+latency users quote). After a warm-up, repetitions are interleaved across models and the model order
+rotates each round, so thermal or background drift hits all models alike.
+
+Runners share one small interface (``load``/``transcribe``), so PyTorch directories, ONNX exports (any
+variant folder) and CTranslate2 directories (faster-whisper's format) sit on one table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mkdeploy.errors import MkdError, ModelError
+
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class ModelSpec:
+    """One ``--model NAME=PATH`` entry."""
+
+    name: str
+    path: Path
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parse ``NAME=PATH``."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise MkdError(f"--model {text!r}: expected NAME=PATH, e.g. --model teacher=models/base")
+    return ModelSpec(name, Path(path))
+
+
+@dataclass
+class ModelResult:
+    """Figures for one model; latencies in seconds per clip.
+
+    Attributes:
+        rss_mb: resident memory the model added when loaded and warmed up (process RSS before and after).
+        gpu_mem_mb: peak GPU memory PyTorch allocated while this model ran (None off GPU or for ORT/CT2).
+        wer_vs_reference, cer_vs_reference: error rates against the reference model's transcripts.
+        speedup: the reference model's p50 divided by this model's.
+    """
+
+    name: str
+    path: str
+    backend: str
+    variant: str
+    device: str
+    provider: str
+    params: int
+    size_mb: float
+    clips: int
+    latency_p50: float
+    latency_p90: float
+    latency_p99: float
+    latency_mean: float
+    rtf: float
+    audio_s_per_s: float
+    tokens_per_s: float
+    rss_mb: float
+    gpu_mem_mb: float | None
+    wer: float | None
+    cer: float | None
+    wer_vs_reference: float | None = None
+    cer_vs_reference: float | None = None
+    speedup: float | None = None
+    load_s: float = 0.0
+
+
+@dataclass
+class BenchReport:
+    manifest: str
+    reference: str | None
+    repeats: int
+    warmup: int
+    audio_seconds: float
+    environment: dict
+    models: list[ModelResult] = field(default_factory=list)
+    transcripts: dict[str, list[str]] = field(default_factory=dict)
+
+
+# -- runners ----------------------------------------------------------------------------------------
+class Runner:
+    """Transcribe one clip at a time; ``transcribe`` returns (text, number of generated tokens)."""
+
+    backend = ""
+    variant = ""
+    device = "cpu"
+    provider = ""
+
+    def transcribe(self, audio: np.ndarray) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def params(self) -> int:
+        raise NotImplementedError
+
+
+class WhisperRunner(Runner):
+    """PyTorch or ONNX Runtime through :class:`mkdeploy.runtime.WhisperTranscriber`."""
+
+    def __init__(self, path: Path, device: str, language: str, max_new_tokens: int | None = None):
+        from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+
+        self.path = path
+        self.tr = WhisperTranscriber.from_pretrained(path, device=device)
+        self.backend, self.device, self.provider = self.tr.backend, self.tr.device, self.tr.provider or ""
+        self.variant = _onnx_variant(path) if self.backend == "onnx" else str(self.tr.model.dtype).split(".")[-1]
+        self.options = TranscriptionOptions(language=language, batch_size=1, return_timestamps=False,
+                                            max_new_tokens=max_new_tokens)
+
+    def transcribe(self, audio):
+        t = self.tr.transcribe_arrays([audio], self.options)[0]
+        return t.text, len(t.tokens) + 1  # + end of text
+
+    def params(self) -> int:
+        if self.backend == "torch":
+            return sum(p.numel() for p in self.tr.model.parameters())
+        return onnx_param_count(self.path)
+
+
+class CT2Runner(Runner):
+    """A CTranslate2 Whisper directory (faster-whisper's format), greedy like the others."""
+
+    backend = "ctranslate2"
+
+    def __init__(self, path: Path, device: str, language: str, max_new_tokens: int | None = None):
+        try:
+            import ctranslate2
+        except ImportError:
+            raise MkdError(f"{path}: a CTranslate2 model, but ctranslate2 is not installed (pip install ctranslate2)") from None
+        from tokenizers import Tokenizer
+        from transformers import WhisperFeatureExtractor
+
+        self.ct2 = ctranslate2
+        self.path = path
+        dev = "cuda" if device in ("cuda", "auto") and ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        if device == "cuda" and dev != "cuda":
+            raise MkdError("--device cuda: ctranslate2 sees no CUDA device")
+        self.device = dev
+        self.model = ctranslate2.models.Whisper(str(path), device=dev, compute_type="default")
+        self.variant = "default"
+        self.provider = f"ctranslate2 {ctranslate2.__version__}"
+        self.fe = WhisperFeatureExtractor(feature_size=self.model.n_mels)
+        self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.max_length = (max_new_tokens + 4) if max_new_tokens else 448
+        self.prompt = ["<|startoftranscript|>"] + (
+            [f"<|{language}|>", "<|transcribe|>"] if self.model.is_multilingual else []) + ["<|notimestamps|>"]
+
+    def transcribe(self, audio):
+        feats = self.fe([audio], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        res = self.model.generate(self.ct2.StorageView.from_array(np.ascontiguousarray(feats)), [self.prompt],
+                                  beam_size=1, max_length=self.max_length)
+        ids = res[0].sequences_ids[0]
+        return self.tok.decode(ids, skip_special_tokens=True).strip(), len(ids) + 1
+
+    def params(self) -> int:
+        from mkdeploy.models.ct2 import read_ct2_model_bin
+
+        m = read_ct2_model_bin(self.path / "model.bin")
+        return int(sum(np.asarray(v).size for k, v in m.variables.items() if np.asarray(v).ndim >= 1))
+
+
+def _onnx_variant(path: Path) -> str:
+    return path.name if path.name in ("int8", "fp16") else "fp32"
+
+
+def onnx_param_count(path: Path) -> int:
+    """Weights of the encoder and merged decoder (each initializer once; the merged decoder's branches
+    share theirs)."""
+    import onnx
+
+    total = 0
+    for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+        m = onnx.load(str(path / name), load_external_data=False)
+        seen: set[str] = set()
+
+        def walk(g):
+            nonlocal total
+            for init in g.initializer:
+                if init.name not in seen and len(init.dims) >= 1:
+                    seen.add(init.name)
+                    total += int(np.prod(init.dims))
+            for node in g.node:
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.GRAPH:
+                        walk(attr.g)
+
+        walk(m.graph)
+    return total
+
+
+def is_ct2_dir(path: Path) -> bool:
+    return (path / "model.bin").exists() and not (path / "model.safetensors").exists()
+
+
+def dir_size_mb(path: Path) -> float:
+    """Size on disk of what the runtime loads (an export's root excludes its variant folders)."""
+    files = [f for f in path.iterdir() if f.is_file()]
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def load_runner(spec: ModelSpec, device: str, language: str, max_new_tokens: int | None = None) -> Runner:
+    if not spec.path.exists():
+        raise ModelError(f"--model {spec.name}={spec.path}: no such directory")
+    if is_ct2_dir(spec.path):
+        return CT2Runner(spec.path, device, language, max_new_tokens)
+    return WhisperRunner(spec.path, device, language, max_new_tokens)
+
+
+# -- measuring --------------------------------------------------------------------------------------
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e6
+
+
+def environment(device: str) -> dict:
+    """Machine and package facts stored with the figures."""
+    import importlib.metadata as md
+
+    import onnxruntime as ort
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime-gpu", "onnxruntime", "ctranslate2",
+                "peft", "numpy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    env = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "platform": platform.platform(), "python": platform.python_version(),
+           "onnxruntime_providers": ort.get_available_providers(), "device": device, "packages": versions}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def _percentile(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def run_bench(manifest: str | Path, specs: Sequence[ModelSpec], reference: str | None = None, repeats: int = 3,
+              warmup: int = 1, device: str = "cpu", language: str = "en", limit: int | None = None,
+              max_new_tokens: int | None = None, on_progress: Callable[[str], None] | None = None) -> BenchReport:
+    """Benchmark models on a manifest's clips.
+
+    Args:
+        manifest: JSONL manifest or folder (references optional; without them only reference-relative
+            error rates are given).
+        specs: the models.
+        reference: name of the model others are compared with (default: the first).
+        repeats: timed transcriptions of each clip per model.
+        warmup: untimed passes over the first clip per model.
+        device: "cpu", "cuda" or "auto".
+        language: for multilingual models.
+        limit: use only the first N clips.
+        max_new_tokens: cap on generated tokens (None: the model's own limit).
+        on_progress: called with a short status line.
+
+    Returns:
+        the report (write it with :func:`write_report`).
+    """
+    from mkdeploy.audio import load_audio
+    from mkdeploy.data import load_manifest
+    from mkdeploy.evaluate import error_rates
+
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise MkdError(f"--model names must be unique (got {', '.join(names)})")
+    reference = reference or names[0]
+    if reference not in names:
+        raise MkdError(f"--reference {reference}: not one of the models ({', '.join(names)})")
+    rows = load_manifest(manifest)[:limit]
+    audios = [load_audio(r.audio) for r in rows]
+    audio_seconds = sum(len(a) for a in audios) / SAMPLE_RATE
+    env = environment(device)
+
+    runners: dict[str, Runner] = {}
+    rss: dict[str, float] = {}
+    load_s: dict[str, float] = {}
+    gpu_peak: dict[str, float | None] = {}
+    for s in specs:
+        if on_progress:
+            on_progress(f"loading {s.name}")
+        before, t0 = _rss_mb(), time.perf_counter()
+        r = load_runner(s, device, language, max_new_tokens)
+        for _ in range(warmup):
+            r.transcribe(audios[0])
+        load_s[s.name] = time.perf_counter() - t0
+        rss[s.name] = _rss_mb() - before
+        runners[s.name] = r
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    lat = {n: [[] for _ in audios] for n in names}
+    texts = {n: [""] * len(audios) for n in names}
+    ntok = {n: [0] * len(audios) for n in names}
+    for rep in range(repeats):
+        order = names[rep % len(names):] + names[:rep % len(names)]
+        for i, audio in enumerate(audios):
+            for n in order:
+                r = runners[n]
+                if cuda and r.backend == "torch":
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.perf_counter()
+                text, k = r.transcribe(audio)
+                if cuda and r.device == "cuda":
+                    torch.cuda.synchronize()
+                lat[n][i].append(time.perf_counter() - t0)
+                if cuda and r.backend == "torch" and r.device == "cuda":
+                    gpu_peak[n] = max(gpu_peak.get(n) or 0.0, torch.cuda.max_memory_allocated() / 1e6)
+                texts[n][i], ntok[n][i] = text, k
+            if on_progress:
+                on_progress(f"round {rep + 1}/{repeats}, clip {i + 1}/{len(audios)}")
+
+    refs = [r.text for r in rows]
+    has_refs = all(t is not None for t in refs)
+    report = BenchReport(str(manifest), reference, repeats, warmup, round(audio_seconds, 2), env)
+    for s in specs:
+        n, r = s.name, runners[s.name]
+        per_clip = [float(np.median(x)) for x in lat[n]]  # each clip's median over the repeats
+        total = sum(per_clip)
+        rates = error_rates(refs, texts[n]) if has_refs else None
+        vs = error_rates(texts[reference], texts[n])
+        report.models.append(ModelResult(
+            name=n, path=str(s.path), backend=r.backend, variant=r.variant, device=r.device, provider=r.provider,
+            params=r.params(), size_mb=round(dir_size_mb(s.path), 1), clips=len(audios),
+            latency_p50=_percentile(per_clip, 50), latency_p90=_percentile(per_clip, 90),
+            latency_p99=_percentile(per_clip, 99), latency_mean=total / len(audios),
+            rtf=total / audio_seconds, audio_s_per_s=audio_seconds / total, tokens_per_s=sum(ntok[n]) / total,
+            rss_mb=round(rss[n], 1), gpu_mem_mb=gpu_peak.get(n), wer=rates.wer if rates else None,
+            cer=rates.cer if rates else None, wer_vs_reference=vs.wer, cer_vs_reference=vs.cer,
+            load_s=round(load_s[n], 2),
+        ))
+        report.transcripts[n] = texts[n]
+    ref_p50 = next(m.latency_p50 for m in report.models if m.name == reference)
+    for m in report.models:
+        m.speedup = ref_p50 / m.latency_p50
+    return report
+
+
+# -- writing ----------------------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def markdown_table(report: BenchReport) -> str:
+    """The bench table in Markdown (what bench.md holds)."""
+    env = report.environment
+    lines = [
+        f"# mkd bench: {len(report.models)} models, {report.models[0].clips if report.models else 0} clips "
+        f"({report.audio_seconds:.1f} s of audio)",
+        "",
+        f"{env.get('cpu')} · {env.get('torch_threads')} torch threads"
+        + (f" · {env['gpu']}" if env.get("gpu") else "")
+        + f" · batch 1, greedy · {report.warmup} warm-up, {report.repeats} interleaved repeats, median per clip"
+        + f" · reference: {report.reference}",
+        "",
+        "| model | backend | variant | device / provider | params (M) | size (MB) | p50 (ms) | p90 (ms) | p99 (ms) "
+        "| RTF | audio s/s | tokens/s | RSS (MB) | WER % | CER % | WER vs ref % | speed-up |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for m in report.models:
+        dev = m.provider or m.device
+        lines.append(
+            f"| {m.name} | {m.backend} | {m.variant} | {dev} | {m.params / 1e6:.1f} | {m.size_mb:.0f} "
+            f"| {1000 * m.latency_p50:.0f} | {1000 * m.latency_p90:.0f} | {1000 * m.latency_p99:.0f} | {m.rtf:.3f} "
+            f"| {m.audio_s_per_s:.1f} | {m.tokens_per_s:.0f} | {m.rss_mb:.0f} | {_pct(m.wer)} | {_pct(m.cer)} "
+            f"| {_pct(m.wer_vs_reference)} | {m.speedup:.2f}x |"
+        )
+    lines += ["", "RSS: resident memory added by loading and warming up the model (one process, models loaded in "
+              "turn). Speed-up: reference p50 / model p50.", ""]
+    return "\n".join(lines)
+
+
+def plot(report: BenchReport, path: Path) -> None:
+    """Latency (p50, ms) against WER (against references, else against the reference model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    use_ref = all(m.wer is not None for m in report.models)
+    for m in report.models:
+        x, y = 1000 * m.latency_p50, 100 * ((m.wer if use_ref else m.wer_vs_reference) or 0.0)
+        ax.scatter(x, y, s=40)
+        ax.annotate(m.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("latency p50 per clip (ms)")
+    ax.set_ylabel("WER (%)" + ("" if use_ref else f" against {report.reference}"))
+    ax.set_title("latency vs WER (lower left is better)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(report: BenchReport, out: str | Path, force: bool = False) -> Path:
+    """Write bench.json, bench.md and latency_vs_wer.png into ``out`` (atomically, as one directory)."""
+    from mkdeploy.fsutil import atomic_output_dir
+
+    out = Path(out)
+    with atomic_output_dir(out, force=force) as tmp:
+        (tmp / "bench.json").write_text(json.dumps(asdict(report), indent=2, ensure_ascii=False) + "\n")
+        (tmp / "bench.md").write_text(markdown_table(report))
+        plot(report, tmp / "latency_vs_wer.png")
+    return out

@@ -1,0 +1,80 @@
+"""`mkd bench` on tiny models: PyTorch, ONNX fp32/int8 and the CTranslate2 original side by side."""
+
+import json
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from mkdeploy.bench import ModelSpec, markdown_table, parse_model_spec, run_bench, write_report
+from mkdeploy.cli.main import app
+from mkdeploy.data import Utterance, write_manifest
+from mkdeploy.errors import MkdError
+
+
+@pytest.fixture(scope="module")
+def clips_manifest(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench_clips")
+    rng = np.random.default_rng(1)
+    rows = []
+    for i, sec in enumerate((1, 2, 3)):
+        sf.write(d / f"c{i}.wav", rng.standard_normal(16000 * sec).astype(np.float32) * 0.1, 16000)
+        rows.append(Utterance(f"c{i}", d / f"c{i}.wav", "hello world"))
+    return write_manifest(d / "m.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_model_dir, tmp_path_factory):
+    from mkdeploy.exporters.onnx import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("bench_onnx") / "onnx"
+    export_onnx(tiny_model_dir, out, ExportOptions(quantize="int8", validate=False))
+    return out
+
+
+def test_bench_figures_and_outputs(clips_manifest, tiny_model_dir, tiny_onnx, tiny_ct2_dir, tmp_path):
+    pytest.importorskip("ctranslate2")
+    specs = [ModelSpec("pt", tiny_model_dir), ModelSpec("onnx", tiny_onnx), ModelSpec("int8", tiny_onnx / "int8"),
+             ModelSpec("ct2", tiny_ct2_dir)]
+    report = run_bench(clips_manifest, specs, reference="pt", repeats=2, warmup=1,
+                       max_new_tokens=24)
+    by = {m.name: m for m in report.models}
+    assert [m.backend for m in report.models] == ["torch", "onnx", "onnx", "ctranslate2"]
+    assert by["int8"].variant == "int8" and by["onnx"].provider == "CPUExecutionProvider"
+    for m in report.models:
+        assert 0 < m.latency_p50 <= m.latency_p90 <= m.latency_p99
+        assert m.rtf > 0 and m.audio_s_per_s == pytest.approx(1 / m.rtf) and m.tokens_per_s > 0
+        assert m.size_mb > 0 and m.clips == 3 and m.wer is not None and m.cer is not None
+        assert 0.95 * by["pt"].params <= m.params <= 1.05 * by["pt"].params
+    assert by["pt"].wer_vs_reference == 0.0 and by["pt"].speedup == pytest.approx(1.0)
+    # fp32 ONNX transcribes exactly like PyTorch; the int8 graph is smaller on disk
+    assert report.transcripts["onnx"] == report.transcripts["pt"]
+    assert by["int8"].size_mb < 0.5 * by["onnx"].size_mb
+    out = write_report(report, tmp_path / "bench")
+    data = json.loads((out / "bench.json").read_text())
+    assert data["environment"]["cpu"] and "torch" in data["environment"]["packages"]
+    assert len(data["models"]) == 4 and data["reference"] == "pt"
+    md = (out / "bench.md").read_text()
+    assert md.count("\n| ") == 5 and "| ct2 | ctranslate2 |" in md
+    img = plt.imread(out / "latency_vs_wer.png")
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_bench_cli_and_errors(clips_manifest, tiny_model_dir, tiny_onnx, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", str(clips_manifest), "-m", f"a={tiny_model_dir}", "-m", f"b={tiny_onnx}",
+                            "--reference", "b", "--repeats", "1", "--limit", "2", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "| a | torch |" in r.output and (tmp_path / "o" / "latency_vs_wer.png").exists()
+    r = runner.invoke(app, ["bench", str(clips_manifest), "-m", f"a={tiny_model_dir}", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--force" in r.output
+    r = runner.invoke(app, ["bench", str(clips_manifest), "-m", "a", "-o", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "NAME=PATH" in r.output
+    r = runner.invoke(app, ["bench", str(clips_manifest), "-m", f"a={tmp_path / 'none'}", "-o", str(tmp_path / "p")])
+    assert r.exit_code == 2 and "no such directory" in r.output and not (tmp_path / "p").exists()
+    with pytest.raises(MkdError, match="reference"):
+        run_bench(clips_manifest, [parse_model_spec(f"a={tiny_model_dir}")], reference="zzz")
+    with pytest.raises(MkdError, match="unique"):
+        run_bench(clips_manifest, [parse_model_spec(f"a={tiny_model_dir}")] * 2)
