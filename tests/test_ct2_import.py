@@ -9,7 +9,7 @@ import torch
 
 from ct2_writer import quantize_int8, random_whisper_variables, write_model_bin
 from mkdeploy.errors import ModelError, OutputExistsError
-from mkdeploy.models.ct2 import import_ct2, read_ct2_model_bin, sinusoids
+from mkdeploy.models.ct2 import import_ct2, read_ct2_model_bin, repair_bpe_merges, sinusoids
 
 ALIAS = {"decoder/projection/weight": "decoder/embeddings/weight"}
 
@@ -128,3 +128,13 @@ def test_errors(tmp_path, tiny_ct2_dir, tiny_model_dir):
     (bad / "model.bin").unlink()
     with pytest.raises(ModelError, match="no model.bin"):
         import_ct2(bad, tmp_path / "out")
+
+
+def test_repair_bpe_merges_restores_a_lost_merge():
+    byte_tokens = {chr(0x100 + i) if i < 256 else "" : i for i in range(256)}
+    vocab = {**byte_tokens, "Ġt": 256, "he": 257, "Ġthe": 258, "<|endoftext|>": 259}
+    spec = {"model": {"type": "BPE", "vocab": vocab, "merges": [["h", "e"], ["Ġt", "he"]]}}
+    vocab.update({"Ġ": 1, "t": 2, "h": 3, "e": 4})
+    assert repair_bpe_merges(spec) == [("Ġ", "t")]
+    assert spec["model"]["merges"] == [["Ġ", "t"], ["h", "e"], ["Ġt", "he"]]
+    assert repair_bpe_merges(spec) == []  # complete now

@@ -1,0 +1,86 @@
+"""The recipe's loss terms, each a small module (torchdistill style). Formulas follow DESIGN §4 and
+"Logit Distillation on Manifolds: Mapping by Learning" (arXiv 2606.00771); the baselines cite their papers.
+
+All take already-selected valid points (padding frames and -100 labels removed by the caller), shaped
+[N, D], so masking lives in one place (the trainer's point selection).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GeodesicLoss(nn.Module):
+    """Squared geodesic distance on the unit sphere (arXiv 2606.00771, §3).
+
+    u = a/‖a‖, v = b/‖b‖,  L_geo = mean_n arccos(clamp(u_n·v_n, −1+ε, 1−ε))²
+
+    The clamp keeps arccos's gradient finite at ±1.
+    """
+
+    def __init__(self, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        cos = (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(-1)
+        return torch.arccos(cos.clamp(-1 + self.eps, 1 - self.eps)).pow(2).mean()
+
+
+class InfoNCELoss(nn.Module):
+    """Contrastive alignment of point pairs (van den Oord et al. 2018; arXiv 2606.00771, §3).
+
+    With u_n, v_n unit vectors: L_nce = −mean_n log( exp(u_n·v_n/τ) / Σ_m exp(u_n·v_m/τ) ),
+    each student point must pick its own teacher point among the others. τ = 0.07 by default.
+    """
+
+    def __init__(self, tau: float = 0.07):
+        super().__init__()
+        self.tau = tau
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        u, v = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+        logits = u @ v.T / self.tau
+        return F.cross_entropy(logits, torch.arange(len(u), device=u.device))
+
+
+class LogitKDLoss(nn.Module):
+    """Logit distillation (Hinton et al. 2015), as in distil-whisper.
+
+    L_kd = τ² · mean_n KL( softmax(z_T,n/τ) ‖ softmax(z_S,n/τ) )
+
+    The τ² keeps gradient magnitudes comparable across temperatures. When the vocabularies differ, the
+    caller passes logits restricted to the shared vocabulary: the softmax then renormalises over it.
+    """
+
+    def __init__(self, tau: float = 2.0):
+        super().__init__()
+        self.tau = tau
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        log_p_s = F.log_softmax(student_logits.float() / self.tau, dim=-1)
+        log_p_t = F.log_softmax(teacher_logits.float() / self.tau, dim=-1)
+        kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
+        return self.tau**2 * kl.mean()
+
+
+class FitNetLoss(nn.Module):
+    """FitNets hint loss (Romero et al. 2015) on projected states, the Euclidean baseline.
+
+    L_fit = mean_n ‖a_n − b_n/s_n‖² / D with s_n = RMS(b_n): the teacher point is scaled to unit RMS so
+    that layers with large activations don't dominate the sum over layers.
+    """
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        b = b.float()
+        scale = b.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-6)
+        return (a.float() - b / scale).pow(2).mean()
+
+
+class CosineLoss(nn.Module):
+    """Cosine-only alignment: L_cos = mean_n (1 − cos(a_n, b_n)). An ablation alternative."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (1 - F.cosine_similarity(a.float(), b.float(), dim=-1)).mean()

@@ -1,0 +1,92 @@
+"""Teacher-forcing one transcript through two tokenizers and pairing their decoder positions (DESIGN §4).
+
+A multilingual teacher and an English-only student (base → tiny.en) tokenize the same text differently.
+The decoder state at a position has read a prefix of the text; two positions pair when their prefixes end
+at the same character offset, so both next-token distributions are conditioned on the same text. There the
+logit term runs over the shared vocabulary (token strings present in both), renormalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+
+
+@dataclass
+class ForcedSequence:
+    """One model's teacher-forced view of a transcript.
+
+    Attributes:
+        input_ids: prompt + text tokens (the decoder input).
+        labels: next-token targets, -100 over the prompt (the last prompt position predicts the first text
+            token; the last position predicts end-of-text).
+        prefix_end: for each position, the character offset where the text it has read ends (None before
+            the last prompt token: those positions have read no text and predict prompt tokens).
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    prefix_end: list[int | None]
+
+
+def prompt_ids(tokenizer, generation_config, language: str = "en") -> list[int]:
+    """<|startoftranscript|> [<|lang|> <|transcribe|>] <|notimestamps|>, as generate() builds it."""
+    sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    ids = [sot]
+    if getattr(generation_config, "is_multilingual", False) and getattr(generation_config, "lang_to_id", None):
+        ids += [generation_config.lang_to_id[f"<|{language}|>"], tokenizer.convert_tokens_to_ids("<|transcribe|>")]
+    ids.append(tokenizer.convert_tokens_to_ids("<|notimestamps|>"))
+    return ids
+
+
+def force(tokenizer, prompt: list[int], text: str, max_len: int = 440) -> ForcedSequence:
+    """Tokenize ``text`` (with Whisper's leading space) after ``prompt``."""
+    text = " " + text.strip()
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])[: max_len - len(prompt)]
+    ends = [e for _, e in enc["offset_mapping"]][: len(ids)]
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    input_ids = prompt + ids
+    labels = [-100] * (len(prompt) - 1) + ids + [eot]
+    prefix_end: list[int | None] = [None] * (len(prompt) - 1) + [0] + ends
+    return ForcedSequence(input_ids, labels, prefix_end)
+
+
+def pair_positions(student: ForcedSequence, teacher: ForcedSequence) -> tuple[list[int], list[int]]:
+    """Positions (student, teacher) whose read prefixes end at the same character offset.
+
+    When one tokenization has several positions with the same end (a character split over byte tokens)
+    the last one pairs: it has read the whole character.
+    """
+    def last_by_end(seq: ForcedSequence) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for pos, end in enumerate(seq.prefix_end):
+            if end is not None:
+                out[end] = pos
+        return out
+
+    s, t = last_by_end(student), last_by_end(teacher)
+    common = sorted(set(s) & set(t))
+    return [s[e] for e in common], [t[e] for e in common]
+
+
+@dataclass
+class SharedVocab:
+    """Token ids of identical token strings in both vocabularies, in the same order."""
+
+    student_ids: torch.Tensor
+    teacher_ids: torch.Tensor
+    identical: bool  # the two tokenizers are the same: everything pairs, the full vocabulary is used
+
+    def __len__(self) -> int:
+        return len(self.student_ids)
+
+
+def shared_vocab(student_tok, teacher_tok) -> SharedVocab:
+    """Match the vocabularies by token string (byte-level BPE strings, special tokens included)."""
+    sv, tv = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if sv == tv:
+        ids = torch.arange(len(sv))
+        return SharedVocab(ids, ids, True)
+    common = sorted(set(sv) & set(tv), key=lambda k: sv[k])
+    return SharedVocab(torch.tensor([sv[k] for k in common]), torch.tensor([tv[k] for k in common]), False)
