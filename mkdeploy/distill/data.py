@@ -1,0 +1,183 @@
+"""Training data: pseudo-labels from the teacher and the teacher's outputs, computed once per sample.
+
+The teacher is frozen, so what the recipe needs from it (hidden states of the paired layers at the valid
+frames and paired positions, logits over the shared vocabulary at the paired positions) is the same every
+epoch: it is computed in one pass and cached in the run directory (DESIGN §4 Cost). One encoder pass per
+clip serves both the pseudo-label and the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mkdeploy.audio import SAMPLE_RATE, load_audio
+from mkdeploy.data import Utterance
+from mkdeploy.distill.tokens import ForcedSequence, SharedVocab, force, pair_positions, prompt_ids
+from mkdeploy.errors import DataError
+
+#: Audio samples per encoder frame (hop 160, conv stride 2).
+SAMPLES_PER_FRAME = 320
+
+
+def valid_frames(n_samples: int, max_frames: int = 1500) -> int:
+    """Encoder frames that carry audio; the rest is padding and is masked out of the alignment."""
+    return max(1, min(max_frames, -(-n_samples // SAMPLES_PER_FRAME)))
+
+
+@dataclass
+class TeacherNeeds:
+    """What the recipe reads from the teacher."""
+
+    encoder_layers: list[int]
+    decoder_layers: list[int]
+    logits: bool
+
+    def key(self) -> str:
+        return json.dumps([self.encoder_layers, self.decoder_layers, self.logits])
+
+
+@dataclass
+class Sample:
+    """One training clip, ready for the student.
+
+    Attributes:
+        audio: 16 kHz samples.
+        student: the student's teacher-forced sequence.
+        student_pos: paired student positions (indices into student.input_ids).
+        cache: path of the teacher's cached outputs for this clip.
+    """
+
+    id: str
+    audio: np.ndarray
+    text: str
+    student: ForcedSequence
+    student_pos: list[int]
+    cache: Path
+    n_positions: int
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pseudo_label_and_cache(
+    rows: list[Utterance],
+    teacher,
+    teacher_processor,
+    student_processor,
+    student_generation_config,
+    shared: SharedVocab,
+    needs: TeacherNeeds,
+    run_dir: Path,
+    language: str = "en",
+    pseudo_label: str = "missing",
+    wer_threshold: float | None = None,
+    batch_size: int = 8,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[list[Sample], dict]:
+    """Label the rows with the teacher where needed, cache its outputs, and pair positions.
+
+    Args:
+        rows: manifest rows (text optional).
+        teacher: frozen ``WhisperForConditionalGeneration`` (eval mode).
+        pseudo_label: "missing" (label rows without text) or "all" (train on the teacher's transcripts).
+        wer_threshold: drop rows whose reference the teacher's transcript misses by more than this WER.
+        run_dir: the run directory; outputs go to run_dir/data (reused when the fingerprint matches).
+
+    Returns:
+        (samples, stats: rows kept and dropped, share of positions paired).
+    """
+    from mkdeploy.evaluate import error_rates
+
+    data_dir = run_dir / "data"
+    cache_dir = data_dir / "teacher"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint([str(r.audio) for r in rows], [r.text for r in rows], needs.key(), pseudo_label, wer_threshold,
+                      teacher.config.to_dict().get("d_model"), len(shared), language)
+    labels_path = data_dir / "labels.jsonl"
+    done: dict[str, dict] = {}
+    if labels_path.exists():
+        for line in labels_path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("fp") == fp:
+                done[rec["id"]] = rec
+
+    tok_s, tok_t = student_processor.tokenizer, teacher_processor.tokenizer
+    prompt_s = prompt_ids(tok_s, student_generation_config, language)
+    prompt_t = prompt_ids(tok_t, teacher.generation_config, language)
+    device = next(teacher.parameters()).device
+    todo = [r for r in rows if r.id not in done]
+    gen_kw = {"language": language, "task": "transcribe"} if getattr(teacher.generation_config, "lang_to_id", None) else {}
+    with open(labels_path, "a", encoding="utf-8") as log:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            audios = [load_audio(r.audio) for r in batch]
+            feats = teacher_processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+            with torch.inference_mode():
+                enc = teacher.model.encoder(feats.to(device), output_hidden_states=True)
+                need_label = [pseudo_label == "all" or r.text is None or wer_threshold is not None for r in batch]
+                teacher_text = [None] * len(batch)
+                if any(need_label):
+                    out = teacher.generate(encoder_outputs=enc, return_timestamps=False, max_new_tokens=220, **gen_kw)
+                    teacher_text = tok_t.batch_decode(out, skip_special_tokens=True)
+                for k, (r, audio) in enumerate(zip(batch, audios)):
+                    rec = {"id": r.id, "fp": fp, "reference": r.text, "teacher": (teacher_text[k] or "").strip() or None}
+                    if wer_threshold is not None and r.text is not None:
+                        rec["teacher_wer"] = error_rates([r.text], [rec["teacher"] or ""]).wer
+                        if rec["teacher_wer"] > wer_threshold:
+                            rec["dropped"] = f"teacher WER {rec['teacher_wer']:.2f} > {wer_threshold}"
+                    text = rec["teacher"] if (pseudo_label == "all" or r.text is None) else r.text
+                    if not text:
+                        rec["dropped"] = rec.get("dropped", "empty transcript")
+                    rec["text"] = text
+                    if "dropped" not in rec:
+                        s_seq, t_seq = force(tok_s, prompt_s, text), force(tok_t, prompt_t, text)
+                        s_pos, t_pos = pair_positions(s_seq, t_seq)
+                        payload = {}
+                        n_valid = valid_frames(len(audio))
+                        for j in needs.encoder_layers:
+                            payload[f"enc_{j}"] = enc.hidden_states[j + 1][k, :n_valid].to(torch.float16).cpu()
+                        if needs.decoder_layers or needs.logits:
+                            ids = torch.tensor([t_seq.input_ids], device=device)
+                            dec = teacher.model.decoder(input_ids=ids, encoder_hidden_states=enc.last_hidden_state[k:k + 1],
+                                                        output_hidden_states=True)
+                            tp = torch.tensor(t_pos, device=device)
+                            for j in needs.decoder_layers:
+                                payload[f"dec_{j}"] = dec.hidden_states[j + 1][0, tp].to(torch.float16).cpu()
+                            if needs.logits:
+                                logits = teacher.proj_out(dec.last_hidden_state[0, tp])
+                                payload["logits"] = logits[:, shared.teacher_ids.to(device)].to(torch.float16).cpu()
+                        name = f"{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt"
+                        torch.save(payload, cache_dir / f".{name}.tmp")
+                        (cache_dir / f".{name}.tmp").replace(cache_dir / name)
+                        rec.update(cache=name, student_pos=s_pos, n_student=len(s_seq.input_ids) - len(prompt_s) + 1,
+                                   n_teacher=len(t_seq.input_ids) - len(prompt_t) + 1)
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    done[r.id] = rec
+            if on_progress:
+                on_progress(len(batch))
+
+    samples, dropped, paired, total = [], 0, 0, 0
+    for r in rows:
+        rec = done[r.id]
+        if "dropped" in rec:
+            dropped += 1
+            continue
+        s_seq = force(tok_s, prompt_s, rec["text"])
+        samples.append(Sample(r.id, load_audio(r.audio), rec["text"], s_seq, rec["student_pos"], cache_dir / rec["cache"],
+                              len(rec["student_pos"])))
+        paired += len(rec["student_pos"])
+        total += rec["n_student"]
+    if not samples:
+        raise DataError(f"no training rows left ({dropped} dropped by --wer-threshold or empty transcripts)")
+    stats = {"rows": len(rows), "kept": len(samples), "dropped": dropped,
+             "paired_share": paired / total if total else 1.0}
+    return samples, stats

@@ -1,0 +1,497 @@
+"""`mkd train`: the projection-mapping LoRA recipe, top to bottom (nanoGPT style).
+
+Run directory::
+
+    RUN/run.json             teacher, student, manifests, parameter counts, pairing share
+    RUN/config.json          the RecipeConfig
+    RUN/data/                pseudo-labels (labels.jsonl) and the teacher's cached outputs
+    RUN/checkpoints/step-N/  adapter/ (peft format) or decoder.safetensors, heads.safetensors,
+                             optimizer.pt, scheduler.pt, rng.pt, state.json; LATEST names the newest
+    RUN/metrics.jsonl        one line per step: every loss term, lr, samples/s
+    RUN/eval.jsonl           held-out WER at each evaluation
+    RUN/summary.json         written when the run reaches max_steps
+
+Runs under ``accelerate launch`` or ``torchrun`` as is: every rank computes the same global batch order
+and takes its slice, DDP averages the gradients, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mkdeploy.distill.config import RecipeConfig
+from mkdeploy.distill.losses import FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss
+from mkdeploy.errors import MkdError, ModelError, OutputExistsError
+
+LATEST = "LATEST"
+
+
+@dataclass
+class TrainArgs:
+    """The ``mkd train`` contract."""
+
+    teacher: Path
+    student: Path
+    train_manifest: Path
+    output: Path
+    config: RecipeConfig
+    eval_manifest: Path | None = None
+    resume: bool = False
+    force: bool = False
+    pseudo_label: str = "missing"
+    wer_threshold: float | None = None
+    eval_limit: int | None = None
+
+
+class DistillModule(nn.Module):
+    """Student and heads in one module, so DDP averages the gradients of both."""
+
+    def __init__(self, student, heads):
+        super().__init__()
+        self.student = student
+        self.heads = heads
+
+    def forward(self, **kw):
+        return self.student(**kw)
+
+
+def batch_indices(step: int, n: int, global_batch: int, seed: int) -> list[int]:
+    """The global batch of ``step``: epochs are seeded permutations laid end to end, so the data
+    position is the step counter alone (resume needs nothing else, every rank agrees)."""
+    start = step * global_batch
+    out = []
+    while len(out) < global_batch:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng(seed + epoch).permutation(n)
+        out.extend(int(i) for i in perm[offset:offset + global_batch - len(out)])
+    return out
+
+
+def lr_lambda(config: RecipeConfig) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    def f(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / max(1, config.warmup_steps)
+        progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _layer_pairs(explicit, n_student: int, n_teacher: int, only: set[int] | None = None) -> list[tuple[int, int]]:
+    from mkdeploy.models.heads import layer_map
+
+    pairs = [tuple(p) for p in explicit] if explicit else layer_map(n_student, n_teacher)
+    for i, j in pairs:
+        if not (0 <= i < n_student and 0 <= j < n_teacher):
+            raise MkdError(f"layer pair ({i}, {j}) out of range: student has {n_student} layers, teacher {n_teacher}")
+    return [p for p in pairs if only is None or p[0] in only]
+
+
+class Trainer:
+    """Builds everything from TrainArgs and runs the loop (see :func:`train`)."""
+
+    def __init__(self, args: TrainArgs, log: Callable[[str], None] = print):
+        from accelerate import Accelerator
+
+        self.args, self.log = args, log
+        cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        self.acc = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16")
+        self.run = Path(args.output)
+        self.stop_requested = False
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def prepare_run_dir(self) -> RecipeConfig:
+        run, args = self.run, self.args
+        config = args.config
+        if run.exists() and any(run.iterdir()):
+            if args.resume:
+                saved = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None
+                if saved:
+                    # the saved recipe wins; only the step budget may grow on resume
+                    config = RecipeConfig(**{**saved, "max_steps": args.config.max_steps}).validate()
+            elif args.force:
+                if self.acc.is_main_process:
+                    shutil.rmtree(run)
+            else:
+                raise OutputExistsError(f"{run}: a run directory already exists; --resume to continue it or --force to start over")
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        self.acc.wait_for_everyone()
+        return config
+
+    def build(self) -> None:
+        from mkdeploy.data import load_manifest
+        from mkdeploy.distill.data import TeacherNeeds, pseudo_label_and_cache
+        from mkdeploy.distill.tokens import shared_vocab
+        from mkdeploy.models.heads import ProjectionHeads
+        from mkdeploy.models.student import (apply_lora, count_parameters, freeze_all_but_decoder, is_pruned,
+                                             load_whisper)
+
+        args = self.args
+        self.config = cfg = self.prepare_run_dir()
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        train_rows = load_manifest(args.train_manifest)
+        eval_rows = load_manifest(args.eval_manifest, require_text=True) if args.eval_manifest else []
+        if eval_rows and args.eval_limit:
+            eval_rows = eval_rows[: args.eval_limit]
+
+        teacher, t_proc = load_whisper(args.teacher)
+        student, s_proc = load_whisper(args.student)
+        if args.teacher.resolve() == args.student.resolve():
+            raise MkdError(f"{args.student}: the student is the teacher itself; give a smaller model or prune one "
+                           "with `mkd student init`")
+        teacher.eval().requires_grad_(False)
+        n_teacher = count_parameters(teacher)
+        pruned = is_pruned(student)
+        tc, sc = teacher.config, student.config
+
+        # What trains: LoRA (+ heads), or the decoder in full for pruned students.
+        if cfg.train_mode == "lora":
+            student = apply_lora(student, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
+                                 cfg.encoder_lora_layers)
+            if pruned:
+                self.log("warning: LoRA alone on a pruned student: its kept layers were trained for other neighbours "
+                         "(measured: 50% WER vs 11.7% trained in full); consider --train full-decoder")
+            trainable_enc = set(range(max(0, sc.encoder_layers - cfg.encoder_lora_layers), sc.encoder_layers))
+        else:
+            freeze_all_but_decoder(student)
+            trainable_enc = set()
+        base = student.get_base_model() if hasattr(student, "get_base_model") else student
+
+        enc_pairs = dec_pairs = []
+        if cfg.uses_heads:
+            # Only layers that train get aligned: a frozen encoder layer's states can't move (and a pruned
+            # student's copied encoder equals the teacher's: nothing to align).
+            enc_pairs = _layer_pairs(cfg.encoder_pairs, sc.encoder_layers, tc.encoder_layers,
+                                     None if cfg.encoder_pairs else trainable_enc)
+            dec_pairs = _layer_pairs(cfg.decoder_pairs, sc.decoder_layers, tc.decoder_layers)
+        heads = ProjectionHeads(sc.d_model, tc.d_model, enc_pairs, dec_pairs, cfg.head_rank, cfg.proj_dim,
+                                cfg.teacher_map, cfg.seed)
+        n_trainable = count_parameters(student, trainable_only=True) + heads.trainable_parameters()
+        ratio = n_trainable / n_teacher
+        self.counts = {"teacher": n_teacher, "student": count_parameters(base),
+                       "trainable": n_trainable, "heads": heads.trainable_parameters(), "trainable_ratio": ratio}
+        self.log(f"teacher {n_teacher / 1e6:.2f}M params · student {self.counts['student'] / 1e6:.2f}M · trainable "
+                 f"{n_trainable / 1e3:.1f}k ({heads.trainable_parameters() / 1e3:.1f}k in heads) = "
+                 f"{100 * ratio:.3f}% of the teacher")
+        if cfg.train_mode == "lora" and ratio > cfg.max_trainable:
+            raise MkdError(f"trainable parameters are {100 * ratio:.2f}% of the teacher, above --max-trainable "
+                           f"{100 * cfg.max_trainable:.2f}%; lower --lora-r or --encoder-lora-layers, or raise the bound")
+
+        shared = shared_vocab(s_proc.tokenizer, t_proc.tokenizer)
+        needs = TeacherNeeds(sorted({j for _, j in enc_pairs}), sorted({j for _, j in dec_pairs}), cfg.uses_kd)
+        device = self.acc.device
+        teacher.to(device)
+        with self.acc.main_process_first():
+            # rank 0 labels and caches; the others then find everything on disk
+            samples, stats = pseudo_label_and_cache(
+                train_rows, teacher, t_proc, s_proc, base.generation_config, shared, needs, self.run,
+                language=cfg.language, pseudo_label=args.pseudo_label, wer_threshold=args.wer_threshold,
+                batch_size=cfg.batch_size, on_progress=None)
+        teacher.to("cpu")
+        del teacher  # the cache holds all the loop needs
+        self.log(f"data: {stats['kept']} clips ({stats['dropped']} dropped), {100 * stats['paired_share']:.1f}% of "
+                 f"token positions paired across tokenizers ({'identical' if shared.identical else len(shared)} "
+                 "shared vocabulary)")
+
+        self.samples, self.stats, self.shared = samples, stats, shared
+        self.eval_rows, self.s_proc = eval_rows, s_proc
+        self.enc_pairs, self.dec_pairs = enc_pairs, dec_pairs
+        self.module = DistillModule(student, heads)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.module, self.optimizer, self.scheduler = self.acc.prepare(self.module, self.optimizer, self.scheduler)
+        self.losses = {"kd": LogitKDLoss(cfg.tau_kd), "geo": GeodesicLoss(), "nce": InfoNCELoss(cfg.tau_nce),
+                       "fit": FitNetLoss()}
+        self.step = 0
+        if self.acc.is_main_process:
+            info = {"teacher": str(args.teacher.resolve()), "student": str(args.student.resolve()),
+                    "train_manifest": str(args.train_manifest), "eval_manifest": str(args.eval_manifest or ""),
+                    "pruned_student": pruned, "encoder_pairs": enc_pairs, "decoder_pairs": dec_pairs,
+                    "parameters": self.counts, "data": stats, "world_size": self.acc.num_processes}
+            (self.run / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _unwrapped(self) -> DistillModule:
+        return self.acc.unwrap_model(self.module)
+
+    def save_checkpoint(self) -> Path | None:
+        """Atomic: written to a hidden folder, renamed, then LATEST is replaced; two are kept."""
+        from safetensors.torch import save_file
+
+        self.acc.wait_for_everyone()
+        ckdir = self.run / "checkpoints"
+        final = ckdir / f"step-{self.step:06d}"
+        if self.acc.is_main_process:
+            m = self._unwrapped()
+            tmp = ckdir / f".step-{self.step:06d}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            if self.config.train_mode == "lora":
+                m.student.save_pretrained(tmp / "adapter")
+            else:
+                dec = {k: v.detach().cpu().contiguous() for k, v in m.student.model.decoder.state_dict().items()}
+                save_file(dec, tmp / "decoder.safetensors")
+            save_file({k: v.detach().cpu().contiguous() for k, v in m.heads.state_dict().items()},
+                      tmp / "heads.safetensors")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                       tmp / "rng.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": self.step, "train_mode": self.config.train_mode}) + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            latest_tmp = ckdir / f".{LATEST}.tmp"
+            latest_tmp.write_text(final.name + "\n")
+            os.replace(latest_tmp, ckdir / LATEST)
+            for old in sorted(p for p in ckdir.glob("step-*") if p != final)[:-1]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self) -> bool:
+        from safetensors.torch import load_file
+
+        ck = latest_checkpoint(self.run)
+        if ck is None:
+            return False
+        m = self._unwrapped()
+        if self.config.train_mode == "lora":
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            set_peft_model_state_dict(m.student, load_peft_weights(str(ck / "adapter"), device="cpu"))
+        else:
+            m.student.model.decoder.load_state_dict(load_file(ck / "decoder.safetensors"))
+        m.heads.load_state_dict(load_file(ck / "heads.safetensors"))
+        self.optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
+        rng = torch.load(ck / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.step = json.loads((ck / "state.json").read_text())["step"]
+        self.log(f"resumed from {ck} (step {self.step})")
+        return True
+
+    # -- one step ---------------------------------------------------------------------------------
+    def make_batch(self, idx: list[int]) -> dict:
+        fe = self.s_proc.feature_extractor
+        samples = [self.samples[i] for i in idx]
+        feats = fe([s.audio for s in samples], sampling_rate=16000, return_tensors="pt").input_features
+        eot = self.s_proc.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        width = max(len(s.student.input_ids) for s in samples)
+        ids = torch.full((len(samples), width), eot, dtype=torch.long)
+        labels = torch.full((len(samples), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(samples), width), dtype=torch.long)
+        for b, s in enumerate(samples):
+            n = len(s.student.input_ids)
+            ids[b, :n] = torch.tensor(s.student.input_ids)
+            labels[b, :n] = torch.tensor(s.student.labels)
+            mask[b, :n] = 1
+        cache = [torch.load(s.cache, weights_only=True) for s in samples]
+        return {"features": feats, "ids": ids, "labels": labels, "mask": mask, "samples": samples, "cache": cache}
+
+    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        cfg, dev = self.config, self.acc.device
+        module = self.module
+        heads = self._unwrapped().heads
+        out = module(input_features=batch["features"].to(dev), decoder_input_ids=batch["ids"].to(dev),
+                     decoder_attention_mask=batch["mask"].to(dev), output_hidden_states=cfg.uses_heads)
+        logits = out.logits
+        labels = batch["labels"].to(dev)
+        terms: dict[str, torch.Tensor] = {"ce": F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)}
+        samples, cache = batch["samples"], batch["cache"]
+        rows = torch.cat([torch.full((len(s.student_pos),), b, dtype=torch.long) for b, s in enumerate(samples)]).to(dev)
+        cols = torch.cat([torch.tensor(s.student_pos, dtype=torch.long) for s in samples]).to(dev)
+        if cfg.uses_kd:
+            s_logits = logits[rows, cols]
+            if not self.shared.identical:
+                s_logits = s_logits[:, self.shared.student_ids.to(dev)]
+            t_logits = torch.cat([c["logits"] for c in cache]).to(dev)
+            terms["kd"] = self.losses["kd"](s_logits, t_logits)
+        if cfg.uses_heads:
+            Q = heads.teacher
+            geo, nce = [], []
+            points = []
+            for i, j in self.dec_pairs:
+                a = heads.heads[f"dec_{i}"](out.decoder_hidden_states[i + 1][rows, cols])
+                b = Q(torch.cat([c[f"dec_{j}"] for c in cache]).to(dev).float())
+                points.append((a, b))
+            for i, j in self.enc_pairs:
+                hs = out.encoder_hidden_states[i + 1]
+                a = heads.heads[f"enc_{i}"](torch.cat([hs[b, : len(c[f"enc_{j}"])] for b, c in enumerate(cache)]))
+                b = Q(torch.cat([c[f"enc_{j}"] for c in cache]).to(dev).float())
+                points.append((a, b))
+            for a, b in points:
+                if cfg.recipe == "fitnet":
+                    geo.append(self.losses["fit"](a, b))
+                else:
+                    geo.append(self.losses["geo"](a, b))
+                    k = min(cfg.nce_samples, len(a))
+                    pick = torch.randperm(len(a), device=a.device)[:k]
+                    nce.append(self.losses["nce"](a[pick], b[pick]))
+            terms["geo"] = torch.stack(geo).sum()
+            if nce:
+                terms["nce"] = torch.stack(nce).sum()
+        return terms
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg = self.config
+        weights = {"ce": cfg.w_ce, "kd": cfg.w_kd, "geo": cfg.w_geo, "nce": cfg.w_nce(self.step)}
+        return sum(weights[k] * v for k, v in terms.items())
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self) -> float | None:
+        if not self.eval_rows or not self.acc.is_main_process:
+            return None
+        from mkdeploy.evaluate import error_rates
+        from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+
+        m = self._unwrapped()
+        base = m.student.get_base_model() if hasattr(m.student, "get_base_model") else m.student
+        was_training = m.training
+        m.eval()
+        tr = WhisperTranscriber(base, self.s_proc, "torch", str(self.acc.device))
+        res, _ = tr.transcribe_files([r.audio for r in self.eval_rows],
+                                     TranscriptionOptions(language=self.config.language, return_timestamps=False,
+                                                          max_new_tokens=self.config.eval_max_new_tokens))
+        m.train(was_training)
+        by = {t.path: t.text for t in res}
+        wer = error_rates([r.text for r in self.eval_rows], [by.get(str(r.audio), "") for r in self.eval_rows]).wer
+        with open(self.run / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, "wer": wer, "clips": len(self.eval_rows)}) + "\n")
+        return wer
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):  # noqa: ARG002
+        self.stop_requested = True
+        self.log("stop requested: finishing this step, saving a checkpoint")
+
+    def fit(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
+        cfg, acc = self.config, self.acc
+        if self.args.resume:
+            self.load_checkpoint()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        first_wer = None
+        if self.step == 0:
+            first_wer = self.evaluate()
+            if first_wer is not None:
+                self.log(f"held-out WER before training: {100 * first_wer:.2f}%")
+        world, rank = acc.num_processes, acc.process_index
+        global_batch = cfg.batch_size * world
+        t_start = time.time()
+        self.module.train()
+        interrupted = False
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                idx = batch_indices(self.step, len(self.samples), global_batch, cfg.seed)[rank::world]
+                batch = self.make_batch(idx)
+                with acc.autocast():
+                    terms = self.compute_losses(batch)
+                    loss = self.total(terms)
+                if not torch.isfinite(loss):
+                    raise MkdError(f"step {self.step}: loss is {loss.item()}; lower --lr (now {cfg.lr})")
+                acc.backward(loss)
+                acc.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                dt = time.perf_counter() - t0
+                rec = {"step": self.step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
+                       "w_nce": cfg.w_nce(self.step - 1), "lr": self.scheduler.get_last_lr()[0],
+                       "samples_per_s": global_batch / dt}
+                if acc.is_main_process:
+                    with open(self.run / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                if on_step:
+                    on_step(self.step, rec)
+                if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                    self.save_checkpoint()
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                    wer = self.evaluate()
+                    if wer is not None:
+                        self.log(f"step {self.step}: held-out WER {100 * wer:.2f}%")
+                if self.stop_requested:
+                    if self.step % cfg.save_every:
+                        self.save_checkpoint()
+                    interrupted = True
+                    break
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            interrupted = True
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        summary = {"step": self.step, "max_steps": cfg.max_steps, "interrupted": interrupted,
+                   "wall_s": round(time.time() - t_start, 1), "parameters": self.counts, "data": self.stats}
+        if not interrupted:
+            final_wer = self.evaluate()
+            summary.update(wer_before=first_wer, wer_after=final_wer)
+            self._write_rank_checksum()
+            if acc.is_main_process:
+                prev = {}
+                if (self.run / "summary.json").exists():
+                    prev = json.loads((self.run / "summary.json").read_text())
+                if summary.get("wer_before") is None and prev.get("wer_before") is not None:
+                    summary["wer_before"] = prev["wer_before"]
+                (self.run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        elif acc.is_main_process and first_wer is not None:
+            (self.run / "summary.json").write_text(json.dumps({"wer_before": first_wer, "interrupted": True}) + "\n")
+        return summary
+
+    def _write_rank_checksum(self) -> None:
+        """Each rank records a checksum of its trainable weights: after DDP steps they must agree."""
+        m = self._unwrapped()
+        vec = torch.cat([p.detach().float().flatten().cpu() for p in m.parameters() if p.requires_grad])
+        d = self.run / "ranks"
+        d.mkdir(exist_ok=True)
+        (d / f"rank{self.acc.process_index}.json").write_text(json.dumps(
+            {"rank": self.acc.process_index, "world": self.acc.num_processes, "step": self.step,
+             "sum": float(vec.double().sum()), "abs_sum": float(vec.double().abs().sum()),
+             "bytes_sha1": hashlib.sha1(vec.numpy().tobytes()).hexdigest()}) + "\n")
+
+
+def latest_checkpoint(run: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (None when there is none)."""
+    ckdir = Path(run) / "checkpoints"
+    latest = ckdir / LATEST
+    if latest.exists():
+        p = ckdir / latest.read_text().strip()
+        if (p / "state.json").exists():
+            return p
+    done = sorted(p for p in ckdir.glob("step-*") if (p / "state.json").exists()) if ckdir.exists() else []
+    return done[-1] if done else None
+
+
+def train(args: TrainArgs, log: Callable[[str], None] = print,
+          on_step: Callable[[int, dict], None] | None = None) -> dict:
+    """Run (or resume) a distillation run; returns the summary."""
+    for p, what in ((args.teacher, "teacher"), (args.student, "student")):
+        if not Path(p).exists():
+            raise ModelError(f"{p}: no such {what} directory")
+    trainer = Trainer(args, log)
+    trainer.build()
+    return trainer.fit(on_step)

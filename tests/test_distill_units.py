@@ -1,0 +1,118 @@
+"""The recipe's pieces against hand-computed values: losses, layer map, heads, tokenizer pairing, config."""
+
+import math
+
+import pytest
+import torch
+
+from mkdeploy.distill.config import RecipeConfig
+from mkdeploy.distill.losses import CosineLoss, FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss
+from mkdeploy.distill.tokens import force, pair_positions, prompt_ids, shared_vocab
+from mkdeploy.errors import MkdError
+from mkdeploy.models.heads import ProjectionHead, ProjectionHeads, TeacherIsometry, layer_map
+from mkdeploy.models.student import spread_layers
+
+
+def test_geodesic_loss_hand_values():
+    a = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    b = torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    # angles: 90° and 45° -> mean of (pi/2)^2 and (pi/4)^2
+    expected = ((math.pi / 2) ** 2 + (math.pi / 4) ** 2) / 2
+    assert GeodesicLoss()(a, b).item() == pytest.approx(expected, rel=1e-5)
+    assert GeodesicLoss()(a, a).item() < 1e-5  # the clamp keeps it finite, near zero
+    x = a.clone().requires_grad_(True)
+    GeodesicLoss()(x, x.detach()).backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_infonce_hand_value():
+    u = torch.eye(2)
+    # tau = 1: logits [[1, 0], [0, 1]]; each row's loss is -log(e / (e + 1))
+    assert InfoNCELoss(tau=1.0)(u, u).item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
+    # swapped partners: each row's loss is -log(1 / (e + 1))
+    assert InfoNCELoss(tau=1.0)(u, u.flip(0)).item() == pytest.approx(math.log(1 + math.e), rel=1e-6)
+
+
+def test_logit_kd_hand_value():
+    zs, zt = torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 0.0]])
+    tau = 2.0
+    pt = torch.softmax(zt / tau, -1)[0]  # [e/(e+1), 1/(e+1)] at tau 2
+    expected = tau**2 * float(pt[0] * math.log(pt[0] / 0.5) + pt[1] * math.log(pt[1] / 0.5))
+    assert LogitKDLoss(tau)(zs, zt).item() == pytest.approx(expected, rel=1e-6)
+    assert LogitKDLoss(tau)(zt, zt).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_fitnet_and_cosine_hand_values():
+    a = torch.tensor([[1.0, 1.0]])
+    assert FitNetLoss()(a, torch.tensor([[2.0, 2.0]])).item() == pytest.approx(0.0, abs=1e-7)  # RMS-scaled
+    assert FitNetLoss()(torch.zeros(1, 2), torch.tensor([[3.0, -3.0]])).item() == pytest.approx(1.0)
+    assert CosineLoss()(a, torch.tensor([[1.0, -1.0]])).item() == pytest.approx(1.0)
+
+
+def test_layer_map_and_pruning_choice():
+    assert layer_map(2, 6) == [(0, 2), (1, 5)]
+    pairs = layer_map(4, 6)
+    assert pairs[-1] == (3, 5) and all(a[1] < b[1] for a, b in zip(pairs, pairs[1:]))
+    assert layer_map(3, 3) == [(0, 0), (1, 1), (2, 2)]
+    assert spread_layers(6, 2) == [0, 5] and spread_layers(6, 3) == [0, 2, 5] and spread_layers(4, 4) == [0, 1, 2, 3]
+    with pytest.raises(MkdError):
+        spread_layers(2, 3)
+
+
+def test_heads_start_as_embeddings_and_teacher_map_is_isometry():
+    h = torch.randn(5, 6)
+    head = ProjectionHead(6, 8, rank=2)
+    out = head(h)
+    assert torch.allclose(out[:, :6], h) and torch.all(out[:, 6:] == 0)
+    q = TeacherIsometry(8, 10, "orthogonal", seed=1)
+    x = torch.randn(4, 8)
+    assert torch.allclose(q(x).norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    heads = ProjectionHeads(6, 8, [(1, 2)], [(0, 1), (1, 2)], rank=4)
+    assert set(heads.heads) == {"enc_1", "dec_0", "dec_1"} and heads.dim == 8
+    # trainable: per head down 6*4 + up 4*8 + bias 8; the isometry is frozen
+    assert heads.trainable_parameters() == 3 * (6 * 4 + 4 * 8 + 8)
+
+
+def test_pairing_across_tokenizers(tiny_model_dir, tiny_multilingual_teacher):
+    from transformers import AutoProcessor, GenerationConfig
+
+    s_tok = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
+    t_tok = AutoProcessor.from_pretrained(tiny_multilingual_teacher).tokenizer
+    s_prompt = prompt_ids(s_tok, GenerationConfig.from_pretrained(tiny_model_dir))
+    t_prompt = prompt_ids(t_tok, GenerationConfig.from_pretrained(tiny_multilingual_teacher))
+    assert len(s_prompt) == 2 and len(t_prompt) == 4  # <|en|><|transcribe|> only for the multilingual one
+    text = "Naïve cafés, weren't they? 1,234 résumés."
+    s, t = force(s_tok, s_prompt, text), force(t_tok, t_prompt, text)
+    assert s.labels[: len(s_prompt) - 1] == [-100] * (len(s_prompt) - 1)
+    assert s.labels[-1] == s_tok.convert_tokens_to_ids("<|endoftext|>")
+    sp, tp = pair_positions(s, t)
+    # the last prompt position (nothing read) and the end of the text (predicting end-of-text) always pair
+    assert (sp[0], tp[0]) == (len(s_prompt) - 1, len(t_prompt) - 1)
+    assert (sp[-1], tp[-1]) == (len(s.input_ids) - 1, len(t.input_ids) - 1)
+    for i, j in zip(sp, tp):
+        assert s.prefix_end[i] == t.prefix_end[j]
+    assert s_tok.decode(s.input_ids[len(s_prompt):]) == t_tok.decode(t.input_ids[len(t_prompt):]) == " " + text
+    shared = shared_vocab(s_tok, t_tok)
+    assert not shared.identical and 25000 < len(shared) < 51864
+    for si, ti in list(zip(shared.student_ids.tolist(), shared.teacher_ids.tolist()))[::5000]:
+        assert s_tok.convert_ids_to_tokens(si) == t_tok.convert_ids_to_tokens(ti)
+    same = shared_vocab(s_tok, s_tok)
+    assert same.identical and len(same) == len(s_tok)
+    # one tokenizer: every position pairs
+    a, b = pair_positions(s, s)
+    assert a == b and len(a) == len([x for x in s.labels if x != -100])
+
+
+def test_recipe_config_file_and_flags(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("recipe: kd\nlr: 0.0005\nmax_steps: 7\n")
+    cfg = RecipeConfig.build(f, max_steps=9)
+    assert (cfg.recipe, cfg.lr, cfg.max_steps) == ("kd", 0.0005, 9)
+    assert not cfg.uses_heads and cfg.uses_kd and cfg.w_nce(3) == 0.0
+    m = RecipeConfig(max_steps=11)
+    assert m.w_nce(0) == pytest.approx(1.0) and m.w_nce(10) == pytest.approx(0.1) and m.w_nce(5) == pytest.approx(0.55)
+    (tmp_path / "bad.json").write_text('{"lrr": 1}')
+    with pytest.raises(MkdError, match="unknown recipe keys"):
+        RecipeConfig.build(tmp_path / "bad.json")
+    with pytest.raises(MkdError, match="--recipe"):
+        RecipeConfig.build(recipe="magic")
