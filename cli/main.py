@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mkdeploy.cli.bench import bench_cmd
+from mkdeploy.cli.demo import demo_cmd
 from mkdeploy.cli.eval import eval_cmd
 from mkdeploy.cli.export import export_cmd
 from mkdeploy.cli.import_ct2 import import_ct2
@@ -23,6 +24,7 @@ app.command("bench")(bench_cmd)
 app.command("train")(train_cmd)
 app.command("merge")(merge_cmd)
 app.add_typer(student_app, name="student")
+app.command("demo")(demo_cmd)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ def train_cmd(
     pseudo_label: str = typer.Option("missing", "--pseudo-label", help="missing: label rows without text; all: train on teacher transcripts."),
     wer_threshold: Optional[float] = typer.Option(None, "--wer-threshold", help="Drop rows whose reference the teacher misses by more (e.g. 0.1)."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", min=1),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Share pseudo-labels and teacher outputs between runs (default: inside the run)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run directory and start over."),
 ) -> None:
@@ -43,7 +44,8 @@ def train_cmd(
         cfg = RecipeConfig.build(config, recipe=recipe, train_mode=train_mode, max_steps=max_steps,
                                  batch_size=batch_size, lr=lr, lora_r=lora_r, encoder_lora_layers=encoder_lora_layers,
                                  max_trainable=max_trainable, eval_every=eval_every, save_every=save_every, seed=seed)
-        args = TrainArgs(teacher, student, train, output, cfg, eval, resume, force, pseudo_label, wer_threshold, eval_limit)
+        args = TrainArgs(teacher, student, train, output, cfg, eval, resume, force, pseudo_label, wer_threshold, eval_limit,
+                         cache_dir)
         with progress() as bar:
             job = bar.add_task("training", total=cfg.max_steps)
 

@@ -100,6 +100,7 @@ def pseudo_label_and_cache(
     cache_dir = data_dir / "teacher"
     cache_dir.mkdir(parents=True, exist_ok=True)
     fp = _fingerprint([str(r.audio) for r in rows], [r.text for r in rows], needs.key(), pseudo_label, wer_threshold,
+                      str(getattr(teacher, "name_or_path", "")), str(getattr(student_processor.tokenizer, "name_or_path", "")),
                       teacher.config.to_dict().get("d_model"), len(shared), language)
     labels_path = data_dir / "labels.jsonl"
     done: dict[str, dict] = {}
@@ -154,7 +155,7 @@ def pseudo_label_and_cache(
                             if needs.logits:
                                 logits = teacher.proj_out(dec.last_hidden_state[0, tp])
                                 payload["logits"] = logits[:, shared.teacher_ids.to(device)].to(torch.float16).cpu()
-                        name = f"{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt"
+                        name = f"{fp}_{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt"
                         torch.save(payload, cache_dir / f".{name}.tmp")
                         (cache_dir / f".{name}.tmp").replace(cache_dir / name)
                         rec.update(cache=name, student_pos=s_pos, n_student=len(s_seq.input_ids) - len(prompt_s) + 1,

@@ -56,6 +56,7 @@ class TrainArgs:
     pseudo_label: str = "missing"
     wer_threshold: float | None = None
     eval_limit: int | None = None
+    cache_dir: Path | None = None  # where pseudo-labels and teacher outputs go (default: the run directory)
 
 
 class DistillModule(nn.Module):
@@ -198,13 +199,20 @@ class Trainer:
                            f"{100 * cfg.max_trainable:.2f}%; lower --lora-r or --encoder-lora-layers, or raise the bound")
 
         shared = shared_vocab(s_proc.tokenizer, t_proc.tokenizer)
-        needs = TeacherNeeds(sorted({j for _, j in enc_pairs}), sorted({j for _, j in dec_pairs}), cfg.uses_kd)
+        # The cache always holds what the full recipe reads (all aligned layers and the logits), so runs of
+        # different recipes on the same data can share one cache (--cache-dir): the ablation's teacher cost
+        # is paid once.
+        full_enc = _layer_pairs(cfg.encoder_pairs, sc.encoder_layers, tc.encoder_layers,
+                                None if cfg.encoder_pairs else trainable_enc)
+        full_dec = _layer_pairs(cfg.decoder_pairs, sc.decoder_layers, tc.decoder_layers)
+        needs = TeacherNeeds(sorted({j for _, j in full_enc}), sorted({j for _, j in full_dec}), True)
         device = self.acc.device
         teacher.to(device)
         with self.acc.main_process_first():
             # rank 0 labels and caches; the others then find everything on disk
             samples, stats = pseudo_label_and_cache(
-                train_rows, teacher, t_proc, s_proc, base.generation_config, shared, needs, self.run,
+                train_rows, teacher, t_proc, s_proc, base.generation_config, shared, needs,
+                Path(args.cache_dir) if args.cache_dir else self.run,
                 language=cfg.language, pseudo_label=args.pseudo_label, wer_threshold=args.wer_threshold,
                 batch_size=cfg.batch_size, on_progress=None)
         teacher.to("cpu")
