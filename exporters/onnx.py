@@ -135,18 +135,26 @@ def quantize_int8(src: Path, dst: Path) -> None:
     _copy_side_files(src, dst)
 
 
-def convert_fp16(src: Path, dst: Path) -> None:
-    """fp16 weights and activations, fp32 at the graph's inputs and outputs (so the runtime feeds the same
-    features). Normalisations and Softmax stay fp32 via ORT's block list defaults."""
+FP16_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
+
+
+def convert_fp16(src: Path, dst: Path, side_files: Path) -> None:
+    """fp16 weights and activations, fp32 at the graphs' inputs and outputs (so the runtime feeds the same
+    features). Normalisations and Softmax stay fp32 via ORT's block list defaults.
+
+    The unmerged decoder pair is converted, not the merged decoder: converting the merged graph left an If
+    branch returning an outer-scope value directly, which ONNX Runtime refuses to load (seen on an H100).
+    ``ORTModelForSpeechSeq2Seq`` loads the pair when no merged decoder is present.
+    """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ONNX_FILES:
-        model = onnx.load(str(src / name))
+    for name in FP16_FILES:
+        model = onnx.load(str(src / name if (src / name).exists() else side_files / name))
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
         onnx.save(model, str(dst / name))
-    _copy_side_files(src, dst)
+    _copy_side_files(side_files, dst)
 
 
 def _sample_audio(samples: Sequence[np.ndarray] | None) -> tuple[list[np.ndarray], str]:
@@ -165,8 +173,11 @@ def _sample_audio(samples: Sequence[np.ndarray] | None) -> tuple[list[np.ndarray
 def _first_step_logits(model, features, start_ids):
     import torch
 
+    # Inputs must live where the model runs: with IOBinding on CUDA a host tensor is bound as is and
+    # cuDNN fails on it (seen on an H100: CUDNN_BACKEND_API_FAILED in the first Conv).
+    dev = getattr(model, "device", torch.device("cpu"))
     with torch.inference_mode():
-        out = model(input_features=features, decoder_input_ids=start_ids)
+        out = model(input_features=features.to(dev), decoder_input_ids=start_ids.to(dev))
     return out.logits.float().cpu().numpy()
 
 
@@ -244,7 +255,6 @@ def export_onnx(model_dir: str | Path, out: str | Path, options: ExportOptions |
         for name in ONNX_FILES:
             shutil.move(raw / name, tmp / name)
         _copy_side_files(raw, tmp)
-        shutil.rmtree(raw)
         manifest = ExportManifest(source=str(model_dir.resolve()), source_sha256=hash_model_dir(model_dir),
                                   opset=_opset_of(tmp / "encoder_model.onnx"), task=TASK)
         variants = {"fp32": tmp}
@@ -252,8 +262,9 @@ def export_onnx(model_dir: str | Path, out: str | Path, options: ExportOptions |
             quantize_int8(tmp, tmp / "int8")
             variants["int8"] = tmp / "int8"
         if options.fp16:
-            convert_fp16(tmp, tmp / "fp16")
+            convert_fp16(raw, tmp / "fp16", tmp)
             variants["fp16"] = tmp / "fp16"
+        shutil.rmtree(raw)  # the unmerged pair optimum also wrote (kept until the fp16 variant was made)
         for name, d in variants.items():
             manifest.variants[name] = {
                 "path": "." if name == "fp32" else name,

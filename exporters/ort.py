@@ -53,7 +53,8 @@ def resolve_variant_dir(path: str | Path, variant: str | None = None) -> Path:
     if not path.is_dir():
         raise ModelError(f"{path}: no such ONNX export directory; create one with `mkd export MODEL OUT`")
     missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
-    if not any(path.glob("decoder_model*.onnx")):
+    if not (path / "decoder_model_merged.onnx").exists() and not (
+            (path / "decoder_model.onnx").exists() and (path / "decoder_with_past_model.onnx").exists()):
         missing.append("decoder_model_merged.onnx")
     if missing:
         hint = "it is a PyTorch model directory: use --backend torch, or export it with `mkd export`" if (
@@ -73,6 +74,12 @@ def _providers_for(device: str) -> list[str]:
             raise MkdError(f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDA provider "
                            f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu")
         return ["CPUExecutionProvider"]
+    # CUDA and cuDNN installed as pip wheels (nvidia-cublas, nvidia-cudnn-cu13..., e.g. beside a CUDA build
+    # of PyTorch) are not on the loader's path; onnxruntime >= 1.21 can preload them from site-packages.
+    try:
+        ort.preload_dlls()
+    except Exception:  # older onnxruntime, or no such wheels: the system libraries are tried as usual
+        pass
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 

@@ -181,7 +181,9 @@ def onnx_param_count(path: Path) -> int:
     import onnx
 
     total = 0
-    for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+    # an fp16 variant holds the unmerged pair; decoder_with_past repeats decoder_model's weights
+    dec = "decoder_model_merged.onnx" if (path / "decoder_model_merged.onnx").exists() else "decoder_model.onnx"
+    for name in ("encoder_model.onnx", dec):
         m = onnx.load(str(path / name), load_external_data=False)
         seen: set[str] = set()
 

@@ -68,6 +68,11 @@ def test_fp16_variant_has_fp16_weights_and_fp32_io(tiny_export):
     dtypes = {i.data_type for i in enc.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in dtypes
     assert enc.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # every fp16 graph must load (an invalid graph fails at load, whatever the provider)
+    import onnxruntime as ort
+
+    for f in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"):
+        ort.InferenceSession(str(tiny_export / "fp16" / f), providers=["CPUExecutionProvider"])
 
 
 def test_onnx_transcriber_matches_pytorch(tiny_export, tiny_model_dir, samples):
