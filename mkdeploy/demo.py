@@ -86,7 +86,9 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
                            save_every=20).validate()
         resume = latest_checkpoint(run) is not None
         summary = train(TrainArgs(teacher, student, train_m, run, cfg, eval_manifest=held_m, resume=resume,
-                                  force=not resume, pseudo_label="all", wer_threshold=0.3), log=log)
+                                  force=not resume, pseudo_label="all", wer_threshold=0.3), log=log,
+                        on_step=lambda step, rec: log(f"  step {step}/{opts.steps}: loss {rec['loss']:.3f}, "
+                                                      f"{rec['samples_per_s']:.1f} clips/s") if step % 10 == 0 else None)
     done(f"distil: {opts.recipe}, {opts.steps} steps")
 
     merged = models / "tiny.en-distilled"

@@ -71,7 +71,15 @@ class TranscriptionOptions:
         batch_size: clips decoded together.
         return_timestamps: predict timestamp tokens (segments with times); needed for audio over 30 s.
         num_beams: 1 is greedy.
-        max_new_tokens: cap per 30 s window (None: the model's limit).
+        max_new_tokens: cap per 30 s window (None: from the clip's length, see below).
+        max_tokens_per_second: for clips under 30 s with no max_new_tokens, the cap is this many tokens
+            per second of the longest clip in the batch, plus 20. Speech runs at about 4 tokens/s; a
+            repetition loop ("lo lo lo ...", seen from base on noisy speech) otherwise runs to 448 tokens.
+        compression_ratio_threshold: Whisper's loop detector (HF computes it on token bytes; 1.35 is its
+            documented equivalent of openai/whisper's 2.4): an output that compresses better than this is
+            decoded again at the next temperature of ``temperatures``. Greedy output that passes is kept
+            as is, so normal clips stay deterministic. None turns the fallback off.
+        temperatures: the fallback ladder (openai/whisper's default).
     """
 
     language: str | None = "en"
@@ -80,6 +88,9 @@ class TranscriptionOptions:
     return_timestamps: bool = True
     num_beams: int = 1
     max_new_tokens: int | None = None
+    max_tokens_per_second: float = 8.0
+    compression_ratio_threshold: float | None = 1.35
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @dataclass
@@ -184,6 +195,8 @@ class WhisperTranscriber:
             kw.update(language=options.language or "en", task=options.task)
         if options.max_new_tokens:
             kw["max_new_tokens"] = options.max_new_tokens
+        if options.compression_ratio_threshold:
+            kw.update(temperature=tuple(options.temperatures), compression_ratio_threshold=options.compression_ratio_threshold)
         return kw
 
     def _features(self, audios: Sequence[np.ndarray]):
@@ -229,6 +242,10 @@ class WhisperTranscriber:
         features = features.to(self.device, dtype=dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32)
         mask = mask.to(self.device)
         kw = self._generate_kwargs(options)
+        longest = max(len(a) for a in audios)
+        if "max_new_tokens" not in kw and longest <= WINDOW_SAMPLES:
+            cap = int(options.max_tokens_per_second * longest / SAMPLE_RATE) + 20
+            kw["max_new_tokens"] = min(cap, self.model.config.max_target_positions // 2 - 4)
         with torch.inference_mode():
             if options.return_timestamps:
                 out = self.model.generate(features, attention_mask=mask, return_segments=True, **kw)

@@ -45,7 +45,8 @@ def test_logit_kd_hand_value():
 def test_fitnet_and_cosine_hand_values():
     a = torch.tensor([[1.0, 1.0]])
     assert FitNetLoss()(a, torch.tensor([[2.0, 2.0]])).item() == pytest.approx(0.0, abs=1e-7)  # RMS-scaled
-    assert FitNetLoss()(torch.zeros(1, 2), torch.tensor([[3.0, -3.0]])).item() == pytest.approx(1.0)
+    # unit-RMS points [1, 1] and [1, -1]: squared distance 4 over 2 dims
+    assert FitNetLoss()(a, torch.tensor([[3.0, -3.0]])).item() == pytest.approx(2.0)
     assert CosineLoss()(a, torch.tensor([[1.0, -1.0]])).item() == pytest.approx(1.0)
 
 

@@ -26,6 +26,14 @@ from mkdeploy.errors import DataError
 SAMPLES_PER_FRAME = 320
 
 
+def compression_ratio(text: str) -> float:
+    """len(text) / len(zlib(text)): high for repetition loops (openai/whisper drops above 2.4)."""
+    import zlib
+
+    data = text.encode("utf-8")
+    return len(data) / max(1, len(zlib.compress(data)))
+
+
 def valid_frames(n_samples: int, max_frames: int = 1500) -> int:
     """Encoder frames that carry audio; the rest is padding and is masked out of the alignment."""
     return max(1, min(max_frames, -(-n_samples // SAMPLES_PER_FRAME)))
@@ -126,7 +134,9 @@ def pseudo_label_and_cache(
                 need_label = [pseudo_label == "all" or r.text is None or wer_threshold is not None for r in batch]
                 teacher_text = [None] * len(batch)
                 if any(need_label):
-                    out = teacher.generate(encoder_outputs=enc, return_timestamps=False, max_new_tokens=220, **gen_kw)
+                    # same loop guard as the transcriber: a length cap from the clip's duration
+                    cap = min(220, int(8 * max(len(a) for a in audios) / SAMPLE_RATE) + 20)
+                    out = teacher.generate(encoder_outputs=enc, return_timestamps=False, max_new_tokens=cap, **gen_kw)
                     teacher_text = tok_t.batch_decode(out, skip_special_tokens=True)
                 for k, (r, audio) in enumerate(zip(batch, audios)):
                     rec = {"id": r.id, "fp": fp, "reference": r.text, "teacher": (teacher_text[k] or "").strip() or None}
@@ -137,6 +147,9 @@ def pseudo_label_and_cache(
                     text = rec["teacher"] if (pseudo_label == "all" or r.text is None) else r.text
                     if not text:
                         rec["dropped"] = rec.get("dropped", "empty transcript")
+                    elif compression_ratio(text) > 2.4:
+                        # openai/whisper's threshold: a repetition loop, not a transcript
+                        rec["dropped"] = rec.get("dropped", f"repetitive transcript (ratio {compression_ratio(text):.1f})")
                     rec["text"] = text
                     if "dropped" not in rec:
                         s_seq, t_seq = force(tok_s, prompt_s, text), force(tok_t, prompt_t, text)

@@ -69,14 +69,16 @@ class LogitKDLoss(nn.Module):
 class FitNetLoss(nn.Module):
     """FitNets hint loss (Romero et al. 2015) on projected states, the Euclidean baseline.
 
-    L_fit = mean_n ‖a_n − b_n/s_n‖² / D with s_n = RMS(b_n): the teacher point is scaled to unit RMS so
-    that layers with large activations don't dominate the sum over layers.
+    L_fit = mean_n ‖a_n/r_n − b_n/s_n‖² / D with r_n = RMS(a_n), s_n = RMS(b_n): both points scaled to
+    unit RMS. Measured here: regressing raw student states onto RMS-scaled teacher states (only s_n) drove
+    the adapters to shrink the student's activations and tiny.en collapsed to 82% held-out WER in 60 steps.
     """
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        b = b.float()
-        scale = b.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-6)
-        return (a.float() - b / scale).pow(2).mean()
+        a, b = a.float(), b.float()
+        ra = a.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-6)
+        rb = b.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-6)
+        return (a / ra - b / rb).pow(2).mean()
 
 
 class CosineLoss(nn.Module):

@@ -214,7 +214,7 @@ class Trainer:
                 train_rows, teacher, t_proc, s_proc, base.generation_config, shared, needs,
                 Path(args.cache_dir) if args.cache_dir else self.run,
                 language=cfg.language, pseudo_label=args.pseudo_label, wer_threshold=args.wer_threshold,
-                batch_size=cfg.batch_size, on_progress=None)
+                batch_size=cfg.batch_size, on_progress=self._label_progress(len(train_rows)))
         teacher.to("cpu")
         del teacher  # the cache holds all the loop needs
         self.log(f"data: {stats['kept']} clips ({stats['dropped']} dropped), {100 * stats['paired_share']:.1f}% of "
@@ -238,6 +238,18 @@ class Trainer:
                     "pruned_student": pruned, "encoder_pairs": enc_pairs, "decoder_pairs": dec_pairs,
                     "parameters": self.counts, "data": stats, "world_size": self.acc.num_processes}
             (self.run / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def _label_progress(self, total: int) -> Callable[[int], None]:
+        """Log teacher pseudo-labelling progress every ~10% (it is the longest stage before training)."""
+        state = {"done": 0, "next": 0}
+        t0 = time.time()
+
+        def tick(n: int) -> None:
+            state["done"] += n
+            if state["done"] >= state["next"] or state["done"] == total:
+                self.log(f"teacher pass: {state['done']}/{total} clips ({time.time() - t0:.0f} s)")
+                state["next"] += max(1, total // 10)
+        return tick
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _unwrapped(self) -> DistillModule:
