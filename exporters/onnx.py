@@ -247,8 +247,15 @@ def export_onnx(model_dir: str | Path, out: str | Path, options: ExportOptions |
     with atomic_output_dir(out, force=force) as tmp:
         raw = tmp / ".optimum"
         try:
-            main_export(str(model_dir), raw, task=TASK, opset=options.opset, atol=options.atol,
-                        do_validation=options.validate, local_files_only=True, library_name="transformers")
+            import warnings
+
+            import torch
+
+            with warnings.catch_warnings():
+                # tracing Whisper emits TracerWarnings about shape checks it folds; they are expected
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                main_export(str(model_dir), raw, task=TASK, opset=options.opset, atol=options.atol,
+                            do_validation=options.validate, local_files_only=True, library_name="transformers")
         except Exception as exc:  # optimum raises ValueError / AtolError / its own export errors
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"{model_dir}: ONNX export failed ({first})") from None
