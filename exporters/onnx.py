@@ -125,13 +125,18 @@ def quantize_int8(src: Path, dst: Path) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # quantize_dynamic logs a pre-processing advice on the root logger for every graph.
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ONNX_FILES:
-        quantize_dynamic(src / name, dst / name, weight_type=QuantType.QInt8, per_channel=False,
-                         extra_options={"EnableSubgraph": True})
+    root = logging.getLogger()
+    level = root.level
+    # quantize_dynamic logs a pre-processing advice on the root logger for every graph; silence it for
+    # these calls only, not for the whole process.
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        for name in ONNX_FILES:
+            quantize_dynamic(src / name, dst / name, weight_type=QuantType.QInt8, per_channel=False,
+                             extra_options={"EnableSubgraph": True})
+    finally:
+        root.setLevel(level)
     _copy_side_files(src, dst)
 
 

@@ -174,17 +174,12 @@ class WhisperTranscriber:
 
             model, processor, provider = load_ort_model(path, device=device, **onnx_kwargs)
             return cls(model, processor, "onnx", "cuda" if provider == "CUDAExecutionProvider" else "cpu", provider)
-        import torch
-        from transformers import AutoProcessor, WhisperForConditionalGeneration
+        from mkdeploy.models.student import load_whisper
 
         if is_onnx_dir(path) and not (path / "model.safetensors").exists():
             raise ModelError(f"{path}: an ONNX export; use --backend onnx (or auto)")
         dev = resolve_device(device)
-        try:
-            processor = AutoProcessor.from_pretrained(path)
-            model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{path}: cannot load the Whisper model ({str(exc).splitlines()[0]})") from None
+        model, processor = load_whisper(path)
         model.to(dev).eval()
         return cls(model, processor, "torch", dev)
 

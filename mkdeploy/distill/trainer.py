@@ -178,13 +178,12 @@ class Trainer:
             trainable_enc = set()
         base = student.get_base_model() if hasattr(student, "get_base_model") else student
 
-        enc_pairs = dec_pairs = []
-        if cfg.uses_heads:
-            # Only layers that train get aligned: a frozen encoder layer's states can't move (and a pruned
-            # student's copied encoder equals the teacher's: nothing to align).
-            enc_pairs = _layer_pairs(cfg.encoder_pairs, sc.encoder_layers, tc.encoder_layers,
-                                     None if cfg.encoder_pairs else trainable_enc)
-            dec_pairs = _layer_pairs(cfg.decoder_pairs, sc.decoder_layers, tc.decoder_layers)
+        # Only layers that train get aligned: a frozen encoder layer's states can't move (and a pruned
+        # student's copied encoder equals the teacher's: nothing to align).
+        full_enc = _layer_pairs(cfg.encoder_pairs, sc.encoder_layers, tc.encoder_layers,
+                                None if cfg.encoder_pairs else trainable_enc)
+        full_dec = _layer_pairs(cfg.decoder_pairs, sc.decoder_layers, tc.decoder_layers)
+        enc_pairs, dec_pairs = (full_enc, full_dec) if cfg.uses_heads else ([], [])
         heads = ProjectionHeads(sc.d_model, tc.d_model, enc_pairs, dec_pairs, cfg.head_rank, cfg.proj_dim,
                                 cfg.teacher_map, cfg.seed)
         n_trainable = count_parameters(student, trainable_only=True) + heads.trainable_parameters()
@@ -202,9 +201,6 @@ class Trainer:
         # The cache always holds what the full recipe reads (all aligned layers and the logits), so runs of
         # different recipes on the same data can share one cache (--cache-dir): the ablation's teacher cost
         # is paid once.
-        full_enc = _layer_pairs(cfg.encoder_pairs, sc.encoder_layers, tc.encoder_layers,
-                                None if cfg.encoder_pairs else trainable_enc)
-        full_dec = _layer_pairs(cfg.decoder_pairs, sc.decoder_layers, tc.decoder_layers)
         needs = TeacherNeeds(sorted({j for _, j in full_enc}), sorted({j for _, j in full_dec}), True)
         device = self.acc.device
         teacher.to(device)
