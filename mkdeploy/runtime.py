@@ -80,6 +80,14 @@ class TranscriptionOptions:
             decoded again at the next temperature of ``temperatures``. Greedy output that passes is kept
             as is, so normal clips stay deterministic. None turns the fallback off.
         temperatures: the fallback ladder (openai/whisper's default).
+        encoder_buckets: encoder windows in seconds (see :mod:`mkdeploy.models.window`): each batch is
+            encoded in the smallest that holds its longest clip, audio over 30 s in 30 s windows. None
+            uses the model's own (a windowed student's config names them; other models use 30 s only);
+            ``(30,)`` forces Whisper's 30 s window; shorter buckets on a model not trained for them trim
+            its window untrained, as whisper.cpp's ``audio_ctx`` does, and cost accuracy.
+        fast_greedy: greedy decoding without timestamps of clips up to 30 s runs a lean loop
+            (:mod:`mkdeploy.decoding`, same tokens as ``generate``, ~3 ms less per token); False uses
+            ``generate`` throughout.
     """
 
     language: str | None = "en"
@@ -91,6 +99,8 @@ class TranscriptionOptions:
     max_tokens_per_second: float = 8.0
     compression_ratio_threshold: float | None = 1.35
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    encoder_buckets: tuple[int, ...] | None = None
+    fast_greedy: bool = True
 
 
 @dataclass
@@ -146,14 +156,39 @@ class WhisperTranscriber:
         provider: the ONNX Runtime provider actually in use (None for PyTorch).
     """
 
-    def __init__(self, model, processor, backend: str, device: str, provider: str | None = None):
+    def __init__(self, model, processor, backend: str, device: str, provider: str | None = None, path: str = ""):
+        from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR, enable_encoder_windows, model_buckets
+
         self.model = model
         self.processor = processor
         self.backend = backend
         self.device = device
         self.provider = provider
+        self.path = str(path)
         gen = model.generation_config
         self.multilingual = bool(getattr(gen, "is_multilingual", False) and getattr(gen, "lang_to_id", None))
+        #: the windows the model was trained for (None: an ordinary 30 s model)
+        self.model_buckets = model_buckets(model.config)
+        if backend == "torch":
+            enable_encoder_windows(model)
+            self.short_windows = True
+        else:
+            # an export's encoder takes short windows only if it was traced with a dynamic frame axis
+            self.short_windows = bool(getattr(model.config, ONNX_DYNAMIC_FRAMES_ATTR, False))
+        if self.model_buckets and not self.short_windows:
+            raise ModelError(f"{self.path or 'model'}: a windowed student whose ONNX encoder takes 30 s windows only; "
+                             "re-export it with `mkd export`")
+
+    def windows(self, options: TranscriptionOptions | None = None):
+        """The :class:`~mkdeploy.models.window.WindowConfig` used with ``options``."""
+        from mkdeploy.models.window import FULL_WINDOW_S, WindowConfig
+
+        buckets = (options.encoder_buckets if options else None) or self.model_buckets or (FULL_WINDOW_S,)
+        win = WindowConfig(tuple(buckets))
+        if win.windowed and not self.short_windows:
+            raise ModelError(f"{self.path or 'model'}: this ONNX export's encoder takes 30 s windows only; re-export "
+                             "it with `mkd export` to use encoder buckets")
+        return win
 
     @classmethod
     def from_pretrained(cls, path: str | Path, backend: Backend = "auto", device: Device = "auto",
@@ -173,7 +208,8 @@ class WhisperTranscriber:
             from mkdeploy.exporters.ort import load_ort_model
 
             model, processor, provider = load_ort_model(path, device=device, **onnx_kwargs)
-            return cls(model, processor, "onnx", "cuda" if provider == "CUDAExecutionProvider" else "cpu", provider)
+            return cls(model, processor, "onnx", "cuda" if provider == "CUDAExecutionProvider" else "cpu", provider,
+                       path=str(path))
         from mkdeploy.models.student import load_whisper
 
         if is_onnx_dir(path) and not (path / "model.safetensors").exists():
@@ -181,7 +217,7 @@ class WhisperTranscriber:
         dev = resolve_device(device)
         model, processor = load_whisper(path)
         model.to(dev).eval()
-        return cls(model, processor, "torch", dev)
+        return cls(model, processor, "torch", dev, path=str(path))
 
     # -- decoding -------------------------------------------------------------------------------
     def _generate_kwargs(self, options: TranscriptionOptions) -> dict:
@@ -220,33 +256,67 @@ class WhisperTranscriber:
         options = options or TranscriptionOptions()
         if not options.return_timestamps and any(len(a) > WINDOW_SAMPLES for a in audios):
             options = TranscriptionOptions(**{**asdict(options), "return_timestamps": True})
+        win = self.windows(options)
         results: list[Transcription | None] = [None] * len(audios)
-        # Batches of similar length waste less padding (long-form pads every clip to the longest).
+        # Batches of similar length waste less padding (long-form pads every clip to the longest), and a
+        # batch never mixes encoder windows: each clip is encoded in the smallest bucket that holds it.
         order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
-        for start in range(0, len(order), options.batch_size):
-            idx = order[start:start + options.batch_size]
-            for i, t in zip(idx, self._transcribe_batch([audios[i] for i in idx], options)):
-                results[i] = t
+        groups: dict[int, list[int]] = {}
+        for i in order:
+            groups.setdefault(win.bucket_for(len(audios[i]) / SAMPLE_RATE), []).append(i)
+        for bucket, members in groups.items():
+            for start in range(0, len(members), options.batch_size):
+                idx = members[start:start + options.batch_size]
+                for i, t in zip(idx, self._transcribe_batch([audios[i] for i in idx], options, bucket)):
+                    results[i] = t
         return [r for r in results if r is not None]
 
-    def _transcribe_batch(self, audios: list[np.ndarray], options: TranscriptionOptions) -> list[Transcription]:
+    def encode(self, features):
+        """Run the encoder alone on mel features of any window; returns a ``BaseModelOutput``."""
         import torch
 
-        features, mask = self._features(audios)
+        with torch.inference_mode():
+            if self.backend == "torch":
+                return self.model.get_encoder()(features)
+            return self.model.encoder(input_features=features, attention_mask=None)
+
+    def _transcribe_batch(self, audios: list[np.ndarray], options: TranscriptionOptions,
+                          window_s: int = 30) -> list[Transcription]:
+        import torch
+
+        from mkdeploy.models.window import FULL_WINDOW_S
+
+        longest = max(len(a) for a in audios)
+        short = window_s < FULL_WINDOW_S and longest <= window_s * SAMPLE_RATE
+        if short:
+            # pad to the window, not to 30 s: the encoder's cost follows its input length
+            fe = self.processor.feature_extractor
+            features = fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length",
+                          max_length=window_s * SAMPLE_RATE, truncation=True).input_features
+            mask = None
+        else:
+            features, mask = self._features(audios)
         dtype = getattr(self.model, "dtype", torch.float32)
         features = features.to(self.device, dtype=dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32)
-        mask = mask.to(self.device)
         kw = self._generate_kwargs(options)
-        longest = max(len(a) for a in audios)
+        if short:
+            # generate() pads input features to 30 s; handing it the encoder's output instead keeps the
+            # short window (its decoder cross-attends to however many frames there are).
+            inputs = {"encoder_outputs": self.encode(features)}
+        else:
+            inputs = {"input_features": features, "attention_mask": mask.to(self.device)}
         if "max_new_tokens" not in kw and longest <= WINDOW_SAMPLES:
             cap = int(options.max_tokens_per_second * longest / SAMPLE_RATE) + 20
             kw["max_new_tokens"] = min(cap, self.model.config.max_target_positions // 2 - 4)
         with torch.inference_mode():
             if options.return_timestamps:
-                out = self.model.generate(features, attention_mask=mask, return_segments=True, **kw)
+                out = self.model.generate(**inputs, return_segments=True, **kw)
                 sequences, all_segments = out["sequences"], out["segments"]
+            elif options.fast_greedy and options.num_beams == 1 and longest <= WINDOW_SAMPLES:
+                sequences = self._greedy(inputs, options, kw)
+                all_segments = [None] * len(audios)
             else:
-                sequences = self.model.generate(features, attention_mask=mask, **kw)
+                sequences = self.model.generate(**inputs, **kw)
                 all_segments = [None] * len(audios)
         tok = self.processor.tokenizer
         special = set(tok.all_special_ids)
@@ -264,6 +334,30 @@ class WhisperTranscriber:
             results.append(Transcription(path="", text=text, segments=segments, duration=len(audio) / SAMPLE_RATE,
                                          tokens=ids))
         return results
+
+    def _greedy(self, inputs: dict, options: TranscriptionOptions, kw: dict) -> list[torch.Tensor]:
+        """Greedy, timestamp-free decoding through :func:`mkdeploy.decoding.greedy_decode`; clips whose
+        output fails the compression-ratio check are decoded again by ``generate`` (temperature fallback)."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        from mkdeploy.decoding import decoder_prompt, greedy_decode, ort_step, torch_step
+
+        enc = inputs["encoder_outputs"] if "encoder_outputs" in inputs else self.encode(inputs["input_features"])
+        states = enc.last_hidden_state
+        step = (torch_step if self.backend == "torch" else ort_step)(self.model, states)
+        gen = self.model.generation_config
+        prompt = decoder_prompt(self.processor.tokenizer, gen, options.language if self.multilingual else None,
+                                options.task)
+        results = greedy_decode(step, states.shape[0], prompt, gen, kw["max_new_tokens"], self.model.config.vocab_size,
+                                options.compression_ratio_threshold, device=states.device)
+        sequences = [torch.tensor(r.tokens, dtype=torch.long) for r in results]
+        redo = [i for i, r in enumerate(results) if r.needs_fallback]
+        if redo:
+            sub = BaseModelOutput(last_hidden_state=states[redo])
+            for i, seq in zip(redo, self.model.generate(encoder_outputs=sub, **kw)):
+                sequences[i] = seq
+        return sequences
 
     def transcribe_files(
         self,
