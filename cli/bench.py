@@ -12,8 +12,8 @@ from mkdeploy.cli.common import cli_errors, console, out, quiet_libraries
 
 def bench_cmd(
     manifest: Path = typer.Argument(..., help="JSONL manifest or folder of clips (references give WER)."),
-    model: List[str] = typer.Option(..., "--model", "-m", help="NAME=PATH: a PyTorch, ONNX (any variant folder) "
-                                    "or CTranslate2 directory (repeatable)."),
+    model: List[str] = typer.Option(..., "--model", "-m", help="NAME=PATH[:buckets=5,10,20,30]: a PyTorch, ONNX (any variant folder) "
+                                    "or CTranslate2 directory (repeatable); buckets set its encoder windows (30: Whisper's)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Model the others are compared with (default: first)."),
     output: Path = typer.Option(..., "--output", "-o", help="Directory for bench.json, bench.md, latency_vs_wer.png."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed runs per clip and model."),

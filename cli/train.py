@@ -27,6 +27,10 @@ def train_cmd(
     eval_every: Optional[int] = typer.Option(None, "--eval-every", min=0),
     save_every: Optional[int] = typer.Option(None, "--save-every", min=1),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    encoder_buckets: Optional[str] = typer.Option(None, "--encoder-buckets", help="Train for these encoder windows "
+                                                  "in seconds, e.g. 5,10,20,30 (short clips encode in short windows)."),
+    full_window_prob: Optional[float] = typer.Option(None, "--full-window-prob", help="With buckets: share of "
+                                                     "batches kept at 30 s (default 0.2)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON recipe overrides (CLI flags win)."),
     pseudo_label: str = typer.Option("missing", "--pseudo-label", help="missing: label rows without text; all: train on teacher transcripts."),
     wer_threshold: Optional[float] = typer.Option(None, "--wer-threshold", help="Drop rows whose reference the teacher misses by more (e.g. 0.1)."),
@@ -38,12 +42,15 @@ def train_cmd(
     """Train; Ctrl-C saves a checkpoint and exits, --resume continues from it."""
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.trainer import TrainArgs, train as run_training
+    from mkdeploy.models.window import parse_buckets
 
     quiet_libraries()
     with cli_errors():
+        buckets = list(parse_buckets(encoder_buckets)) if encoder_buckets else None
         cfg = RecipeConfig.build(config, recipe=recipe, train_mode=train_mode, max_steps=max_steps,
                                  batch_size=batch_size, lr=lr, lora_r=lora_r, encoder_lora_layers=encoder_lora_layers,
-                                 max_trainable=max_trainable, eval_every=eval_every, save_every=save_every, seed=seed)
+                                 max_trainable=max_trainable, eval_every=eval_every, save_every=save_every, seed=seed,
+                                 encoder_buckets=buckets, full_window_prob=full_window_prob)
         args = TrainArgs(teacher, student, train, output, cfg, eval, resume, force, pseudo_label, wer_threshold, eval_limit,
                          cache_dir)
         with progress() as bar:

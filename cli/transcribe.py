@@ -22,12 +22,15 @@ def transcribe(
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
     variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8 or fp16 (default: the folder given, fp32 at an export's root)."),
     timestamps: bool = typer.Option(True, "--timestamps/--no-timestamps", help="Predict segment times."),
+    encoder_buckets: Optional[str] = typer.Option(None, "--encoder-buckets", help="Encoder windows in seconds, e.g. "
+                                                  "5,10,20,30 (default: the model's own; 30 forces Whisper's window)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing transcripts."),
 ) -> None:
     """Transcribe audio files; bad files are listed and the rest still transcribed."""
     from mkdeploy.audio import expand_audio_paths
     from mkdeploy.errors import MkdError
     from mkdeploy.fsutil import check_writable
+    from mkdeploy.models.window import parse_buckets
     from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
     from mkdeploy.writers import WRITERS, get_writer
 
@@ -51,7 +54,13 @@ def transcribe(
                 target = w.output_dir / f"{stem}.{w.extension}"
                 if not force:
                     check_writable(target, force)
-        opts = TranscriptionOptions(language=language, task=task, batch_size=batch_size, return_timestamps=timestamps)
+        buckets = parse_buckets(encoder_buckets) if encoder_buckets else None
+        opts = TranscriptionOptions(language=language, task=task, batch_size=batch_size, return_timestamps=timestamps,
+                                    encoder_buckets=buckets)
+        windows = tr.windows(opts)
+        if windows.windowed:
+            console.print(f"encoder windows: {', '.join(f'{b} s' for b in windows.buckets)}"
+                          + ("" if tr.model_buckets else " (untrained for them: expect some accuracy loss)"))
         with progress(disable=len(paths) < 2) as bar:
             job = bar.add_task("transcribing", total=len(paths))
             results, failures = tr.transcribe_files(paths, opts, on_progress=lambda n: bar.advance(job, n))

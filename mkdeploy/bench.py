@@ -27,18 +27,27 @@ SAMPLE_RATE = 16000
 
 @dataclass
 class ModelSpec:
-    """One ``--model NAME=PATH`` entry."""
+    """One ``--model NAME=PATH[:buckets=5,10,20,30]`` entry.
+
+    Attributes:
+        buckets: encoder windows in seconds for this entry (None: the model's own; ``(30,)`` for Whisper's
+            30 s window), so one model can be benched with and without its buckets.
+    """
 
     name: str
     path: Path
+    buckets: tuple[int, ...] | None = None
 
 
 def parse_model_spec(text: str) -> ModelSpec:
-    """Parse ``NAME=PATH``."""
+    """Parse ``NAME=PATH`` with an optional ``:buckets=5,10,20,30`` suffix."""
+    from mkdeploy.models.window import parse_buckets
+
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise MkdError(f"--model {text!r}: expected NAME=PATH, e.g. --model teacher=models/base")
-    return ModelSpec(name, Path(path))
+    path, _, buckets = path.partition(":buckets=")
+    return ModelSpec(name, Path(path), parse_buckets(buckets) if buckets else None)
 
 
 @dataclass
@@ -76,6 +85,7 @@ class ModelResult:
     cer_vs_reference: float | None = None
     speedup: float | None = None
     load_s: float = 0.0
+    windows: str = "30"
 
 
 @dataclass
@@ -96,6 +106,7 @@ class Runner:
 
     backend = ""
     variant = ""
+    windows = "30"  # encoder windows in seconds
     device = "cpu"
     provider = ""
 
@@ -109,7 +120,8 @@ class Runner:
 class WhisperRunner(Runner):
     """PyTorch or ONNX Runtime through :class:`mkdeploy.runtime.WhisperTranscriber`."""
 
-    def __init__(self, path: Path, device: str, language: str, max_new_tokens: int | None = None):
+    def __init__(self, path: Path, device: str, language: str, max_new_tokens: int | None = None,
+                 buckets: tuple[int, ...] | None = None):
         from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
         self.path = path
@@ -117,7 +129,8 @@ class WhisperRunner(Runner):
         self.backend, self.device, self.provider = self.tr.backend, self.tr.device, self.tr.provider or ""
         self.variant = _onnx_variant(path) if self.backend == "onnx" else str(self.tr.model.dtype).split(".")[-1]
         self.options = TranscriptionOptions(language=language, batch_size=1, return_timestamps=False,
-                                            max_new_tokens=max_new_tokens)
+                                            max_new_tokens=max_new_tokens, encoder_buckets=buckets)
+        self.windows = ",".join(str(b) for b in self.tr.windows(self.options).buckets)
 
     def transcribe(self, audio):
         t = self.tr.transcribe_arrays([audio], self.options)[0]
@@ -216,8 +229,10 @@ def load_runner(spec: ModelSpec, device: str, language: str, max_new_tokens: int
     if not spec.path.exists():
         raise ModelError(f"--model {spec.name}={spec.path}: no such directory")
     if is_ct2_dir(spec.path):
+        if spec.buckets and spec.buckets != (30,):
+            raise MkdError(f"--model {spec.name}: encoder buckets need a PyTorch or ONNX model, not CTranslate2")
         return CT2Runner(spec.path, device, language, max_new_tokens)
-    return WhisperRunner(spec.path, device, language, max_new_tokens)
+    return WhisperRunner(spec.path, device, language, max_new_tokens, spec.buckets)
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -353,7 +368,7 @@ def run_bench(manifest: str | Path, specs: Sequence[ModelSpec], reference: str |
             rtf=total / audio_seconds, audio_s_per_s=audio_seconds / total, tokens_per_s=sum(ntok[n]) / total,
             rss_mb=round(rss[n], 1), gpu_mem_mb=gpu_peak.get(n), wer=rates.wer if rates else None,
             cer=rates.cer if rates else None, wer_vs_reference=vs.wer, cer_vs_reference=vs.cer,
-            load_s=round(load_s[n], 2),
+            load_s=round(load_s[n], 2), windows=r.windows,
         ))
         report.transcripts[n] = texts[n]
     ref_p50 = next(m.latency_p50 for m in report.models if m.name == reference)
@@ -379,14 +394,14 @@ def markdown_table(report: BenchReport) -> str:
         + f" · batch 1, greedy · {report.warmup} warm-up, {report.repeats} interleaved repeats, median per clip"
         + f" · reference: {report.reference}",
         "",
-        "| model | backend | variant | device / provider | params (M) | size (MB) | p50 (ms) | p90 (ms) | p99 (ms) "
-        "| RTF | audio s/s | tokens/s | RSS (MB) | WER % | CER % | WER vs ref % | speed-up |",
-        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| model | backend | variant | windows (s) | device / provider | params (M) | size (MB) | p50 (ms) | p90 (ms) "
+        "| p99 (ms) | RTF | audio s/s | tokens/s | RSS (MB) | WER % | CER % | WER vs ref % | speed-up |",
+        "|---|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for m in report.models:
         dev = m.provider or m.device
         lines.append(
-            f"| {m.name} | {m.backend} | {m.variant} | {dev} | {m.params / 1e6:.1f} | {m.size_mb:.0f} "
+            f"| {m.name} | {m.backend} | {m.variant} | {m.windows} | {dev} | {m.params / 1e6:.1f} | {m.size_mb:.0f} "
             f"| {1000 * m.latency_p50:.0f} | {1000 * m.latency_p90:.0f} | {1000 * m.latency_p99:.0f} | {m.rtf:.3f} "
             f"| {m.audio_s_per_s:.1f} | {m.tokens_per_s:.0f} | {m.rss_mb:.0f} | {_pct(m.wer)} | {_pct(m.cer)} "
             f"| {_pct(m.wer_vs_reference)} | {m.speedup:.2f}x |"

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from mkdeploy.data import Utterance, write_manifest
+from mkdeploy.errors import MkdError
 
 
 def _lines(name: str) -> list[str]:
@@ -65,6 +66,9 @@ class CorpusSpec:
     length_scale: tuple[float, float] = (0.8, 1.2)
     noise_scale: tuple[float, float] = (0.5, 1.0)
     noise_w: tuple[float, float] = (0.5, 1.0)
+    # Sentences spoken in one clip (uniform in the range): (1, 1) gives ~2-5 s clips; longer clips fill
+    # the larger encoder windows (models/window.py).
+    sentences_per_clip: tuple[int, int] = (1, 1)
 
 
 #: The corpus of the recorded ablation (benchmarks/ablation.py): noisier and more varied.
@@ -89,7 +93,15 @@ def build_corpus(out: str | Path, spec: CorpusSpec | None = None,
     if meta.exists() and json.loads(meta.read_text()) == json.loads(json.dumps(asdict(spec))) and train_m.exists() \
             and held_m.exists():
         return train_m, held_m
-    texts = sentences(spec.n_train + spec.n_heldout, spec.seed)
+    lo, hi = spec.sentences_per_clip
+    if not 1 <= lo <= hi:
+        raise MkdError(f"sentences_per_clip {spec.sentences_per_clip}: give 1 <= low <= high")
+    # clip k joins counts[k] consecutive sentences; with (1, 1) this is one sentence per clip, as before
+    counts = [1] * (spec.n_train + spec.n_heldout) if hi == 1 else \
+        np.random.default_rng([spec.seed, 99]).integers(lo, hi + 1, spec.n_train + spec.n_heldout).tolist()
+    pool = sentences(sum(counts), spec.seed)
+    ends = np.cumsum(counts).tolist()
+    texts = [" ".join(pool[e - c:e]) for c, e in zip(counts, ends)]
     splits = {"train": texts[: spec.n_train], "heldout": texts[spec.n_train:]}
     for k, (split, items) in enumerate(splits.items()):
         d = out / split

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -299,16 +300,13 @@ class WhisperTranscriber:
         dtype = getattr(self.model, "dtype", torch.float32)
         features = features.to(self.device, dtype=dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32)
         kw = self._generate_kwargs(options)
-        if short:
-            # generate() pads input features to 30 s; handing it the encoder's output instead keeps the
-            # short window (its decoder cross-attends to however many frames there are).
-            inputs = {"encoder_outputs": self.encode(features)}
-        else:
-            inputs = {"input_features": features, "attention_mask": mask.to(self.device)}
+        inputs = {"input_features": features}
+        if mask is not None:
+            inputs["attention_mask"] = mask.to(self.device)
         if "max_new_tokens" not in kw and longest <= WINDOW_SAMPLES:
             cap = int(options.max_tokens_per_second * longest / SAMPLE_RATE) + 20
             kw["max_new_tokens"] = min(cap, self.model.config.max_target_positions // 2 - 4)
-        with torch.inference_mode():
+        with torch.inference_mode(), _segment_frames(self.model, window_s if short else FULL_WINDOW_S):
             if options.return_timestamps:
                 out = self.model.generate(**inputs, return_segments=True, **kw)
                 sequences, all_segments = out["sequences"], out["segments"]
@@ -339,12 +337,10 @@ class WhisperTranscriber:
         """Greedy, timestamp-free decoding through :func:`mkdeploy.decoding.greedy_decode`; clips whose
         output fails the compression-ratio check are decoded again by ``generate`` (temperature fallback)."""
         import torch
-        from transformers.modeling_outputs import BaseModelOutput
 
         from mkdeploy.decoding import decoder_prompt, greedy_decode, ort_step, torch_step
 
-        enc = inputs["encoder_outputs"] if "encoder_outputs" in inputs else self.encode(inputs["input_features"])
-        states = enc.last_hidden_state
+        states = self.encode(inputs["input_features"]).last_hidden_state
         step = (torch_step if self.backend == "torch" else ort_step)(self.model, states)
         gen = self.model.generation_config
         prompt = decoder_prompt(self.processor.tokenizer, gen, options.language if self.multilingual else None,
@@ -354,8 +350,8 @@ class WhisperTranscriber:
         sequences = [torch.tensor(r.tokens, dtype=torch.long) for r in results]
         redo = [i for i, r in enumerate(results) if r.needs_fallback]
         if redo:
-            sub = BaseModelOutput(last_hidden_state=states[redo])
-            for i, seq in zip(redo, self.model.generate(encoder_outputs=sub, **kw)):
+            sub = {k: v[redo] for k, v in inputs.items()}
+            for i, seq in zip(redo, self.model.generate(**sub, **kw)):
                 sequences[i] = seq
         return sequences
 
@@ -411,6 +407,21 @@ class WhisperTranscriber:
         order = {str(p): i for i, p in enumerate(paths)}
         done.sort(key=lambda t: order.get(t.path, 0))
         return done, failures
+
+
+@contextmanager
+def _segment_frames(model, window_s: int):
+    """Let ``generate`` work on a short window: it pads input features to 2 × ``config.max_source_positions``
+    mel frames (its segment length, also used by the temperature fallback and timestamps), so the config
+    names the window while the call runs. The encoder's own length check reads its attribute, not the
+    config (models/window.py), and the position table is untouched."""
+    config = model.config
+    full = config.max_source_positions
+    config.max_source_positions = min(full, window_s * 50)
+    try:
+        yield
+    finally:
+        config.max_source_positions = full
 
 
 def timed_transcribe(transcriber: WhisperTranscriber, audio: np.ndarray, options: TranscriptionOptions

@@ -78,6 +78,33 @@ def init_pruned_student(teacher: str | Path, out: str | Path, decoder_layers: in
     return Path(out)
 
 
+def init_windowed_student(source: str | Path, out: str | Path, buckets, force: bool = False) -> Path:
+    """Copy a Whisper model as a student for short encoder windows (models/window.py).
+
+    The weights are unchanged (a window's position table is the first rows of the 30 s one); the config
+    records the buckets, so ``mkd train`` trains for them and every later stage serves them.
+
+    Args:
+        source: HF Whisper directory (a pre-trained student such as tiny.en, or a pruned one).
+        out: the student directory (atomic).
+        buckets: window lengths in seconds (30 is added).
+        force: replace ``out``.
+    """
+    from mkdeploy.models.window import enable_encoder_windows, set_model_buckets
+
+    model, processor = load_whisper(source)
+    set_model_buckets(model.config, buckets)
+    enable_encoder_windows(model)
+    with atomic_output_dir(out, force=force) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        for extra in ("normalizer.json",):
+            src = Path(source) / extra
+            if src.exists():
+                (tmp / extra).write_bytes(src.read_bytes())
+    return Path(out)
+
+
 def is_pruned(model) -> bool:
     return bool(getattr(model.config, PRUNED_MARKER, None))
 

@@ -46,6 +46,14 @@ class RecipeConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
     encoder_lora_layers: int = field(default=2, metadata={"help": "LoRA on the top N encoder layers too"})
     max_trainable: float = field(default=0.01, metadata={"help": "refuse to start above this share of the teacher"})
+    # encoder windows (models/window.py)
+    encoder_buckets: list[int] | None = field(default=None, metadata={
+        "help": "train the student for these encoder windows in seconds (e.g. [5, 10, 20, 30]): each batch is "
+                "padded to the smallest that holds its longest clip; None keeps Whisper's 30 s (or the "
+                "student's own buckets)"})
+    full_window_prob: float = field(default=0.2, metadata={
+        "help": "with buckets, share of batches padded to 30 s anyway, so the student keeps its full window "
+                "(long audio is decoded in 30 s windows)"})
     # optimisation
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -66,6 +74,12 @@ class RecipeConfig:
             raise MkdError(f"--train {self.train_mode}: choose lora or full-decoder")
         if self.teacher_map not in ("orthogonal", "identity"):
             raise MkdError(f"teacher_map {self.teacher_map}: choose orthogonal or identity")
+        if self.encoder_buckets is not None:
+            from mkdeploy.models.window import normalise_buckets
+
+            self.encoder_buckets = list(normalise_buckets(self.encoder_buckets))
+        if not 0.0 <= self.full_window_prob <= 1.0:
+            raise MkdError(f"full_window_prob {self.full_window_prob}: give a share between 0 and 1")
         if self.max_steps < 1 or self.batch_size < 1:
             raise MkdError("--max-steps and --batch-size must be at least 1")
         return self

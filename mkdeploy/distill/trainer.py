@@ -37,6 +37,7 @@ from torch import nn
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.losses import FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss
 from mkdeploy.errors import MkdError, ModelError, OutputExistsError
+from mkdeploy.models.window import FULL_WINDOW_S
 
 LATEST = "LATEST"
 
@@ -114,6 +115,8 @@ class Trainer:
         self.acc = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16")
         self.run = Path(args.output)
         self.stop_requested = False
+        self.windows = None
+        self.last_eval: dict = {}
 
     # -- set-up -----------------------------------------------------------------------------------
     def prepare_run_dir(self) -> RecipeConfig:
@@ -144,6 +147,7 @@ class Trainer:
         from mkdeploy.models.heads import ProjectionHeads
         from mkdeploy.models.student import (apply_lora, count_parameters, freeze_all_but_decoder, is_pruned,
                                              load_whisper)
+        from mkdeploy.models.window import WindowConfig, enable_encoder_windows, model_buckets, set_model_buckets
 
         args = self.args
         self.config = cfg = self.prepare_run_dir()
@@ -164,6 +168,15 @@ class Trainer:
         n_teacher = count_parameters(teacher)
         pruned = is_pruned(student)
         tc, sc = teacher.config, student.config
+        # Encoder windows: the recipe's buckets, else the student's own (`mkd student init --encoder-buckets`).
+        # They go into the student's config, so the merged model, its export and the runtime use them.
+        buckets = cfg.encoder_buckets or (list(model_buckets(sc)) if model_buckets(sc) else None)
+        self.windows = WindowConfig(tuple(buckets)) if buckets else None
+        if self.windows:
+            set_model_buckets(sc, self.windows.buckets)
+            enable_encoder_windows(student)
+            self.log(f"encoder windows: {', '.join(f'{b} s' for b in self.windows.buckets)} "
+                     f"({100 * cfg.full_window_prob:.0f}% of batches at 30 s)")
 
         # What trains: LoRA (+ heads), or the decoder in full for pruned students.
         if cfg.train_mode == "lora":
@@ -311,10 +324,23 @@ class Trainer:
         return True
 
     # -- one step ---------------------------------------------------------------------------------
-    def make_batch(self, idx: list[int]) -> dict:
+    def batch_window(self, samples: list, step: int) -> int:
+        """Encoder window (s) of a batch: the smallest bucket holding its longest clip; 30 s without buckets
+        and, with buckets, for a seeded ``full_window_prob`` share of steps (the same on every rank)."""
+        if not self.windows:
+            return FULL_WINDOW_S
+        if np.random.default_rng([self.config.seed, step]).random() < self.config.full_window_prob:
+            return FULL_WINDOW_S
+        return self.windows.bucket_for(max(len(s.audio) for s in samples) / 16000)
+
+    def make_batch(self, idx: list[int], step: int = 0) -> dict:
         fe = self.s_proc.feature_extractor
         samples = [self.samples[i] for i in idx]
-        feats = fe([s.audio for s in samples], sampling_rate=16000, return_tensors="pt").input_features
+        window = self.batch_window(samples, step)
+        # frame t of the student's window is frame t of the teacher's 30 s window: the cached teacher
+        # states (valid frames only) align with the first frames of any window that holds the clip
+        feats = fe([s.audio for s in samples], sampling_rate=16000, return_tensors="pt", padding="max_length",
+                   max_length=window * 16000, truncation=True).input_features
         eot = self.s_proc.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         width = max(len(s.student.input_ids) for s in samples)
         ids = torch.full((len(samples), width), eot, dtype=torch.long)
@@ -326,7 +352,8 @@ class Trainer:
             labels[b, :n] = torch.tensor(s.student.labels)
             mask[b, :n] = 1
         cache = [torch.load(s.cache, weights_only=True) for s in samples]
-        return {"features": feats, "ids": ids, "labels": labels, "mask": mask, "samples": samples, "cache": cache}
+        return {"features": feats, "ids": ids, "labels": labels, "mask": mask, "samples": samples, "cache": cache,
+                "window": window}
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         cfg, dev = self.config, self.acc.device
@@ -393,11 +420,29 @@ class Trainer:
                                      TranscriptionOptions(language=self.config.language, return_timestamps=False,
                                                           max_new_tokens=self.config.eval_max_new_tokens))
         m.train(was_training)
-        by = {t.path: t.text for t in res}
-        wer = error_rates([r.text for r in self.eval_rows], [by.get(str(r.audio), "") for r in self.eval_rows]).wer
+        by = {t.path: t for t in res}
+        hyps = [by[str(r.audio)].text if str(r.audio) in by else "" for r in self.eval_rows]
+        wer = error_rates([r.text for r in self.eval_rows], hyps).wer
+        rec = {"step": self.step, "wer": wer, "clips": len(self.eval_rows)}
+        if self.windows:
+            # held-out WER per encoder window: each clip counts in the bucket that encoded it
+            groups: dict[int, list[int]] = {}
+            for k, r in enumerate(self.eval_rows):
+                t = by.get(str(r.audio))
+                groups.setdefault(self.windows.bucket_for(t.duration if t else 0.0), []).append(k)
+            rec["by_bucket"] = {str(b): {"clips": len(ks), "wer": error_rates([self.eval_rows[k].text for k in ks],
+                                                                             [hyps[k] for k in ks]).wer}
+                                for b, ks in sorted(groups.items())}
+        self.last_eval = rec
         with open(self.run / "eval.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, "wer": wer, "clips": len(self.eval_rows)}) + "\n")
+            f.write(json.dumps(rec) + "\n")
         return wer
+
+    def _bucket_line(self) -> str:
+        by = getattr(self, "last_eval", {}).get("by_bucket")
+        if not by:
+            return ""
+        return " (" + ", ".join(f"{b} s: {100 * v['wer']:.2f}% on {v['clips']}" for b, v in by.items()) + ")"
 
     # -- the loop ---------------------------------------------------------------------------------
     def _on_signal(self, signum, frame):  # noqa: ARG002
@@ -409,11 +454,12 @@ class Trainer:
         if self.args.resume:
             self.load_checkpoint()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        first_wer = None
+        first_wer, first_buckets = None, None
         if self.step == 0:
             first_wer = self.evaluate()
             if first_wer is not None:
-                self.log(f"held-out WER before training: {100 * first_wer:.2f}%")
+                self.log(f"held-out WER before training: {100 * first_wer:.2f}%{self._bucket_line()}")
+                first_buckets = self.last_eval.get("by_bucket")
         world, rank = acc.num_processes, acc.process_index
         global_batch = cfg.batch_size * world
         t_start = time.time()
@@ -423,7 +469,7 @@ class Trainer:
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
                 idx = batch_indices(self.step, len(self.samples), global_batch, cfg.seed)[rank::world]
-                batch = self.make_batch(idx)
+                batch = self.make_batch(idx, self.step)
                 with acc.autocast():
                     terms = self.compute_losses(batch)
                     loss = self.total(terms)
@@ -438,7 +484,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 rec = {"step": self.step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
                        "w_nce": cfg.w_nce(self.step - 1), "lr": self.scheduler.get_last_lr()[0],
-                       "samples_per_s": global_batch / dt}
+                       "samples_per_s": global_batch / dt, "window_s": batch["window"]}
                 if acc.is_main_process:
                     with open(self.run / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(rec) + "\n")
@@ -466,16 +512,22 @@ class Trainer:
         if not interrupted:
             final_wer = self.evaluate()
             summary.update(wer_before=first_wer, wer_after=final_wer)
+            if self.windows and final_wer is not None:
+                summary.update(encoder_buckets=list(self.windows.buckets), wer_by_bucket_before=first_buckets,
+                               wer_by_bucket_after=self.last_eval.get("by_bucket"))
+                self.log(f"held-out WER after training: {100 * final_wer:.2f}%{self._bucket_line()}")
             self._write_rank_checksum()
             if acc.is_main_process:
                 prev = {}
                 if (self.run / "summary.json").exists():
                     prev = json.loads((self.run / "summary.json").read_text())
-                if summary.get("wer_before") is None and prev.get("wer_before") is not None:
-                    summary["wer_before"] = prev["wer_before"]
+                for key in ("wer_before", "wer_by_bucket_before"):
+                    if summary.get(key) is None and prev.get(key) is not None:
+                        summary[key] = prev[key]
                 (self.run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         elif acc.is_main_process and first_wer is not None:
-            (self.run / "summary.json").write_text(json.dumps({"wer_before": first_wer, "interrupted": True}) + "\n")
+            (self.run / "summary.json").write_text(json.dumps({"wer_before": first_wer, "interrupted": True,
+                                                               "wer_by_bucket_before": first_buckets}) + "\n")
         return summary
 
     def _write_rank_checksum(self) -> None:
