@@ -324,6 +324,27 @@ class Trainer:
         return True
 
     # -- one step ---------------------------------------------------------------------------------
+    def step_indices(self, step: int, global_batch: int) -> list[int]:
+        """The global batch of ``step``. With encoder buckets every batch is drawn from one bucket (chosen
+        with probability proportional to its clips, members drawn with a seeded generator), so a short
+        clip is trained in its own window rather than padded to the longest clip a random batch holds."""
+        if not self.windows:
+            return batch_indices(step, len(self.samples), global_batch, self.config.seed)
+        groups = self.bucket_groups()
+        keys = sorted(groups)
+        rng = np.random.default_rng([self.config.seed, step, 1])
+        bucket = keys[rng.choice(len(keys), p=[len(groups[k]) / len(self.samples) for k in keys])]
+        members = groups[bucket]
+        return [int(i) for i in rng.choice(members, size=global_batch, replace=len(members) < global_batch)]
+
+    def bucket_groups(self) -> dict[int, list[int]]:
+        """Sample indices by the smallest bucket that holds them (computed once)."""
+        if getattr(self, "_groups", None) is None:
+            self._groups: dict[int, list[int]] = {}
+            for i, smp in enumerate(self.samples):
+                self._groups.setdefault(self.windows.bucket_for(len(smp.audio) / 16000), []).append(i)
+        return self._groups
+
     def batch_window(self, samples: list, step: int) -> int:
         """Encoder window (s) of a batch: the smallest bucket holding its longest clip; 30 s without buckets
         and, with buckets, for a seeded ``full_window_prob`` share of steps (the same on every rank)."""
@@ -468,7 +489,7 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
-                idx = batch_indices(self.step, len(self.samples), global_batch, cfg.seed)[rank::world]
+                idx = self.step_indices(self.step, global_batch)[rank::world]
                 batch = self.make_batch(idx, self.step)
                 with acc.autocast():
                     terms = self.compute_losses(batch)
