@@ -296,20 +296,16 @@ def _windowed_encoder_onnx_config(model_dir: Path):
     from optimum.exporters.onnx.model_configs import WhisperOnnxConfig
     from transformers import AutoConfig
 
-    class WindowedWhisperOnnxConfig(WhisperOnnxConfig):
-        @property
-        def inputs(self):
-            common = super().inputs
-            if self._behavior is ConfigBehavior.ENCODER:
-                common["input_features"] = {0: "batch_size", 2: "encoder_sequence_length"}
-            return common
+    def free(axes: dict, name: str, dims: dict, behavior) -> dict:
+        if behavior is ConfigBehavior.ENCODER:
+            axes[name] = dims
+        return axes
 
-        @property
-        def outputs(self):
-            common = super().outputs
-            if self._behavior is ConfigBehavior.ENCODER:
-                common["last_hidden_state"] = {0: "batch_size", 1: "encoder_sequence_length / 2"}
-            return common
+    class WindowedWhisperOnnxConfig(WhisperOnnxConfig):
+        inputs = property(lambda self: free(WhisperOnnxConfig.inputs.fget(self), "input_features",
+                                            {0: "batch_size", 2: "encoder_sequence_length"}, self._behavior))
+        outputs = property(lambda self: free(WhisperOnnxConfig.outputs.fget(self), "last_hidden_state",
+                                             {0: "batch_size", 1: "encoder_sequence_length / 2"}, self._behavior))
 
     config = AutoConfig.from_pretrained(model_dir)
     return WindowedWhisperOnnxConfig(config, task="automatic-speech-recognition", use_past=True,

@@ -68,11 +68,16 @@ def init_pruned_student(teacher: str | Path, out: str | Path, decoder_layers: in
     cfg.num_hidden_layers = len(keep_enc)
     setattr(cfg, PRUNED_MARKER, {"teacher": str(Path(teacher).resolve()), "decoder_layers": keep_dec,
                                  "encoder_layers": keep_enc})
+    return _save(model, processor, teacher, out, force)
+
+
+def _save(model, processor, source: str | Path, out: str | Path, force: bool) -> Path:
+    """Write a student directory atomically, with the source's text normaliser."""
     with atomic_output_dir(out, force=force) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         for extra in ("normalizer.json",):
-            src = Path(teacher) / extra
+            src = Path(source) / extra
             if src.exists():
                 (tmp / extra).write_bytes(src.read_bytes())
     return Path(out)
@@ -90,19 +95,11 @@ def init_windowed_student(source: str | Path, out: str | Path, buckets, force: b
         buckets: window lengths in seconds (30 is added).
         force: replace ``out``.
     """
-    from mkdeploy.models.window import enable_encoder_windows, set_model_buckets
+    from mkdeploy.models.window import set_model_buckets
 
     model, processor = load_whisper(source)
     set_model_buckets(model.config, buckets)
-    enable_encoder_windows(model)
-    with atomic_output_dir(out, force=force) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        for extra in ("normalizer.json",):
-            src = Path(source) / extra
-            if src.exists():
-                (tmp / extra).write_bytes(src.read_bytes())
-    return Path(out)
+    return _save(model, processor, source, out, force)
 
 
 def is_pruned(model) -> bool:

@@ -349,3 +349,41 @@ def test_corpus_joins_sentences_per_clip(tmp_path):
     assert min(sf.info(str(r.audio)).duration for r in rows) > 3.0
     with pytest.raises(MkdError, match="sentences_per_clip"):
         build_corpus(tmp_path / "d", CorpusSpec(n_train=1, n_heldout=1, sentences_per_clip=(2, 1)))
+
+
+def test_bucketed_batches_come_from_one_bucket():
+    from types import SimpleNamespace
+
+    from mkdeploy.distill.config import RecipeConfig
+    from mkdeploy.distill.trainer import Trainer
+
+    t = Trainer.__new__(Trainer)
+    t.config = RecipeConfig(seed=3)
+    t.windows = WindowConfig(BUCKETS)
+    seconds = [2.0] * 30 + [7.0] * 20 + [15.0] * 10
+    t.samples = [SimpleNamespace(audio=np.zeros(int(16000 * s), np.float32)) for s in seconds]
+    seen = set()
+    for step in range(60):
+        idx = t.step_indices(step, 8)
+        assert len(idx) == 8 and len({t.windows.bucket_for(seconds[i]) for i in idx}) == 1
+        seen.add(t.windows.bucket_for(seconds[idx[0]]))
+        assert idx == t.step_indices(step, 8)  # a function of the step alone (resume, ranks)
+    assert seen == {5, 10, 20}
+    t.windows = None  # without buckets: the seeded epoch permutation, as before
+    assert sorted(t.step_indices(0, 60)) == list(range(60))
+
+
+def test_iobinding_sizes_short_window_outputs(windowed_export):
+    """On CUDA the sessions run with IOBinding, whose output buffers are sized from the graph's symbolic
+    dims ("encoder_sequence_length / 2"); the same code path runs on CPU when asked for."""
+    from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
+    from transformers import AutoProcessor
+
+    m = ORTModelForSpeechSeq2Seq.from_pretrained(windowed_export, providers=["CPUExecutionProvider"],
+                                                 use_io_binding=True, local_files_only=True)
+    assert m.encoder.use_io_binding and m.decoder.use_io_binding
+    bound = WhisperTranscriber(m, AutoProcessor.from_pretrained(windowed_export), "onnx", "cpu", "CPUExecutionProvider")
+    plain = WhisperTranscriber.from_pretrained(windowed_export, backend="onnx", device="cpu")
+    audios = [_noise(s, i) for i, s in enumerate((2.0, 7.0, 12.0))]
+    opts = TranscriptionOptions(return_timestamps=False, max_new_tokens=12, batch_size=1)
+    assert [t.tokens for t in bound.transcribe_arrays(audios, opts)] == [t.tokens for t in plain.transcribe_arrays(audios, opts)]
