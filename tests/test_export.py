@@ -13,6 +13,7 @@ from mkdeploy.cli.main import app
 from mkdeploy.errors import MkdError, ModelError, OutputExistsError
 from mkdeploy.exporters.onnx import MANIFEST, ExportOptions, export_onnx
 from mkdeploy.exporters.ort import load_ort_model
+from mkdeploy.models.window import WindowConfig
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 GREEDY = TranscriptionOptions(return_timestamps=False, batch_size=4, max_new_tokens=24)
@@ -170,3 +171,12 @@ def test_real_tiny_en_export_is_token_identical(tiny_en_teacher, speech_clips, t
     [lt] = pt.transcribe_arrays([long], opts)
     [lo] = WhisperTranscriber.from_pretrained(out, device="cpu").transcribe_arrays([long], opts)
     assert lo.tokens == lt.tokens and lo.segments[-1].end > 30
+    # encoder buckets on the real weights: the dynamic-frame ONNX encoder matches PyTorch in every window,
+    # through the lean greedy loop and through generate() with timestamps
+    ox = WhisperTranscriber.from_pretrained(out, device="cpu")
+    clips = audios + [np.concatenate(audios[:3])]  # the last one needs a longer bucket
+    assert WindowConfig((5, 10, 20, 30)).bucket_for(len(clips[-1]) / 16000) > 5
+    for stamps in (False, True):
+        win = TranscriptionOptions(batch_size=1, return_timestamps=stamps, compression_ratio_threshold=None,
+                                   encoder_buckets=(5, 10, 20, 30))
+        assert [r.tokens for r in ox.transcribe_arrays(clips, win)] == [r.tokens for r in pt.transcribe_arrays(clips, win)]
