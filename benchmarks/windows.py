@@ -86,8 +86,9 @@ def main() -> None:
         cfg = RecipeConfig.build(max_steps=a.steps, batch_size=a.batch_size, encoder_lora_layers=a.encoder_lora_layers,
                                  eval_every=0, save_every=25)
         resume = (run / "config.json").exists()
+        # the teacher's outputs live outside the run, so a re-run with another recipe keeps them
         summary = timed("train", lambda: train(TrainArgs(teacher, student, train_m, run, cfg, held_m, resume=resume,
-                                                         force=not resume)))
+                                                         force=not resume, cache_dir=w / "teacher-cache")))
         timed("merge", lambda: merge_run(run, merged, force=True))
     else:
         summary = json.loads((run / "summary.json").read_text())

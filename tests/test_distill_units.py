@@ -117,26 +117,3 @@ def test_recipe_config_file_and_flags(tmp_path):
         RecipeConfig.build(tmp_path / "bad.json")
     with pytest.raises(MkdError, match="--recipe"):
         RecipeConfig.build(recipe="magic")
-
-
-def test_timestamped_sequence_and_share(tiny_model_dir):
-    from transformers import AutoProcessor
-
-    from mkdeploy.distill.data import timestamp_mode
-    from mkdeploy.distill.tokens import force, force_timestamped
-
-    tok = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
-    sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
-    eot = tok.convert_tokens_to_ids("<|endoftext|>")
-    plain = force(tok, [sot, tok.convert_tokens_to_ids("<|notimestamps|>")], "Hello there.")
-    seq = force_timestamped(tok, [sot], "Hello there.", 3.217)
-    t0, t_end = tok.convert_tokens_to_ids("<|0.00|>"), tok.convert_tokens_to_ids("<|3.22|>")
-    body = plain.input_ids[2:]
-    assert seq.input_ids == [sot, t0] + body + [t_end]
-    assert seq.labels == [t0] + body + [t_end, eot]  # the prompt's last token predicts <|0.00|>
-    assert len(seq.labels) == len(seq.input_ids) and all(e is None for e in seq.prefix_end)
-    assert force_timestamped(tok, [sot], "x", 45.0).input_ids[-1] == tok.convert_tokens_to_ids("<|30.00|>")
-    ids = [f"clip{i}" for i in range(2000)]
-    share = sum(timestamp_mode(i, 0.2) for i in ids) / len(ids)
-    assert 0.17 < share < 0.23 and [timestamp_mode(i, 0.2) for i in ids] == [timestamp_mode(i, 0.2) for i in ids]
-    assert not any(timestamp_mode(i, 0.0) for i in ids) and all(timestamp_mode(i, 1.0) for i in ids)

@@ -19,8 +19,7 @@ import torch
 
 from mkdeploy.audio import SAMPLE_RATE, load_audio
 from mkdeploy.data import Utterance
-from mkdeploy.distill.tokens import (ForcedSequence, SharedVocab, force, force_timestamped, pair_positions,
-                                     prompt_ids)
+from mkdeploy.distill.tokens import ForcedSequence, SharedVocab, force, pair_positions, prompt_ids
 from mkdeploy.errors import DataError
 
 #: Audio samples per encoder frame (hop 160, conv stride 2).
@@ -61,7 +60,6 @@ class Sample:
         student: the student's teacher-forced sequence.
         student_pos: paired student positions (indices into student.input_ids).
         cache: path of the teacher's cached outputs for this clip.
-        timestamped: taught as a timed segment (cross-entropy and encoder alignment only).
     """
 
     id: str
@@ -71,7 +69,6 @@ class Sample:
     student_pos: list[int]
     cache: Path
     n_positions: int
-    timestamped: bool = False
 
 
 def _fingerprint(*parts) -> str:
@@ -92,8 +89,6 @@ def pseudo_label_and_cache(
     wer_threshold: float | None = None,
     batch_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
-    timestamp_prob: float = 0.0,
-    seed: int = 0,
 ) -> tuple[list[Sample], dict]:
     """Label the rows with the teacher where needed, cache its outputs, and pair positions.
 
@@ -102,8 +97,6 @@ def pseudo_label_and_cache(
         teacher: frozen ``WhisperForConditionalGeneration`` (eval mode).
         pseudo_label: "missing" (label rows without text) or "all" (train on the teacher's transcripts).
         wer_threshold: drop rows whose reference the teacher's transcript misses by more than this WER.
-        timestamp_prob: share of clips taught in timestamp mode (:func:`timestamp_mode`); the cache does
-            not depend on it.
         run_dir: the run directory; outputs go to run_dir/data (reused when the fingerprint matches).
 
     Returns:
@@ -186,35 +179,19 @@ def pseudo_label_and_cache(
             if on_progress:
                 on_progress(len(batch))
 
-    samples, dropped, paired, total, timed = [], 0, 0, 0, 0
+    samples, dropped, paired, total = [], 0, 0, 0
     for r in rows:
         rec = done[r.id]
         if "dropped" in rec:
             dropped += 1
             continue
-        audio = load_audio(r.audio)
-        if timestamp_mode(r.id, timestamp_prob, seed):
-            # taught in timestamp mode, cross-entropy only: no position pairs with the cached teacher rows
-            s_seq = force_timestamped(tok_s, prompt_s[:-1], rec["text"], len(audio) / SAMPLE_RATE)
-            samples.append(Sample(r.id, audio, rec["text"], s_seq, [], cache_dir / rec["cache"], 0, True))
-            timed += 1
-            continue
         s_seq = force(tok_s, prompt_s, rec["text"])
-        samples.append(Sample(r.id, audio, rec["text"], s_seq, rec["student_pos"], cache_dir / rec["cache"],
+        samples.append(Sample(r.id, load_audio(r.audio), rec["text"], s_seq, rec["student_pos"], cache_dir / rec["cache"],
                               len(rec["student_pos"])))
         paired += len(rec["student_pos"])
         total += rec["n_student"]
     if not samples:
         raise DataError(f"no training rows left ({dropped} dropped by --wer-threshold or empty transcripts)")
-    stats = {"rows": len(rows), "kept": len(samples), "dropped": dropped, "timestamped": timed,
+    stats = {"rows": len(rows), "kept": len(samples), "dropped": dropped,
              "paired_share": paired / total if total else 1.0}
     return samples, stats
-
-
-def timestamp_mode(clip_id: str, prob: float, seed: int = 0) -> bool:
-    """Whether a clip trains in timestamp mode: a fixed, seeded share ``prob`` of the clips (by id, so the
-    choice survives resumes and is the same on every rank)."""
-    if prob <= 0:
-        return False
-    h = int(hashlib.sha1(f"{seed}:{clip_id}".encode()).hexdigest()[:8], 16)
-    return h / 0xFFFFFFFF < prob

@@ -52,24 +52,6 @@ def force(tokenizer, prompt: list[int], text: str, max_len: int = 440) -> Forced
     return ForcedSequence(input_ids, labels, prefix_end)
 
 
-def force_timestamped(tokenizer, prompt: list[int], text: str, seconds: float, max_len: int = 440) -> ForcedSequence:
-    """``text`` as one timed segment, ``<|0.00|> text <|T|>``, after a prompt without ``<|notimestamps|>``.
-
-    Whisper decodes audio over 30 s in timestamp mode (it seeks on the last timestamp); a student trained
-    only on ``<|notimestamps|>`` sequences forgets it (measured: a distilled tiny.en at 36.7% WER on 45-60 s
-    clips where tiny.en was at 9.4%). distil-whisper keeps a share of its training data timed for the same
-    reason. ``T`` is the clip's length on Whisper's 20 ms grid (capped at 30 s). No position of such a
-    sequence pairs with the teacher's: it trains with cross-entropy (and the encoder alignment) only.
-    """
-    ts = round(min(30.0, max(0.02, seconds)) / 0.02) * 0.02
-    begin = tokenizer.convert_tokens_to_ids("<|0.00|>")
-    end = tokenizer.convert_tokens_to_ids(f"<|{ts:.2f}|>")
-    body = force(tokenizer, [], text, max_len - len(prompt) - 2).input_ids
-    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    ids = [begin] + body + [end]
-    return ForcedSequence(prompt + ids, [-100] * (len(prompt) - 1) + ids + [eot], [None] * (len(prompt) + len(ids)))
-
-
 def pair_positions(student: ForcedSequence, teacher: ForcedSequence) -> tuple[list[int], list[int]]:
     """Positions (student, teacher) whose read prefixes end at the same character offset.
 
