@@ -29,6 +29,8 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed"),
     encoder_buckets: Optional[str] = typer.Option(None, "--encoder-buckets", help="Train for these encoder windows "
                                                   "in seconds, e.g. 5,10,20,30 (short clips encode in short windows)."),
+    timestamp_prob: Optional[float] = typer.Option(None, "--timestamp-prob", help="Share of clips taught with the "
+                                                   "teacher's timed segments so long-form decoding survives (default 0.2)."),
     full_window_prob: Optional[float] = typer.Option(None, "--full-window-prob", help="With buckets: share of "
                                                      "batches kept at 30 s (default 0.2)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON recipe overrides (CLI flags win)."),
@@ -50,7 +52,8 @@ def train_cmd(
         cfg = RecipeConfig.build(config, recipe=recipe, train_mode=train_mode, max_steps=max_steps,
                                  batch_size=batch_size, lr=lr, lora_r=lora_r, encoder_lora_layers=encoder_lora_layers,
                                  max_trainable=max_trainable, eval_every=eval_every, save_every=save_every, seed=seed,
-                                 encoder_buckets=buckets, full_window_prob=full_window_prob)
+                                 encoder_buckets=buckets, full_window_prob=full_window_prob,
+                                 timestamp_prob=timestamp_prob)
         args = TrainArgs(teacher, student, train, output, cfg, eval, resume, force, pseudo_label, wer_threshold, eval_limit,
                          cache_dir)
         with progress() as bar:

@@ -117,3 +117,26 @@ def test_recipe_config_file_and_flags(tmp_path):
         RecipeConfig.build(tmp_path / "bad.json")
     with pytest.raises(MkdError, match="--recipe"):
         RecipeConfig.build(recipe="magic")
+
+
+def test_timestamped_sequence_and_share(tiny_model_dir):
+    from transformers import AutoProcessor
+
+    from mkdeploy.distill.data import timestamp_mode
+    from mkdeploy.distill.tokens import force, force_segments
+
+    tok = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
+    sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    nots = tok.convert_tokens_to_ids("<|notimestamps|>")
+    a, b = force(tok, [sot, nots], "Hello there.").input_ids[2:], force(tok, [sot, nots], "Bye.").input_ids[2:]
+    seq = force_segments(tok, [sot], [(0.0, 1.517, "Hello there."), (1.9, 45.0, "Bye.")])
+    ts = {x: tok.convert_tokens_to_ids(f"<|{x}|>") for x in ("0.00", "1.52", "1.90", "30.00")}
+    body = [ts["0.00"]] + a + [ts["1.52"], ts["1.90"]] + b + [ts["30.00"]]  # 20 ms grid, capped at 30 s
+    assert seq.input_ids == [sot] + body
+    assert seq.labels == body + [eot]  # the prompt's last token predicts the first timestamp
+    assert len(seq.labels) == len(seq.input_ids) and all(e is None for e in seq.prefix_end)
+    ids = [f"clip{i}" for i in range(2000)]
+    share = sum(timestamp_mode(i, 0.2) for i in ids) / len(ids)
+    assert 0.17 < share < 0.23 and [timestamp_mode(i, 0.2) for i in ids] == [timestamp_mode(i, 0.2) for i in ids]
+    assert not any(timestamp_mode(i, 0.0) for i in ids) and all(timestamp_mode(i, 1.0) for i in ids)

@@ -194,3 +194,22 @@ def test_two_processes_hold_identical_weights(tiny_multilingual_teacher, tiny_mo
     assert ranks[0]["world"] == ranks[1]["world"] == 2
     assert ranks[0]["bytes_sha1"] == ranks[1]["bytes_sha1"] and ranks[0]["step"] == 2
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
+
+
+def test_timestamp_mode_clips_train_with_cross_entropy_only(tiny_multilingual_teacher, tiny_model_dir,
+                                                            speech_manifest, tmp_path):
+    """Every clip timed: no decoder position pairs, KD is zero, the loss is finite and the adapters move."""
+    run = tmp_path / "ts"
+    logs = []
+    train(_args(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run,
+                cfg={"max_steps": 2, "timestamp_prob": 1.0}), log=logs.append)
+    info = json.loads((run / "run.json").read_text())
+    assert info["data"]["timestamped"] == info["data"]["kept"] > 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["kd"] == 0.0 and r["ce"] > 0 and r["geo"] > 0 for r in rows)  # encoder alignment still runs
+    assert any("taught in timestamp mode" in line for line in logs)
+    labels = [json.loads(x) for x in (run / "data" / "labels.jsonl").read_text().splitlines()]
+    timed = [r for r in labels if "segments" in r]  # the teacher's own segments, generated once
+    assert timed and all(0.0 <= g[0] <= g[1] <= 30.0 and g[2] for r in timed for g in r["segments"])
+    with pytest.raises(MkdError, match="timestamp_prob"):
+        RecipeConfig(timestamp_prob=2.0).validate()

@@ -46,6 +46,9 @@ class RecipeConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
     encoder_lora_layers: int = field(default=2, metadata={"help": "LoRA on the top N encoder layers too"})
     max_trainable: float = field(default=0.01, metadata={"help": "refuse to start above this share of the teacher"})
+    timestamp_prob: float = field(default=0.2, metadata={
+        "help": "share of training clips taught with the teacher's timed segments (<|s|> text <|e|> ...), "
+                "cross-entropy only, so the student keeps Whisper's timestamp mode (long-form audio needs it)"})
     # encoder windows (models/window.py)
     encoder_buckets: list[int] | None = field(default=None, metadata={
         "help": "train the student for these encoder windows in seconds (e.g. [5, 10, 20, 30]): each batch is "
@@ -78,6 +81,8 @@ class RecipeConfig:
             from mkdeploy.models.window import normalise_buckets
 
             self.encoder_buckets = list(normalise_buckets(self.encoder_buckets))
+        if not 0.0 <= self.timestamp_prob <= 1.0:
+            raise MkdError(f"timestamp_prob {self.timestamp_prob}: give a share between 0 and 1")
         if not 0.0 <= self.full_window_prob <= 1.0:
             raise MkdError(f"full_window_prob {self.full_window_prob}: give a share between 0 and 1")
         if self.max_steps < 1 or self.batch_size < 1:

@@ -19,7 +19,8 @@ import torch
 
 from mkdeploy.audio import SAMPLE_RATE, load_audio
 from mkdeploy.data import Utterance
-from mkdeploy.distill.tokens import ForcedSequence, SharedVocab, force, pair_positions, prompt_ids
+from mkdeploy.distill.tokens import (ForcedSequence, SharedVocab, force, force_segments, pair_positions,
+                                     prompt_ids)
 from mkdeploy.errors import DataError
 
 #: Audio samples per encoder frame (hop 160, conv stride 2).
@@ -60,6 +61,7 @@ class Sample:
         student: the student's teacher-forced sequence.
         student_pos: paired student positions (indices into student.input_ids).
         cache: path of the teacher's cached outputs for this clip.
+        timestamped: taught as a timed segment (cross-entropy and encoder alignment only).
     """
 
     id: str
@@ -69,6 +71,7 @@ class Sample:
     student_pos: list[int]
     cache: Path
     n_positions: int
+    timestamped: bool = False
 
 
 def _fingerprint(*parts) -> str:
@@ -89,6 +92,8 @@ def pseudo_label_and_cache(
     wer_threshold: float | None = None,
     batch_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
+    timestamp_prob: float = 0.0,
+    seed: int = 0,
 ) -> tuple[list[Sample], dict]:
     """Label the rows with the teacher where needed, cache its outputs, and pair positions.
 
@@ -97,6 +102,8 @@ def pseudo_label_and_cache(
         teacher: frozen ``WhisperForConditionalGeneration`` (eval mode).
         pseudo_label: "missing" (label rows without text) or "all" (train on the teacher's transcripts).
         wer_threshold: drop rows whose reference the teacher's transcript misses by more than this WER.
+        timestamp_prob: share of clips taught in timestamp mode (:func:`timestamp_mode`); the cache does
+            not depend on it.
         run_dir: the run directory; outputs go to run_dir/data (reused when the fingerprint matches).
 
     Returns:
@@ -179,19 +186,65 @@ def pseudo_label_and_cache(
             if on_progress:
                 on_progress(len(batch))
 
-    samples, dropped, paired, total = [], 0, 0, 0
+    # The teacher's timed segments for the clips taught in timestamp mode, generated once and logged like
+    # the labels (a later line for the same clip wins when the log is read back).
+    todo = [r for r in rows if "dropped" not in done[r.id] and "segments" not in done[r.id]
+            and timestamp_mode(r.id, timestamp_prob, seed)]
+    if todo:
+        with open(labels_path, "a", encoding="utf-8") as log:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start:start + batch_size]
+                audios = [load_audio(r.audio) for r in batch]
+                feats = teacher_processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE,
+                                                            return_tensors="pt").input_features
+                cap = min(220, int(8 * max(len(a) for a in audios) / SAMPLE_RATE) + 20)
+                with torch.inference_mode():
+                    out = teacher.generate(feats.to(device), return_timestamps=True, return_segments=True,
+                                           max_new_tokens=cap, **gen_kw)
+                ts_begin = tok_t.convert_tokens_to_ids("<|notimestamps|>") + 1
+                for r, segs in zip(batch, out["segments"]):
+                    rec = done[r.id]
+                    rec["segments"] = [
+                        [round(float(g["start"]), 2), round(float(g["end"]), 2),
+                         tok_t.decode([int(t) for t in g["tokens"] if int(t) < ts_begin], skip_special_tokens=True).strip()]
+                        for g in segs]
+                    # on Whisper's grid and inside the window; a segment that ends before it starts is dropped
+                    rec["segments"] = [[min(30.0, max(0.0, a)), min(30.0, b), t] for a, b, t in rec["segments"]
+                                       if t and b >= a]
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+
+    samples, dropped, paired, total, timed = [], 0, 0, 0, 0
     for r in rows:
         rec = done[r.id]
         if "dropped" in rec:
             dropped += 1
             continue
+        audio = load_audio(r.audio)
+        if timestamp_mode(r.id, timestamp_prob, seed) and rec.get("segments"):
+            # taught in timestamp mode on the teacher's segments, cross-entropy only: no position pairs
+            # with the cached teacher rows
+            s_seq = force_segments(tok_s, prompt_s[:-1], [tuple(g) for g in rec["segments"]])
+            samples.append(Sample(r.id, audio, " ".join(g[2] for g in rec["segments"]), s_seq, [],
+                                  cache_dir / rec["cache"], 0, True))
+            timed += 1
+            continue
         s_seq = force(tok_s, prompt_s, rec["text"])
-        samples.append(Sample(r.id, load_audio(r.audio), rec["text"], s_seq, rec["student_pos"], cache_dir / rec["cache"],
+        samples.append(Sample(r.id, audio, rec["text"], s_seq, rec["student_pos"], cache_dir / rec["cache"],
                               len(rec["student_pos"])))
         paired += len(rec["student_pos"])
         total += rec["n_student"]
     if not samples:
         raise DataError(f"no training rows left ({dropped} dropped by --wer-threshold or empty transcripts)")
-    stats = {"rows": len(rows), "kept": len(samples), "dropped": dropped,
+    stats = {"rows": len(rows), "kept": len(samples), "dropped": dropped, "timestamped": timed,
              "paired_share": paired / total if total else 1.0}
     return samples, stats
+
+
+def timestamp_mode(clip_id: str, prob: float, seed: int = 0) -> bool:
+    """Whether a clip trains in timestamp mode: a fixed, seeded share ``prob`` of the clips (by id, so the
+    choice survives resumes and is the same on every rank)."""
+    if prob <= 0:
+        return False
+    h = int(hashlib.sha1(f"{seed}:{clip_id}".encode()).hexdigest()[:8], 16)
+    return h / 0xFFFFFFFF < prob

@@ -52,6 +52,32 @@ def force(tokenizer, prompt: list[int], text: str, max_len: int = 440) -> Forced
     return ForcedSequence(input_ids, labels, prefix_end)
 
 
+def force_segments(tokenizer, prompt: list[int], segments: list[tuple[float, float, str]],
+                   max_len: int = 440) -> ForcedSequence:
+    """Timed segments, ``<|s1|> text1 <|e1|> <|s2|> text2 <|e2|> ...``, after a prompt without
+    ``<|notimestamps|>``.
+
+    Whisper decodes audio over 30 s in timestamp mode (it seeks on the last timestamp); a student trained
+    only on ``<|notimestamps|>`` sequences drifts from it (measured: 12.65% WER on 45-60 s recordings where
+    tiny.en is at 9.37%; the 30 s-window demo student 36.7%). Teaching a whole clip as one segment made it
+    worse (49.0%: the student learned to stop after one segment of a full window), so the segments are the
+    teacher's own (distil-whisper trains on timestamped pseudo-labels the same way). Times are put on
+    Whisper's 20 ms grid, within 0-30 s. No position of such a sequence pairs with the teacher's: it trains
+    with cross-entropy (and the encoder alignment) only.
+    """
+    def stamp(t: float) -> int:
+        return tokenizer.convert_tokens_to_ids(f"<|{round(min(30.0, max(0.0, t)) / 0.02) * 0.02:.2f}|>")
+
+    ids: list[int] = []
+    for start, end, text in segments:
+        body = force(tokenizer, [], text, max_len).input_ids
+        if len(prompt) + len(ids) + len(body) + 3 > max_len:
+            break
+        ids += [stamp(start)] + body + [stamp(end)]
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return ForcedSequence(prompt + ids, [-100] * (len(prompt) - 1) + ids + [eot], [None] * (len(prompt) + len(ids)))
+
+
 def pair_positions(student: ForcedSequence, teacher: ForcedSequence) -> tuple[list[int], list[int]]:
     """Positions (student, teacher) whose read prefixes end at the same character offset.
 

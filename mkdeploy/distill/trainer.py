@@ -223,12 +223,13 @@ class Trainer:
                 train_rows, teacher, t_proc, s_proc, base.generation_config, shared, needs,
                 Path(args.cache_dir) if args.cache_dir else self.run,
                 language=cfg.language, pseudo_label=args.pseudo_label, wer_threshold=args.wer_threshold,
-                batch_size=cfg.batch_size, on_progress=self._label_progress(len(train_rows)))
+                batch_size=cfg.batch_size, on_progress=self._label_progress(len(train_rows)),
+                timestamp_prob=cfg.timestamp_prob, seed=cfg.seed)
         teacher.to("cpu")
         del teacher  # the cache holds all the loop needs
-        self.log(f"data: {stats['kept']} clips ({stats['dropped']} dropped), {100 * stats['paired_share']:.1f}% of "
-                 f"token positions paired across tokenizers ({'identical' if shared.identical else len(shared)} "
-                 "shared vocabulary)")
+        self.log(f"data: {stats['kept']} clips ({stats['dropped']} dropped, {stats['timestamped']} taught in timestamp "
+                 f"mode), {100 * stats['paired_share']:.1f}% of token positions paired across tokenizers "
+                 f"({'identical' if shared.identical else len(shared)} shared vocabulary)")
 
         self.samples, self.stats, self.shared = samples, stats, shared
         self.eval_rows, self.s_proc = eval_rows, s_proc
@@ -373,6 +374,9 @@ class Trainer:
             labels[b, :n] = torch.tensor(s.student.labels)
             mask[b, :n] = 1
         cache = [torch.load(s.cache, weights_only=True) for s in samples]
+        # a clip taught in timestamp mode pairs no decoder position: its cached decoder rows are not used
+        cache = [c if s.student_pos else {k: (v[:0] if k == "logits" or k.startswith("dec_") else v) for k, v in c.items()}
+                 for s, c in zip(samples, cache)]
         return {"features": feats, "ids": ids, "labels": labels, "mask": mask, "samples": samples, "cache": cache,
                 "window": window}
 
@@ -388,17 +392,23 @@ class Trainer:
         samples, cache = batch["samples"], batch["cache"]
         rows = torch.cat([torch.full((len(s.student_pos),), b, dtype=torch.long) for b, s in enumerate(samples)]).to(dev)
         cols = torch.cat([torch.tensor(s.student_pos, dtype=torch.long) for s in samples]).to(dev)
+        # a batch of timestamp-mode clips only has no paired position: its decoder terms are zero (kept in
+        # the graph so every step logs the same terms and DDP sees every parameter used)
+        zero = logits.sum() * 0.0
         if cfg.uses_kd:
-            s_logits = logits[rows, cols]
-            if not self.shared.identical:
-                s_logits = s_logits[:, self.shared.student_ids.to(dev)]
-            t_logits = torch.cat([c["logits"] for c in cache]).to(dev)
-            terms["kd"] = self.losses["kd"](s_logits, t_logits)
+            if len(rows):
+                s_logits = logits[rows, cols]
+                if not self.shared.identical:
+                    s_logits = s_logits[:, self.shared.student_ids.to(dev)]
+                t_logits = torch.cat([c["logits"] for c in cache]).to(dev)
+                terms["kd"] = self.losses["kd"](s_logits, t_logits)
+            else:
+                terms["kd"] = zero
         if cfg.uses_heads:
             Q = heads.teacher
             geo, nce = [], []
             points = []
-            for i, j in self.dec_pairs:
+            for i, j in (self.dec_pairs if len(rows) else []):
                 a = heads.heads[f"dec_{i}"](out.decoder_hidden_states[i + 1][rows, cols])
                 b = Q(torch.cat([c[f"dec_{j}"] for c in cache]).to(dev).float())
                 points.append((a, b))
@@ -415,9 +425,12 @@ class Trainer:
                     k = min(cfg.nce_samples, len(a))
                     pick = torch.randperm(len(a), device=a.device)[:k]
                     nce.append(self.losses["nce"](a[pick], b[pick]))
-            terms["geo"] = torch.stack(geo).sum()
+            anchor = zero + sum(p.sum() * 0.0 for p in heads.parameters() if p.requires_grad)
+            terms["geo"] = torch.stack(geo).sum() + anchor if geo else anchor
             if nce:
                 terms["nce"] = torch.stack(nce).sum()
+            elif cfg.recipe == "manifold":
+                terms["nce"] = anchor
         return terms
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
