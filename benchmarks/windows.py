@@ -43,7 +43,7 @@ def main() -> None:
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.merge import merge_run
     from mkdeploy.distill.trainer import TrainArgs, train
-    from mkdeploy.evaluate import error_rates
+    from mkdeploy.evaluate import error_rates, wer_by_group
     from mkdeploy.exporters.onnx import ExportOptions, export_onnx
     from mkdeploy.models.ct2 import import_package
     from mkdeploy.models.student import init_windowed_student
@@ -125,14 +125,10 @@ def main() -> None:
                                                               or (buckets if model_label == "tiny.en" else None)))
             by = {t.path: t.text for t in res}
             hyps = [by.get(str(r.audio), "") for r in all_rows]
-            groups: dict[int, list[int]] = {}
-            for k, d in enumerate(durations):
-                groups.setdefault(win.bucket_for(d), []).append(k)
-            for bucket, ks in sorted(groups.items()):
-                e = error_rates([all_rows[k].text for k in ks], [hyps[k] for k in ks]).wer
-                per_bucket.setdefault(f"{model_label} int8, {label}", {})[str(bucket)] = {"clips": len(ks), "wer": e}
-            per_bucket[f"{model_label} int8, {label}"]["all"] = {
-                "clips": len(all_rows), "wer": error_rates([r.text for r in all_rows], hyps).wer}
+            refs = [r.text for r in all_rows]
+            per_bucket[f"{model_label} int8, {label}"] = {
+                **wer_by_group(refs, hyps, [win.bucket_for(d) for d in durations]),
+                "all": {"clips": len(all_rows), "wer": error_rates(refs, hyps).wer}}
 
     # long-form: held-out multi-sentence clips joined into 45-60 s recordings, decoded in 30 s windows with
     # timestamps (the runtime's path for long audio, whatever the buckets)

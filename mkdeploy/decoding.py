@@ -77,6 +77,7 @@ def greedy_decode(step: StepFn, batch: int, prompt: list[int], generation_config
     begin = torch.tensor(list(generation_config.begin_suppress_tokens or []), dtype=torch.long, device=device)
     ids = torch.tensor([prompt] * batch, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    finished = [False] * batch
     out: list[list[int]] = [[] for _ in range(batch)]
     past = None
     for i in range(max_new_tokens):
@@ -89,11 +90,12 @@ def greedy_decode(step: StepFn, batch: int, prompt: list[int], generation_config
         nxt = logits.argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
         for b, t in enumerate(nxt.tolist()):
-            if not done[b]:
+            if not finished[b]:
                 out[b].append(t)
-        done |= nxt == eos
-        if bool(done.all()):
+                finished[b] = t == eos
+        if all(finished):
             break
+        done = torch.tensor(finished, device=device)
         ids = nxt[:, None]
     results = []
     for toks in out:

@@ -107,6 +107,19 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str], ids: Seque
                       ref_chars=tc, utterances=rows)
 
 
+def wer_by_group(references: Sequence[str], hypotheses: Sequence[str], keys: Sequence) -> dict[str, dict]:
+    """WER of each group of rows sharing a key (e.g. the encoder bucket that holds each clip).
+
+    Returns:
+        ``{str(key): {"clips": n, "wer": w}}`` in key order.
+    """
+    groups: dict = {}
+    for k, key in enumerate(keys):
+        groups.setdefault(key, []).append(k)
+    return {str(key): {"clips": len(ks), "wer": error_rates([references[k] for k in ks], [hypotheses[k] for k in ks]).wer}
+            for key, ks in sorted(groups.items())}
+
+
 def evaluate_manifest(model_path: str | Path, manifest: str | Path, backend: str = "auto", device: str = "auto",
                       options=None, on_progress=None):
     """Transcribe a manifest with a model and score it.

@@ -176,9 +176,7 @@ class WhisperTranscriber:
         else:
             # an export's encoder takes short windows only if it was traced with a dynamic frame axis
             self.short_windows = bool(getattr(model.config, ONNX_DYNAMIC_FRAMES_ATTR, False))
-        if self.model_buckets and not self.short_windows:
-            raise ModelError(f"{self.path or 'model'}: a windowed student whose ONNX encoder takes 30 s windows only; "
-                             "re-export it with `mkd export`")
+        self.windows()  # a windowed student whose export takes 30 s windows only fails here, not mid-batch
 
     def windows(self, options: TranscriptionOptions | None = None):
         """The :class:`~mkdeploy.models.window.WindowConfig` used with ``options``."""
@@ -415,9 +413,11 @@ def _segment_frames(model, window_s: int):
     mel frames (its segment length, also used by the temperature fallback and timestamps), so the config
     names the window while the call runs. The encoder's own length check reads its attribute, not the
     config (models/window.py), and the position table is untouched."""
+    from mkdeploy.models.window import window_frames
+
     config = model.config
     full = config.max_source_positions
-    config.max_source_positions = min(full, window_s * 50)
+    config.max_source_positions = min(full, window_frames(window_s) // 2)  # encoder frames: mel frames / 2
     try:
         yield
     finally:

@@ -55,3 +55,11 @@ def test_manifest_jsonl_and_folder(tmp_path):
         load_manifest(m)
     with pytest.raises(DataError, match="no such manifest"):
         load_manifest(tmp_path / "nope.jsonl")
+
+
+def test_wer_by_group_hand_values():
+    from mkdeploy.evaluate import wer_by_group
+
+    refs = ["a b c d", "a b", "x y z w"]
+    hyps = ["a b c d", "a", "x y"]  # 0/4, 1/2, 2/4 word errors
+    assert wer_by_group(refs, hyps, [10, 5, 10]) == {"5": {"clips": 1, "wer": 0.5}, "10": {"clips": 2, "wer": 0.25}}

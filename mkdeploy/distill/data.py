@@ -141,9 +141,8 @@ def pseudo_label_and_cache(
                 need_label = [pseudo_label == "all" or r.text is None or wer_threshold is not None for r in batch]
                 teacher_text = [None] * len(batch)
                 if any(need_label):
-                    # same loop guard as the transcriber: a length cap from the clip's duration
-                    cap = min(220, int(8 * max(len(a) for a in audios) / SAMPLE_RATE) + 20)
-                    out = teacher.generate(encoder_outputs=enc, return_timestamps=False, max_new_tokens=cap, **gen_kw)
+                    out = teacher.generate(encoder_outputs=enc, return_timestamps=False, max_new_tokens=_token_cap(audios),
+                                           **gen_kw)
                     teacher_text = tok_t.batch_decode(out, skip_special_tokens=True)
                 for k, (r, audio) in enumerate(zip(batch, audios)):
                     rec = {"id": r.id, "fp": fp, "reference": r.text, "teacher": (teacher_text[k] or "").strip() or None}
@@ -191,26 +190,23 @@ def pseudo_label_and_cache(
     todo = [r for r in rows if "dropped" not in done[r.id] and "segments" not in done[r.id]
             and timestamp_mode(r.id, timestamp_prob, seed)]
     if todo:
+        ts_begin = tok_t.convert_tokens_to_ids("<|notimestamps|>") + 1
         with open(labels_path, "a", encoding="utf-8") as log:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
                 audios = [load_audio(r.audio) for r in batch]
                 feats = teacher_processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE,
                                                             return_tensors="pt").input_features
-                cap = min(220, int(8 * max(len(a) for a in audios) / SAMPLE_RATE) + 20)
                 with torch.inference_mode():
                     out = teacher.generate(feats.to(device), return_timestamps=True, return_segments=True,
-                                           max_new_tokens=cap, **gen_kw)
-                ts_begin = tok_t.convert_tokens_to_ids("<|notimestamps|>") + 1
+                                           max_new_tokens=_token_cap(audios), **gen_kw)
                 for r, segs in zip(batch, out["segments"]):
                     rec = done[r.id]
-                    rec["segments"] = [
-                        [round(float(g["start"]), 2), round(float(g["end"]), 2),
-                         tok_t.decode([int(t) for t in g["tokens"] if int(t) < ts_begin], skip_special_tokens=True).strip()]
-                        for g in segs]
-                    # on Whisper's grid and inside the window; a segment that ends before it starts is dropped
-                    rec["segments"] = [[min(30.0, max(0.0, a)), min(30.0, b), t] for a, b, t in rec["segments"]
-                                       if t and b >= a]
+                    found = [(round(float(g["start"]), 2), round(float(g["end"]), 2),
+                              tok_t.decode([int(t) for t in g["tokens"] if int(t) < ts_begin], skip_special_tokens=True).strip())
+                             for g in segs]
+                    # inside the window; a segment without text or ending before it starts is dropped
+                    rec["segments"] = [[min(30.0, max(0.0, a)), min(30.0, b), t] for a, b, t in found if t and b >= a]
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
 
@@ -239,6 +235,11 @@ def pseudo_label_and_cache(
     stats = {"rows": len(rows), "kept": len(samples), "dropped": dropped, "timestamped": timed,
              "paired_share": paired / total if total else 1.0}
     return samples, stats
+
+
+def _token_cap(audios) -> int:
+    """The transcriber's loop guard for the teacher: 8 tokens per second of the longest clip, plus 20."""
+    return min(220, int(8 * max(len(a) for a in audios) / SAMPLE_RATE) + 20)
 
 
 def timestamp_mode(clip_id: str, prob: float, seed: int = 0) -> bool:

@@ -31,12 +31,9 @@ class ForcedSequence:
 
 def prompt_ids(tokenizer, generation_config, language: str = "en") -> list[int]:
     """<|startoftranscript|> [<|lang|> <|transcribe|>] <|notimestamps|>, as generate() builds it."""
-    sot = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
-    ids = [sot]
-    if getattr(generation_config, "is_multilingual", False) and getattr(generation_config, "lang_to_id", None):
-        ids += [generation_config.lang_to_id[f"<|{language}|>"], tokenizer.convert_tokens_to_ids("<|transcribe|>")]
-    ids.append(tokenizer.convert_tokens_to_ids("<|notimestamps|>"))
-    return ids
+    from mkdeploy.decoding import decoder_prompt
+
+    return decoder_prompt(tokenizer, generation_config, language)
 
 
 def force(tokenizer, prompt: list[int], text: str, max_len: int = 440) -> ForcedSequence:

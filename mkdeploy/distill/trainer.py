@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mkdeploy.audio import SAMPLE_RATE
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.losses import FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss
 from mkdeploy.errors import MkdError, ModelError, OutputExistsError
@@ -343,7 +344,7 @@ class Trainer:
         if getattr(self, "_groups", None) is None:
             self._groups: dict[int, list[int]] = {}
             for i, smp in enumerate(self.samples):
-                self._groups.setdefault(self.windows.bucket_for(len(smp.audio) / 16000), []).append(i)
+                self._groups.setdefault(self.windows.bucket_for(len(smp.audio) / SAMPLE_RATE), []).append(i)
         return self._groups
 
     def batch_window(self, samples: list, step: int) -> int:
@@ -353,7 +354,7 @@ class Trainer:
             return FULL_WINDOW_S
         if np.random.default_rng([self.config.seed, step]).random() < self.config.full_window_prob:
             return FULL_WINDOW_S
-        return self.windows.bucket_for(max(len(s.audio) for s in samples) / 16000)
+        return self.windows.bucket_for(max(len(s.audio) for s in samples) / SAMPLE_RATE)
 
     def make_batch(self, idx: list[int], step: int = 0) -> dict:
         fe = self.s_proc.feature_extractor
@@ -362,7 +363,7 @@ class Trainer:
         # frame t of the student's window is frame t of the teacher's 30 s window: the cached teacher
         # states (valid frames only) align with the first frames of any window that holds the clip
         feats = fe([s.audio for s in samples], sampling_rate=16000, return_tensors="pt", padding="max_length",
-                   max_length=window * 16000, truncation=True).input_features
+                   max_length=window * SAMPLE_RATE, truncation=True).input_features
         eot = self.s_proc.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         width = max(len(s.student.input_ids) for s in samples)
         ids = torch.full((len(samples), width), eot, dtype=torch.long)
@@ -375,8 +376,8 @@ class Trainer:
             mask[b, :n] = 1
         cache = [torch.load(s.cache, weights_only=True) for s in samples]
         # a clip taught in timestamp mode pairs no decoder position: its cached decoder rows are not used
-        cache = [c if s.student_pos else {k: (v[:0] if k == "logits" or k.startswith("dec_") else v) for k, v in c.items()}
-                 for s, c in zip(samples, cache)]
+        cache = [{k: (v[:0] if k == "logits" or k.startswith("dec_") else v) for k, v in c.items()} if s.timestamped
+                 else c for s, c in zip(samples, cache)]
         return {"features": feats, "ids": ids, "labels": labels, "mask": mask, "samples": samples, "cache": cache,
                 "window": window}
 
@@ -442,7 +443,7 @@ class Trainer:
     def evaluate(self) -> float | None:
         if not self.eval_rows or not self.acc.is_main_process:
             return None
-        from mkdeploy.evaluate import error_rates
+        from mkdeploy.evaluate import error_rates, wer_by_group
         from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
         m = self._unwrapped()
@@ -460,20 +461,16 @@ class Trainer:
         rec = {"step": self.step, "wer": wer, "clips": len(self.eval_rows)}
         if self.windows:
             # held-out WER per encoder window: each clip counts in the bucket that encoded it
-            groups: dict[int, list[int]] = {}
-            for k, r in enumerate(self.eval_rows):
-                t = by.get(str(r.audio))
-                groups.setdefault(self.windows.bucket_for(t.duration if t else 0.0), []).append(k)
-            rec["by_bucket"] = {str(b): {"clips": len(ks), "wer": error_rates([self.eval_rows[k].text for k in ks],
-                                                                             [hyps[k] for k in ks]).wer}
-                                for b, ks in sorted(groups.items())}
+            buckets = [self.windows.bucket_for(by[str(r.audio)].duration if str(r.audio) in by else 0.0)
+                       for r in self.eval_rows]
+            rec["by_bucket"] = wer_by_group([r.text for r in self.eval_rows], hyps, buckets)
         self.last_eval = rec
         with open(self.run / "eval.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
         return wer
 
     def _bucket_line(self) -> str:
-        by = getattr(self, "last_eval", {}).get("by_bucket")
+        by = self.last_eval.get("by_bucket")
         if not by:
             return ""
         return " (" + ", ".join(f"{b} s: {100 * v['wer']:.2f}% on {v['clips']}" for b, v in by.items()) + ")"
