@@ -6,10 +6,10 @@ from mkdeploy.cli.common import quiet_libraries; quiet_libraries()
 from mkdeploy.runtime import WhisperTranscriber, TranscriptionOptions
 from mkdeploy.audio import load_audio
 from mkdeploy.evaluate import error_rates
-from mkdeploy.synth import synthesize, VoiceStyle
+from mkdeploy.demo.synthesis import Voice, synthesize
 import sys; sys.path.insert(0,'tests')
 from conftest import SENTENCES
-audios=[synthesize(t, VoiceStyle(noise_scale=0, noise_w=0)) for t in SENTENCES]
+audios=[synthesize(t, Voice("piper", "joe")) for t in SENTENCES]
 opts=TranscriptionOptions(batch_size=1, return_timestamps=False)
 for name in sys.argv[1:]:
     models={'torch fp32':(f'/tmp/m/{name}','torch',None),'ort fp32':(f'/tmp/m/{name}-onnx','onnx',None),'ort int8':(f'/tmp/m/{name}-onnx','onnx','int8')}

@@ -38,7 +38,7 @@ def main() -> None:
 
     quiet_libraries()
     from mkdeploy.bench import ModelSpec, markdown_table, run_bench, write_report
-    from mkdeploy.corpus import CorpusSpec, build_corpus
+    from mkdeploy.demo.corpus import CorpusSpec, build_corpus
     from mkdeploy.data import Utterance, load_manifest, write_manifest
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.merge import merge_run
@@ -67,9 +67,12 @@ def main() -> None:
         if not (path / "model.safetensors").exists():
             import_package(pkg, path, force=True)
 
-    short_train, short_held = timed("corpus short", lambda: build_corpus(w / "corpus-short", CorpusSpec()))
-    long_spec = CorpusSpec(n_train=200, n_heldout=60, seed=1, sentences_per_clip=(2, 5))
-    long_train, long_held = timed("corpus long", lambda: build_corpus(w / "corpus-long", long_spec))
+    # the demo corpus (mkdeploy.demo.corpus): its training split, and its in-domain test as held-out clips
+    short = timed("corpus short", lambda: build_corpus(w / "corpus-short", CorpusSpec(n_train=300, n_test=60)))
+    long_spec = CorpusSpec(n_train=200, n_test=60, seed=1, sentences_per_clip=(2, 5))
+    long = timed("corpus long", lambda: build_corpus(w / "corpus-long", long_spec))
+    short_train, short_held = short["train"], short["test_in_domain"]
+    long_train, long_held = long["train"], long["test_in_domain"]
     rows_train = load_manifest(short_train) + load_manifest(long_train)
     rows_held = load_manifest(short_held) + load_manifest(long_held)
     # one manifest per split, absolute paths (the two corpora reuse file names)

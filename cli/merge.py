@@ -7,19 +7,25 @@ from typing import Optional
 
 import typer
 
-from mkdeploy.cli.common import cli_errors, out, quiet_libraries
+from mkdeploy.cli.common import cli_errors, console, out, quiet_libraries
 
 
 def merge_cmd(
     run: Path = typer.Argument(..., help="Run directory of `mkd train`."),
     output: Path = typer.Argument(..., help="Merged model directory to create."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint folder (default: the newest)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint folder (default: the one "
+                                              "chosen on dev, RUN/selection.json; else the newest)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="With --checkpoint: keep this fraction of its change "
+                                          "from the untrained student (default 1)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
 ) -> None:
-    """Merge adapters (peft merge_and_unload), drop the heads, check logits, save with the processor."""
+    """Merge the dev-selected adapters (peft merge_and_unload), drop the heads, check logits, save."""
     from mkdeploy.distill.merge import merge_run
 
     quiet_libraries()
     with cli_errors():
-        res = merge_run(run, output, force=force, checkpoint=checkpoint)
-    out.print(f"merged {res.checkpoint} (step {res.step}) -> {res.path}; max |logit diff| {res.max_abs_logit_diff:.1e}")
+        res = merge_run(run, output, force=force, checkpoint=checkpoint, alpha=alpha)
+    for w in res.warnings:
+        console.print(f"[bold red]WARNING[/]: {w}")
+    what = f"{res.checkpoint} (step {res.step}, alpha {res.alpha:.2f})" if res.checkpoint else "the untrained student"
+    out.print(f"merged {what} -> {res.path}; {res.reason}; max |logit diff| {res.max_abs_logit_diff:.1e}")

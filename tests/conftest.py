@@ -57,13 +57,12 @@ def tiny_model_dir(tiny_ct2_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def speech_clips(tmp_path_factory) -> list[tuple[Path, str]]:
     """Short synthetic speech clips (Piper, 16 kHz wav) with their transcripts."""
-    from mkdeploy.synth import VoiceStyle, synthesize
+    from mkdeploy.demo.synthesis import Voice, synthesize
 
     d = tmp_path_factory.mktemp("speech")
     clips = []
     for i, text in enumerate(SENTENCES):
-        # noise_scale 0 makes Piper deterministic, so transcripts don't vary between runs.
-        audio = synthesize(text, VoiceStyle(noise_scale=0.0, noise_w=0.0))
+        audio = synthesize(text, Voice("piper", "joe"))  # deterministic (zero noise scales)
         path = d / f"clip{i}.wav"
         sf.write(path, audio, 16000)
         clips.append((path, text))

@@ -1,4 +1,4 @@
-"""The demo corpus (fast) and the whole demo chain at toy size (slow: make test-slow)."""
+"""The demo corpus: disjoint splits, engines kept apart, determinism (fast); the demo chain (slow)."""
 
 import json
 
@@ -8,28 +8,70 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from mkdeploy.cli.main import app
-from mkdeploy.corpus import CorpusSpec, build_corpus, sentences
-from mkdeploy.data import load_manifest
+from mkdeploy.demo.augment import augment
+from mkdeploy.demo.corpus import SPLITS, CorpusSpec, build_corpus, clip_plan, manifest_rows, split_texts
+from mkdeploy.demo.synthesis import TRAIN_VOICES, UNSEEN_VOICES
+from mkdeploy.demo.text import everyday_sentences, fortunes
 
 
-def test_sentences_are_distinct_and_deterministic():
-    a, b = sentences(200, seed=3), sentences(200, seed=3)
-    assert a == b and len(set(a)) == 200 and all(s.endswith((".", "?")) for s in a)
-    assert sentences(200, seed=4) != a
+def test_text_sources_are_large_distinct_and_plain():
+    prose = fortunes()
+    assert len(prose) > 5000 and len(set(prose)) == len(prose)
+    assert all(5 <= len(t.split()) <= 28 and "--" not in t for t in prose)
+    assert not set(prose) & set(everyday_sentences())
 
 
-def test_corpus_splits_styles_and_reuse(tmp_path):
-    spec = CorpusSpec(n_train=3, n_heldout=2, seed=1)
-    train_m, held_m = build_corpus(tmp_path / "c", spec)
-    train, held = load_manifest(train_m, require_text=True), load_manifest(held_m, require_text=True)
-    assert len(train) == 3 and len(held) == 2
-    assert not {r.text for r in train} & {r.text for r in held}, "held-out sentences must be unseen"
-    for r in train + held:
-        audio, sr = sf.read(r.audio)
-        assert sr == 16000 and audio.ndim == 1 and len(audio) > 8000 and np.abs(audio).max() <= 1.0
-    stamp = train[0].audio.stat().st_mtime_ns
+def test_no_sentence_in_two_splits_at_full_size():
+    texts = split_texts(CorpusSpec())
+    seen: dict[str, str] = {}
+    for split in SPLITS:
+        assert len(set(texts[split])) == len(texts[split]), f"{split} repeats a sentence"
+        for t in texts[split]:
+            assert t not in seen, f"{t!r} is in {seen.get(t)} and {split}"
+            seen[t] = split
+    assert len(texts["train"]) == 320 and len(texts["test_unseen_text"]) == 60
+    # the unseen-text set comes from the other source only
+    assert set(texts["test_unseen_text"]) <= set(everyday_sentences())
+    assert split_texts(CorpusSpec()) == texts  # deterministic for a seed
+    assert split_texts(CorpusSpec(seed=1))["train"] != texts["train"]
+
+
+def test_espeak_ng_only_in_unseen_speech():
+    spec = CorpusSpec()
+    texts = split_texts(spec)
+    for split in SPLITS:
+        engines = {clip_plan(spec, split, i, t)["engine"] for i, t in enumerate(texts[split])}
+        if split == "test_unseen_speech":
+            assert engines == set(UNSEEN_VOICES)
+        else:
+            assert engines == set(TRAIN_VOICES), split  # every training engine is used, espeak-ng never
+            assert "espeak-ng" not in engines
+
+
+def test_augmentation_is_seeded_per_clip():
+    t = np.linspace(0, 1, 16000, dtype=np.float32)
+    clean = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    a, b, c = augment(clean, [0, 1]), augment(clean, [0, 1]), augment(clean, [0, 2])
+    assert np.array_equal(a, b)
+    assert len(a) != len(c) or not np.array_equal(a, c)
+    assert np.abs(a).max() <= 1.0
+
+
+def test_small_corpus_builds_reuses_and_is_identical(tmp_path):
+    spec = CorpusSpec(n_train=3, n_dev=1, n_test=2, seed=1, human_clips=False)
+    corpus = build_corpus(tmp_path / "c", spec)
+    rows = {s: manifest_rows(corpus[s]) for s in SPLITS}
+    assert [len(rows[s]) for s in SPLITS] == [3, 1, 2, 2, 2]
+    for r in rows["train"] + rows["test_unseen_speech"]:
+        audio, sr = sf.read(tmp_path / "c" / r["audio"])
+        assert sr == 16000 and audio.ndim == 1 and len(audio) > 8000
+    first = tmp_path / "c" / rows["train"][0]["audio"]
+    stamp, data = first.stat().st_mtime_ns, first.read_bytes()
     build_corpus(tmp_path / "c", spec)  # same spec: nothing is re-synthesised
-    assert train[0].audio.stat().st_mtime_ns == stamp
+    assert first.stat().st_mtime_ns == stamp
+    first.unlink()
+    build_corpus(tmp_path / "c", spec)  # a lost clip comes back bit for bit
+    assert first.read_bytes() == data
     assert json.loads((tmp_path / "c" / "corpus.json").read_text())["n_train"] == 3
 
 
@@ -37,10 +79,11 @@ def test_corpus_splits_styles_and_reuse(tmp_path):
 def test_demo_chain_at_toy_size(tmp_path):
     """`mkd demo` end to end on the real teachers with a toy corpus and 2 steps (a few minutes)."""
     r = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "demo"), "--steps", "2", "--train-clips", "8",
-                                 "--heldout-clips", "4"])
+                                 "--test-clips", "4"])
     assert r.exit_code == 0, r.output
     head = json.loads((tmp_path / "demo" / "headline.json").read_text())
-    assert 0 <= head["teacher_wer"] <= 1 and head["speedup"] > 0 and 0 < head["trainable_pct"] < 1
+    assert set(head["teacher"]) == {"test_in_domain", "test_unseen_text", "test_unseen_speech"}
+    assert head["speedup"] > 0 and 0 < head["trainable_pct"] < 1
     report = (tmp_path / "demo" / "REPORT.md").read_text()
-    assert "teacher WER" in report and "| tiny.en distilled (onnx int8) |" in report
+    assert "unseen speech" in report and "| tiny.en distilled (ONNX int8) |" in report
     assert (tmp_path / "demo" / "bench" / "latency_vs_wer.png").exists()

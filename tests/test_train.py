@@ -59,13 +59,13 @@ def test_manifold_run_writes_metrics_checkpoints_and_counts(tiny_multilingual_te
     # merge: a plain Whisper directory, logits equal to the adapter model's, heads gone
     from transformers import WhisperForConditionalGeneration
 
-    res = merge_run(run, tmp_path / "merged")
+    res = merge_run(run, tmp_path / "merged", checkpoint=latest_checkpoint(run))  # dev selection: tests/test_select.py
     assert res.max_abs_logit_diff <= 1e-4 and res.step == 3
     merged = WhisperForConditionalGeneration.from_pretrained(tmp_path / "merged")
     assert not any("lora" in n for n, _ in merged.named_parameters())
     assert (tmp_path / "merged" / "preprocessor_config.json").exists()
     with pytest.raises(OutputExistsError):
-        merge_run(run, tmp_path / "merged")
+        merge_run(run, tmp_path / "merged", checkpoint=latest_checkpoint(run))
 
     # a run directory is never clobbered without --resume or --force
     with pytest.raises(OutputExistsError, match="--resume"):

@@ -335,20 +335,15 @@ def test_transcribe_cli_encoder_buckets(windowed_export, speech_clips, tmp_path)
     assert res.exit_code == 0 and "encoder windows: 5 s, 10 s, 20 s, 30 s" in res.output
 
 
-def test_corpus_joins_sentences_per_clip(tmp_path):
-    from mkdeploy.corpus import CorpusSpec, build_corpus
-    from mkdeploy.data import load_manifest
+def test_corpus_joins_sentences_per_clip():
+    from mkdeploy.demo.corpus import CorpusSpec, split_texts
 
-    spec = CorpusSpec(n_train=3, n_heldout=1, seed=3, snr_db=(30.0, 30.0), sentences_per_clip=(2, 3))
-    train_m, held_m = build_corpus(tmp_path / "c", spec)
-    rows = load_manifest(train_m) + load_manifest(held_m)
-    assert all(2 <= r.text.count(".") <= 3 for r in rows)
-    assert len({r.text for r in rows}) == 4
-    import soundfile as sf
-
-    assert min(sf.info(str(r.audio)).duration for r in rows) > 3.0
+    texts = split_texts(CorpusSpec(n_train=6, n_dev=2, n_test=2, seed=3, sentences_per_clip=(2, 3)))
+    assert len(texts["train"]) == 6
+    # each clip joins 2-3 fortunes, so it ends in at least two sentence marks
+    assert all(sum(t.count(c) for c in ".?!") >= 2 for t in texts["train"])
     with pytest.raises(MkdError, match="sentences_per_clip"):
-        build_corpus(tmp_path / "d", CorpusSpec(n_train=1, n_heldout=1, sentences_per_clip=(2, 1)))
+        split_texts(CorpusSpec(n_train=1, sentences_per_clip=(2, 1)))
 
 
 def test_bucketed_batches_come_from_one_bucket():

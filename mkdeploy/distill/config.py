@@ -30,6 +30,9 @@ class RecipeConfig:
     w_geo: float = field(default=1.0, metadata={"help": "geodesic (manifold) or MSE (fitnet) weight, per layer"})
     w_nce_start: float = field(default=1.0, metadata={"help": "InfoNCE weight at step 0"})
     w_nce_end: float = field(default=0.1, metadata={"help": "InfoNCE weight at the last step (linear decay)"})
+    w_retain: float = field(default=1.0, metadata={
+        "help": "KL from the frozen starting student to the student on the training batch (learning without "
+                "forgetting); 0 turns it off"})
     tau_kd: float = field(default=2.0, metadata={"help": "KD temperature"})
     tau_nce: float = field(default=0.07, metadata={"help": "InfoNCE temperature"})
     nce_samples: int = field(default=64, metadata={"help": "points sampled per layer for InfoNCE"})
@@ -67,6 +70,9 @@ class RecipeConfig:
     seed: int = 0
     eval_every: int = 50
     save_every: int = 25
+    select_alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75], metadata={
+        "help": "fractions of the best checkpoint's change tried on dev after training (weight-space "
+                "interpolation toward the start); [] tries none"})
     eval_max_new_tokens: int = field(default=128, metadata={"help": "cap on tokens per held-out clip"})
     language: str = "en"
 
@@ -85,6 +91,10 @@ class RecipeConfig:
             raise MkdError(f"timestamp_prob {self.timestamp_prob}: give a share between 0 and 1")
         if not 0.0 <= self.full_window_prob <= 1.0:
             raise MkdError(f"full_window_prob {self.full_window_prob}: give a share between 0 and 1")
+        if any(not 0.0 < a < 1.0 for a in self.select_alphas):
+            raise MkdError(f"select_alphas {self.select_alphas}: give fractions strictly between 0 and 1")
+        if self.w_retain < 0:
+            raise MkdError(f"w_retain {self.w_retain}: give a weight >= 0")
         if self.max_steps < 1 or self.batch_size < 1:
             raise MkdError("--max-steps and --batch-size must be at least 1")
         return self

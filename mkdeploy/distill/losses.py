@@ -66,6 +66,23 @@ class LogitKDLoss(nn.Module):
         return self.tau**2 * kl.mean()
 
 
+class RetentionLoss(nn.Module):
+    """Learning without forgetting (Li and Hoiem, 2016): keep the student's predictions close to those of
+    the frozen student it started from, on the same inputs.
+
+    L_ret = mean_n KL( softmax(z0_n) ‖ softmax(z_n) ),  z0: the starting student's logits, z: the student's
+
+    over the valid label positions n, full student vocabulary, temperature 1. It pulls toward what the
+    student already knew (its own tokenizer, its own vocabulary), which the teacher's KD cannot do across
+    tokenizers, and is zero at step 0.
+    """
+
+    def forward(self, student_logits: torch.Tensor, start_logits: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(student_logits.float(), dim=-1)
+        log_p0 = F.log_softmax(start_logits.float(), dim=-1)
+        return (log_p0.exp() * (log_p0 - log_p)).sum(-1).mean()
+
+
 class FitNetLoss(nn.Module):
     """FitNets hint loss (Romero et al. 2015) on projected states, the Euclidean baseline.
 

@@ -25,7 +25,7 @@ import random
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +36,8 @@ from torch import nn
 
 from mkdeploy.audio import SAMPLE_RATE
 from mkdeploy.distill.config import RecipeConfig
-from mkdeploy.distill.losses import FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss
+from mkdeploy.distill.losses import FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss, RetentionLoss
+from mkdeploy.distill.select import Candidate, Selection, best, interpolate_state, set_lora_scale
 from mkdeploy.errors import MkdError, ModelError, OutputExistsError
 from mkdeploy.models.window import FULL_WINDOW_S
 
@@ -190,6 +191,15 @@ class Trainer:
         else:
             freeze_all_but_decoder(student)
             trainable_enc = set()
+        # The starting decoder, for the retention term and the interpolation toward the start. LoRA needs no
+        # copy: with its adapters disabled the student is its starting self.
+        self.start_decoder = None if cfg.train_mode == "lora" else \
+            {k: v.detach().clone() for k, v in student.model.decoder.state_dict().items()}
+        self.reference = None
+        if cfg.train_mode != "lora" and cfg.w_retain > 0:
+            import copy
+
+            self.reference = copy.deepcopy(student).eval().requires_grad_(False)
         base = student.get_base_model() if hasattr(student, "get_base_model") else student
 
         # Only layers that train get aligned: a frozen encoder layer's states can't move (and a pruned
@@ -241,8 +251,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.module, self.optimizer, self.scheduler = self.acc.prepare(self.module, self.optimizer, self.scheduler)
         self.losses = {"kd": LogitKDLoss(cfg.tau_kd), "geo": GeodesicLoss(), "nce": InfoNCELoss(cfg.tau_nce),
-                       "fit": FitNetLoss()}
+                       "fit": FitNetLoss(), "retain": RetentionLoss()}
         self.step = 0
+        self.candidates: list[Candidate] = []
         if self.acc.is_main_process:
             info = {"teacher": str(args.teacher.resolve()), "student": str(args.student.resolve()),
                     "train_manifest": str(args.train_manifest), "eval_manifest": str(args.eval_manifest or ""),
@@ -295,7 +306,8 @@ class Trainer:
             latest_tmp = ckdir / f".{LATEST}.tmp"
             latest_tmp.write_text(final.name + "\n")
             os.replace(latest_tmp, ckdir / LATEST)
-            for old in sorted(p for p in ckdir.glob("step-*") if p != final)[:-1]:
+            keep = {final.name, self.best_checkpoint()}
+            for old in sorted(p for p in ckdir.glob("step-*") if p.name not in keep)[:-1]:
                 shutil.rmtree(old, ignore_errors=True)
         self.acc.wait_for_everyone()
         return final
@@ -307,13 +319,7 @@ class Trainer:
         if ck is None:
             return False
         m = self._unwrapped()
-        if self.config.train_mode == "lora":
-            from peft import set_peft_model_state_dict
-            from peft.utils import load_peft_weights
-
-            set_peft_model_state_dict(m.student, load_peft_weights(str(ck / "adapter"), device="cpu"))
-        else:
-            m.student.model.decoder.load_state_dict(load_file(ck / "decoder.safetensors"))
+        self._load_weights(ck, m)
         m.heads.load_state_dict(load_file(ck / "heads.safetensors"))
         self.optimizer.load_state_dict(torch.load(ck / "optimizer.pt", weights_only=False))
         self.scheduler.load_state_dict(torch.load(ck / "scheduler.pt", weights_only=False))
@@ -390,6 +396,8 @@ class Trainer:
         logits = out.logits
         labels = batch["labels"].to(dev)
         terms: dict[str, torch.Tensor] = {"ce": F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)}
+        if cfg.w_retain > 0:
+            terms["retain"] = self.retention(batch, logits, labels)
         samples, cache = batch["samples"], batch["cache"]
         rows = torch.cat([torch.full((len(s.student_pos),), b, dtype=torch.long) for b, s in enumerate(samples)]).to(dev)
         cols = torch.cat([torch.tensor(s.student_pos, dtype=torch.long) for s in samples]).to(dev)
@@ -434,13 +442,35 @@ class Trainer:
                 terms["nce"] = anchor
         return terms
 
+    def retention(self, batch: dict, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """KL from the starting student's predictions to the student's, at every labelled position."""
+        dev = self.acc.device
+        student = self._unwrapped().student
+        kw = {"input_features": batch["features"].to(dev), "decoder_input_ids": batch["ids"].to(dev),
+              "decoder_attention_mask": batch["mask"].to(dev)}
+        with torch.no_grad():
+            if self.reference is not None:
+                start = self.reference.to(dev)(**kw).logits
+            else:
+                with student.disable_adapter():
+                    start = student(**kw).logits
+        valid = labels != -100
+        return self.losses["retain"](logits[valid], start[valid])
+
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.config
-        weights = {"ce": cfg.w_ce, "kd": cfg.w_kd, "geo": cfg.w_geo, "nce": cfg.w_nce(self.step)}
+        weights = {"ce": cfg.w_ce, "kd": cfg.w_kd, "geo": cfg.w_geo, "nce": cfg.w_nce(self.step),
+                   "retain": cfg.w_retain}
         return sum(weights[k] * v for k, v in terms.items())
 
     # -- evaluation -------------------------------------------------------------------------------
-    def evaluate(self) -> float | None:
+    def best_checkpoint(self) -> str:
+        """Name of the best trained checkpoint on dev so far ("" when none beats nothing yet)."""
+        trained = [c for c in self.candidates if c.step > 0 and c.alpha == 1.0]
+        return best(trained).checkpoint if trained else ""
+
+    def evaluate(self, alpha: float = 1.0) -> float | None:
+        """Dev WER of the student as it is now; recorded in eval.jsonl and as a selection candidate."""
         if not self.eval_rows or not self.acc.is_main_process:
             return None
         from mkdeploy.evaluate import error_rates, wer_by_group
@@ -458,7 +488,9 @@ class Trainer:
         by = {t.path: t for t in res}
         hyps = [by[str(r.audio)].text if str(r.audio) in by else "" for r in self.eval_rows]
         wer = error_rates([r.text for r in self.eval_rows], hyps).wer
-        rec = {"step": self.step, "wer": wer, "clips": len(self.eval_rows)}
+        name = f"step-{self.step:06d}" if self.step else ""
+        rec = {"step": self.step, "alpha": alpha, "checkpoint": name, "wer": wer, "clips": len(self.eval_rows)}
+        self.candidates.append(Candidate(self.step, alpha if self.step else 0.0, wer, name))
         if self.windows:
             # held-out WER per encoder window: each clip counts in the bucket that encoded it
             buckets = [self.windows.bucket_for(by[str(r.audio)].duration if str(r.audio) in by else 0.0)
@@ -484,6 +516,7 @@ class Trainer:
         cfg, acc = self.config, self.acc
         if self.args.resume:
             self.load_checkpoint()
+            self.candidates = self._recorded_candidates()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         first_wer, first_buckets = None, None
         if self.step == 0:
@@ -521,9 +554,10 @@ class Trainer:
                         f.write(json.dumps(rec) + "\n")
                 if on_step:
                     on_step(self.step, rec)
-                if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                    self.save_checkpoint()
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                eval_now = bool(cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps)
+                if self.step % cfg.save_every == 0 or self.step == cfg.max_steps or (eval_now and self.eval_rows):
+                    self.save_checkpoint()  # every evaluated step has its checkpoint: it may be the one merged
+                if eval_now:
                     wer = self.evaluate()
                     if wer is not None:
                         self.log(f"step {self.step}: held-out WER {100 * wer:.2f}%")
@@ -547,6 +581,9 @@ class Trainer:
                 summary.update(encoder_buckets=list(self.windows.buckets), wer_by_bucket_before=first_buckets,
                                wer_by_bucket_after=self.last_eval.get("by_bucket"))
                 self.log(f"held-out WER after training: {100 * final_wer:.2f}%{self._bucket_line()}")
+            selection = self.select()
+            if selection is not None:
+                summary.update(selected=asdict(selection.chosen), selection_reason=selection.reason())
             self._write_rank_checksum()
             if acc.is_main_process:
                 prev = {}
@@ -560,6 +597,62 @@ class Trainer:
             (self.run / "summary.json").write_text(json.dumps({"wer_before": first_wer, "interrupted": True,
                                                                "wer_by_bucket_before": first_buckets}) + "\n")
         return summary
+
+    def _recorded_candidates(self) -> list[Candidate]:
+        """Candidates evaluated before a resume (eval.jsonl), whose checkpoints still exist."""
+        path, out = self.run / "eval.jsonl", []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            r = json.loads(line)
+            if "checkpoint" in r and r.get("alpha", 1.0) in (0.0, 1.0) and \
+                    (r["step"] == 0 or (self.run / "checkpoints" / r["checkpoint"]).exists()):
+                out.append(Candidate(r["step"], 0.0 if r["step"] == 0 else 1.0, r["wer"], r["checkpoint"]))
+        return out
+
+    def select(self) -> Selection | None:
+        """Choose what merge ships: the best checkpoint on dev, then that checkpoint at the fractions
+        ``select_alphas`` of its change; step 0 is a candidate. Writes RUN/selection.json."""
+        if not self.eval_rows or not self.acc.is_main_process or not self.candidates:
+            return None
+        top = self.best_checkpoint()
+        if top and self.config.select_alphas:
+            m = self._unwrapped()
+            self._load_weights(self.run / "checkpoints" / top, m)
+            step = int(top.split("-")[1])
+            saved_step, self.step = self.step, step
+            for alpha in self.config.select_alphas:
+                self._scale_change(m, alpha)
+                wer = self.evaluate(alpha)
+                self.log(f"{top} at {alpha:.2f} of its change: dev WER {100 * (wer or 0):.2f}%")
+            self._scale_change(m, 1.0)
+            self.step = saved_step
+        selection = Selection(best(self.candidates), list(self.candidates), str(self.args.eval_manifest),
+                              len(self.eval_rows))
+        selection.save(self.run)
+        line = f"selected {selection.chosen.checkpoint or 'the untrained student'} (alpha {selection.chosen.alpha:.2f}): "
+        self.log(line + selection.reason())
+        if not selection.training_helped:
+            self.log("WARNING: training did not help on dev; `mkd merge` will write the untrained student")
+        return selection
+
+    def _load_weights(self, ck: Path, m: "DistillModule") -> None:
+        from safetensors.torch import load_file
+
+        if self.config.train_mode == "lora":
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            set_peft_model_state_dict(m.student, load_peft_weights(str(ck / "adapter"), device="cpu"))
+        else:
+            m.student.model.decoder.load_state_dict(load_file(ck / "decoder.safetensors"))
+        self._trained_decoder = None if self.config.train_mode == "lora" else \
+            {k: v.detach().clone() for k, v in m.student.model.decoder.state_dict().items()}
+
+    def _scale_change(self, m: "DistillModule", alpha: float) -> None:
+        """Keep ``alpha`` of the loaded checkpoint's change from the start (1.0 restores it)."""
+        if self.config.train_mode == "lora":
+            set_lora_scale(m.student, alpha)
+        else:
+            m.student.model.decoder.load_state_dict(interpolate_state(self.start_decoder, self._trained_decoder, alpha))
 
     def _write_rank_checksum(self) -> None:
         """Each rank records a checksum of its trainable weights: after DDP steps they must agree."""

@@ -1,0 +1,186 @@
+"""The demo corpus: prose spoken by several engines and voices, augmented, in five disjoint splits.
+
+==================  ====================================  ==========================================
+split               text                                  speech
+==================  ====================================  ==========================================
+train               fortunes                              piper, flite, festival voices (augmented)
+dev                 fortunes never in train               the training voices (augmented)
+test_in_domain      fortunes never in train or dev        the training voices (augmented)
+test_unseen_text    the project's everyday sentences      the training voices (augmented)
+test_unseen_speech  fortunes never in train, dev or test  espeak-ng voices (augmented), plus ALSA's
+                                                          recorded human voice where installed
+==================  ====================================  ==========================================
+
+*dev* chooses checkpoints and the merge scale (:mod:`mkdeploy.distill.select`); the three test sets never
+choose anything. espeak-ng never speaks a training, dev or in-domain clip. Each clip is a pure function of
+(seed, split, index): its text, voice, rate and augmentation seed are drawn from a generator seeded with
+them alone, so a half-built corpus resumes to the same files and two builds are identical.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from mkdeploy.demo.augment import AugmentSpec, augment
+from mkdeploy.demo.synthesis import TRAIN_VOICES, UNSEEN_VOICES, Voice, check_engines, synthesize
+from mkdeploy.demo.text import everyday_sentences, fortunes
+from mkdeploy.errors import MkdError
+from mkdeploy.fsutil import atomic_write_text
+
+SPLITS = ("train", "dev", "test_in_domain", "test_unseen_text", "test_unseen_speech")
+TEST_SPLITS = SPLITS[2:]
+#: ALSA's channel-test recordings: a human voice no engine made (alsa-utils). Noise.wav holds no speech.
+ALSA_DIR = Path("/usr/share/sounds/alsa")
+
+
+@dataclass
+class CorpusSpec:
+    """How a corpus is made; stored beside it so an identical request reuses it.
+
+    Attributes:
+        n_train, n_dev, n_test: clips per split (n_test for each of the three test sets; the unseen-text
+            set holds at most the 73 shipped sentences).
+        rate: range of speaking rates (> 1 slower).
+        sentences_per_clip: sentences joined into one clip (uniform in the range), for longer clips.
+        augment: the augmentation chain's probabilities and SNR range.
+    """
+
+    n_train: int = 320
+    n_dev: int = 40
+    n_test: int = 60
+    seed: int = 0
+    rate: tuple[float, float] = (0.85, 1.2)
+    sentences_per_clip: tuple[int, int] = (1, 1)
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    human_clips: bool = True
+
+
+@dataclass
+class Corpus:
+    """Manifest paths by split."""
+
+    root: Path
+    manifests: dict[str, Path]
+
+    def __getitem__(self, split: str) -> Path:
+        return self.manifests[split]
+
+
+def split_texts(spec: CorpusSpec) -> dict[str, list[str]]:
+    """The text of every clip of every split; prose splits are disjoint by construction.
+
+    Raises:
+        MkdError: asked for more prose than the source holds.
+    """
+    lo, hi = spec.sentences_per_clip
+    if not 1 <= lo <= hi:
+        raise MkdError(f"sentences_per_clip {spec.sentences_per_clip}: give 1 <= low <= high")
+    prose = fortunes()
+    np.random.default_rng([spec.seed, 1]).shuffle(prose)
+    sizes = {"train": spec.n_train, "dev": spec.n_dev, "test_in_domain": spec.n_test, "test_unseen_speech": spec.n_test}
+    counts = {s: np.random.default_rng([spec.seed, 2, k]).integers(lo, hi + 1, n).tolist()
+              for k, (s, n) in enumerate(sizes.items())}
+    if sum(map(sum, counts.values())) > len(prose):
+        raise MkdError(f"the corpus asks for {sum(map(sum, counts.values()))} sentences; the fortunes hold {len(prose)}")
+    out: dict[str, list[str]] = {}
+    pos = 0
+    for split, cs in counts.items():
+        texts = []
+        for c in cs:
+            texts.append(" ".join(prose[pos:pos + c]))
+            pos += c
+        out[split] = texts
+    everyday = everyday_sentences()
+    np.random.default_rng([spec.seed, 3]).shuffle(everyday)
+    out["test_unseen_text"] = everyday[: spec.n_test]
+    return {s: out[s] for s in SPLITS}
+
+
+def _voices(split: str) -> list[tuple[str, str]]:
+    table = UNSEEN_VOICES if split == "test_unseen_speech" else TRAIN_VOICES
+    return [(e, v) for e, vs in table.items() for v in vs]
+
+
+def clip_plan(spec: CorpusSpec, split: str, index: int, text: str) -> dict:
+    """Voice, rate and augmentation seed of one clip, drawn from (seed, split, index) alone."""
+    k = SPLITS.index(split)
+    rng = np.random.default_rng([spec.seed, 10 + k, index])
+    voices = _voices(split)
+    engine, name = voices[int(rng.integers(len(voices)))]
+    return {"id": f"{split}_{index:04d}", "text": text, "engine": engine, "voice": name,
+            "rate": round(float(rng.uniform(*spec.rate)), 3), "augment_seed": [spec.seed, 100 + k, index]}
+
+
+def _make_clip(plan: dict, path: Path, spec: CorpusSpec) -> None:
+    import soundfile as sf
+
+    if path.exists():
+        return
+    audio = synthesize(plan["text"], Voice(plan["engine"], plan["voice"], plan["rate"]))
+    audio = augment(audio, plan["augment_seed"], spec.augment)
+    tmp = path.with_name(f".{path.name}.tmp.wav")
+    sf.write(tmp, audio, 16000, subtype="PCM_16")
+    tmp.replace(path)
+
+
+def _human_rows(split_dir: Path) -> list[dict]:
+    """ALSA's recorded channel names ("Front Center", ...), copied in as they are."""
+    rows = []
+    for wav in sorted(ALSA_DIR.glob("*.wav")) if ALSA_DIR.is_dir() else []:
+        if wav.stem == "Noise":
+            continue
+        target = split_dir / f"human_{wav.stem.lower()}.wav"
+        if not target.exists():
+            target.write_bytes(wav.read_bytes())
+        rows.append({"id": target.stem, "audio": target.name, "text": wav.stem.replace("_", " "),
+                     "engine": "human", "voice": "alsa"})
+    return rows
+
+
+def build_corpus(out: str | Path, spec: CorpusSpec | None = None, workers: int = 2,
+                 on_progress: Callable[[int], None] | None = None) -> Corpus:
+    """Synthesise every split (clips already on disk are kept; they are identical by construction).
+
+    Args:
+        out: the corpus folder: one sub-folder and one JSONL manifest per split, plus corpus.json.
+        workers: clips synthesised at once (the engines are separate processes or release the GIL).
+
+    Returns:
+        a :class:`Corpus` with each split's manifest (rows carry engine, voice and rate besides the text).
+    """
+    spec = spec or CorpusSpec()
+    out = Path(out)
+    check_engines(sorted({e for s in SPLITS for e, _ in _voices(s)}))
+    texts = split_texts(spec)
+    manifests = {}
+    for split in SPLITS:
+        d = out / split
+        d.mkdir(parents=True, exist_ok=True)
+        plans = [clip_plan(spec, split, i, t) for i, t in enumerate(texts[split])]
+
+        def work(plan: dict, d: Path = d) -> None:
+            _make_clip(plan, d / f"{plan['id']}.wav", spec)
+            if on_progress:
+                on_progress(1)
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(pool.map(work, plans))
+        rows = [{"id": p["id"], "audio": f"{split}/{p['id']}.wav", "text": p["text"], "engine": p["engine"],
+                 "voice": p["voice"], "rate": p["rate"]} for p in plans]
+        if split == "test_unseen_speech" and spec.human_clips:
+            rows += [{**r, "audio": f"{split}/{r['audio']}"} for r in _human_rows(d)]
+        manifests[split] = atomic_write_text(out / f"{split}.jsonl",
+                                             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out / "corpus.json", json.dumps(asdict(spec), indent=2) + "\n")
+    return Corpus(out, manifests)
+
+
+def manifest_rows(path: str | Path) -> list[dict]:
+    """The raw rows of a corpus manifest (with engine and voice, which :func:`load_manifest` drops)."""
+    return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]

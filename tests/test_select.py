@@ -1,0 +1,138 @@
+"""Choosing what merge ships (dev selection, step 0 included, weight-space scale) and the retention loss."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from mkdeploy.distill.config import RecipeConfig
+from mkdeploy.distill.losses import RetentionLoss
+from mkdeploy.distill.merge import merge_run
+from mkdeploy.distill.select import Candidate, Selection, best, interpolate_state, set_lora_scale
+from mkdeploy.distill.trainer import TrainArgs, latest_checkpoint, train
+from mkdeploy.errors import MkdError
+
+
+def test_retention_loss_matches_hand_computed_kl():
+    # start p0 = [1/2, 1/2]; student p = [1/4, 3/4]: KL(p0 || p) = 1/2 ln 2 + 1/2 ln(2/3)
+    start = torch.tensor([[0.0, 0.0]])
+    student = torch.tensor([[0.0, math.log(3.0)]])
+    assert RetentionLoss()(student, start).item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), abs=1e-6)
+    assert RetentionLoss()(start, start).item() == pytest.approx(0.0, abs=1e-7)
+    # mean over positions: a second, identical row halves nothing
+    two = RetentionLoss()(student.repeat(2, 1), start.repeat(2, 1)).item()
+    assert two == pytest.approx(0.14384, abs=1e-4)
+
+
+def test_best_takes_lowest_wer_and_ties_go_to_the_smaller_change():
+    c = [Candidate(0, 0.0, 0.10), Candidate(15, 1.0, 0.08, "step-000015"), Candidate(30, 1.0, 0.09, "step-000030"),
+         Candidate(15, 0.5, 0.08, "step-000015")]
+    assert best(c) == Candidate(15, 0.5, 0.08, "step-000015")  # tie at 8%: half the change wins
+    assert best([Candidate(0, 0.0, 0.10), Candidate(30, 1.0, 0.10, "step-000030")]).step == 0
+    assert best([Candidate(0, 0.0, 0.10), Candidate(30, 1.0, 0.12, "step-000030")]).step == 0
+    with pytest.raises(ValueError):
+        best([])
+    sel = Selection(best(c[:1]), c[:1], "dev.jsonl", 10)
+    assert not sel.training_helped and "did not help" in sel.reason()
+
+
+def test_interpolate_state_is_linear():
+    a, b = {"w": torch.zeros(3), "n": torch.tensor([1])}, {"w": torch.tensor([2.0, 4.0, -2.0]), "n": torch.tensor([5])}
+    out = interpolate_state(a, b, 0.25)
+    assert torch.allclose(out["w"], torch.tensor([0.5, 1.0, -0.5])) and out["n"].item() == 5
+
+
+def test_config_rejects_bad_alphas_and_weights():
+    with pytest.raises(MkdError, match="select_alphas"):
+        RecipeConfig(select_alphas=[0.0, 0.5]).validate()
+    with pytest.raises(MkdError, match="w_retain"):
+        RecipeConfig(w_retain=-1.0).validate()
+
+
+def test_lora_scale_moves_merged_weights_linearly(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration
+
+    def model(alpha):
+        base = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
+        w0 = base.model.decoder.layers[0].fc1.weight.detach().clone()
+        peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["fc1"], init_lora_weights=False))
+        torch.manual_seed(0)
+        for n, p in peft.named_parameters():
+            if "lora_" in n:
+                p.data = torch.randn_like(p) * 0.1
+        assert set_lora_scale(peft, alpha) > 0
+        return w0, peft.merge_and_unload().model.decoder.layers[0].fc1.weight.detach()
+
+    w0, full = model(1.0)
+    _, half = model(0.5)
+    _, none = model(0.0)
+    assert torch.allclose(none, w0)
+    assert torch.allclose(half - w0, 0.5 * (full - w0), atol=1e-6)
+    assert not torch.allclose(full, w0)
+
+
+def _dev_wer(model_dir, manifest) -> float:
+    from mkdeploy.evaluate import evaluate_manifest
+    from mkdeploy.runtime import TranscriptionOptions
+
+    rates, _, _ = evaluate_manifest(model_dir, manifest, backend="torch", device="cpu",
+                                    options=TranscriptionOptions(return_timestamps=False, max_new_tokens=8))
+    return rates.wer
+
+
+def test_a_run_never_ships_worse_than_it_started(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path):
+    """A run made to go wrong (lr 0.05): dev is scored at step 0, every 2 steps and at scales of the best
+    checkpoint; merge ships the best candidate, whose dev WER is reproduced by the merged model itself."""
+    run = tmp_path / "run"
+    logs = []
+    cfg = RecipeConfig(batch_size=2, save_every=2, eval_every=2, max_steps=4, warmup_steps=1, max_trainable=0.05,
+                       eval_max_new_tokens=8, lr=0.05, select_alphas=[0.5]).validate()
+    summary = train(TrainArgs(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg,
+                              eval_manifest=speech_manifest), log=logs.append)
+    sel = Selection.load(run)
+    evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["alpha"]) for e in evals][:3] == [(0, 1.0), (2, 1.0), (4, 1.0)]
+    assert len(sel.candidates) == len(evals) == 4  # step 0, 2, 4 and the best checkpoint at 0.5
+    start = next(c for c in sel.candidates if c.step == 0)
+    assert sel.chosen.wer == min(c.wer for c in sel.candidates) <= start.wer
+    assert summary["selected"]["step"] == sel.chosen.step
+    # the best checkpoint survives pruning of old checkpoints
+    for c in sel.candidates:
+        if c.step:
+            assert (run / "checkpoints" / c.checkpoint / "state.json").exists() or c.checkpoint != sel.chosen.checkpoint
+    res = merge_run(run, tmp_path / "merged")
+    assert res.alpha == sel.chosen.alpha and res.step == sel.chosen.step
+    meta = json.loads((tmp_path / "merged" / "config.json").read_text())["mkdeploy_distilled"]
+    assert meta["selected"]["wer"] == sel.chosen.wer and meta["reason"] == sel.reason()
+    assert _dev_wer(tmp_path / "merged", speech_manifest) == pytest.approx(sel.chosen.wer)
+    assert (res.checkpoint is None) == bool(res.warnings)
+
+
+def test_merge_of_a_run_where_training_did_not_help_writes_the_start_and_warns(tiny_multilingual_teacher,
+                                                                                tiny_model_dir, speech_manifest,
+                                                                                tmp_path):
+    run = tmp_path / "run"
+    cfg = RecipeConfig(batch_size=2, save_every=2, eval_every=0, max_steps=2, warmup_steps=1, max_trainable=0.05,
+                       eval_max_new_tokens=8, select_alphas=[]).validate()
+    train(TrainArgs(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg, eval_manifest=speech_manifest))
+    # make the trained checkpoint lose on dev, as a collapsed run does
+    sel = Selection.load(run)
+    start = next(c for c in sel.candidates if c.step == 0)
+    worse = [Candidate(c.step, c.alpha, 1.5, c.checkpoint) if c.step else c for c in sel.candidates]
+    Selection(best(worse), worse, sel.dev_manifest, sel.dev_clips).save(run)
+    res = merge_run(run, tmp_path / "merged")
+    assert res.checkpoint is None and res.step == 0 and res.alpha == 0.0
+    assert res.warnings and "did not help" in res.warnings[0]
+    from transformers import WhisperForConditionalGeneration
+
+    a = WhisperForConditionalGeneration.from_pretrained(tmp_path / "merged").state_dict()
+    b = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert _dev_wer(tmp_path / "merged", speech_manifest) == pytest.approx(start.wer)
+    # an explicit checkpoint still merges that checkpoint, at a given scale
+    res = merge_run(run, tmp_path / "m2", checkpoint=latest_checkpoint(run), alpha=0.5)
+    assert res.step == 2 and res.alpha == 0.5 and not res.warnings
+    with pytest.raises(MkdError, match="--alpha needs --checkpoint"):
+        merge_run(run, tmp_path / "m3", alpha=0.5)
