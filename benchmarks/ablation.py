@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("work/ablation"))
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--recipes", default="ce,kd,fitnet,manifold")
+    ap.add_argument("--recipes", default="manifold,kd,ce,fitnet")
     ap.add_argument("--set", action="append", default=[], help="extra RecipeConfig field=value for every run")
     a = ap.parse_args()
 
@@ -31,10 +31,10 @@ def main() -> None:
     quiet_libraries()
     from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec, build_corpus
     from mkdeploy.demo.pipeline import TITLES, score
+    from mkdeploy.demo.weights import import_package
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.merge import merge_run
     from mkdeploy.distill.trainer import TrainArgs, train
-    from mkdeploy.models.ct2 import import_package
 
     w = a.workdir
     teacher, student = w / "models" / "base", w / "models" / "tiny.en"
@@ -47,26 +47,52 @@ def main() -> None:
     def wers(name: str, model: Path) -> dict[str, float]:
         return {s: score(model, corpus[s], w / "scores" / f"{name}.{s}.json")["wer"] for s in TEST_SPLITS}
 
-    rows = [{"row": "teacher base", **wers("teacher", teacher)}, {"row": "tiny.en untrained", **wers("untrained", student)}]
+    rows = [
+        {"row": "teacher base", **wers("teacher", teacher)},
+        {"row": "tiny.en untrained", **wers("untrained-torch", student)},
+    ]
     for recipe in a.recipes.split(","):
         run = w / "runs" / recipe
-        cfg = RecipeConfig(recipe=recipe, max_steps=a.steps, batch_size=a.batch_size, eval_every=15, save_every=15,
-                           **extra).validate()
+        cfg = RecipeConfig(
+            recipe=recipe, max_steps=a.steps, batch_size=a.batch_size, eval_every=15, save_every=15, **extra
+        ).validate()
         t0 = time.time()
         if not (run / "selection.json").exists():
-            train(TrainArgs(teacher, student, corpus["train"], run, cfg, eval_manifest=corpus["dev"], force=True,
-                            pseudo_label="all", wer_threshold=0.3, cache_dir=w / "cache"), log=lambda s: None)
+            train(
+                TrainArgs(
+                    teacher,
+                    student,
+                    corpus["train"],
+                    run,
+                    cfg,
+                    eval_manifest=corpus["dev"],
+                    force=True,
+                    pseudo_label="all",
+                    wer_threshold=0.3,
+                    cache_dir=w / "cache",
+                ),
+                log=lambda s: None,
+            )
         merged = w / "models" / f"merged-{recipe}"
         res = merge_run(run, merged, force=True)
-        rows.append({"row": f"tiny.en + LoRA ({recipe})", **wers(f"distilled-{recipe}", merged),
-                     "selected": f"step {res.step}, alpha {res.alpha:.2f}", "wall_s": round(time.time() - t0)})
+        rows.append(
+            {
+                "row": f"tiny.en + LoRA ({recipe})",
+                **wers(f"distilled-{recipe}", merged),
+                "selected": f"step {res.step}, alpha {res.alpha:.2f}",
+                "wall_s": round(time.time() - t0),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     head = "| model / recipe | " + " | ".join(TITLES[s] for s in TEST_SPLITS) + " | unseen average | merged (dev) |"
     lines = [head, "|---|" + "--:|" * 4 + "---|"]
     for r in rows:
         avg = (r["test_unseen_text"] + r["test_unseen_speech"]) / 2
-        lines.append(f"| {r['row']} | " + " | ".join(f"{100 * r[s]:.2f}" for s in TEST_SPLITS) +
-                     f" | {100 * avg:.2f} | {r.get('selected', '')} |")
+        lines.append(
+            f"| {r['row']} | "
+            + " | ".join(f"{100 * r[s]:.2f}" for s in TEST_SPLITS)
+            + f" | {100 * avg:.2f} | {r.get('selected', '')} |"
+        )
     (w / "ablation.md").write_text("\n".join(lines) + "\n")
     (w / "ablation.json").write_text(json.dumps({"steps": a.steps, "extra": extra, "rows": rows}, indent=2))
     print("\n".join(lines))

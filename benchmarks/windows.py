@@ -38,14 +38,14 @@ def main() -> None:
 
     quiet_libraries()
     from mkdeploy.bench import ModelSpec, markdown_table, run_bench, write_report
-    from mkdeploy.demo.corpus import CorpusSpec, build_corpus
     from mkdeploy.data import Utterance, load_manifest, write_manifest
+    from mkdeploy.demo.corpus import CorpusSpec, build_corpus
+    from mkdeploy.demo.weights import import_package
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.merge import merge_run
     from mkdeploy.distill.trainer import TrainArgs, train
     from mkdeploy.evaluate import error_rates, wer_by_group
     from mkdeploy.exporters.onnx import ExportOptions, export_onnx
-    from mkdeploy.models.ct2 import import_package
     from mkdeploy.models.student import init_windowed_student
     from mkdeploy.models.window import WindowConfig, parse_buckets
     from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
@@ -77,8 +77,14 @@ def main() -> None:
     rows_held = load_manifest(short_held) + load_manifest(long_held)
     # one manifest per split, absolute paths (the two corpora reuse file names)
     train_m, held_m = w / "train.jsonl", w / "heldout.jsonl"
-    write_manifest(train_m, [Utterance(str(r.audio.resolve().relative_to(w.resolve())), r.audio.resolve(), r.text) for r in rows_train])
-    write_manifest(held_m, [Utterance(str(r.audio.resolve().relative_to(w.resolve())), r.audio.resolve(), r.text) for r in rows_held])
+    write_manifest(
+        train_m,
+        [Utterance(str(r.audio.resolve().relative_to(w.resolve())), r.audio.resolve(), r.text) for r in rows_train],
+    )
+    write_manifest(
+        held_m,
+        [Utterance(str(r.audio.resolve().relative_to(w.resolve())), r.audio.resolve(), r.text) for r in rows_held],
+    )
 
     student = w / "models" / "tiny.en-windowed"
     if not (student / "model.safetensors").exists():
@@ -86,12 +92,31 @@ def main() -> None:
     run = w / "run"
     merged = w / "models" / "tiny.en-windowed-distilled"
     if not (merged / "model.safetensors").exists():
-        cfg = RecipeConfig.build(max_steps=a.steps, batch_size=a.batch_size, encoder_lora_layers=a.encoder_lora_layers,
-                                 eval_every=0, save_every=25)
+        cfg = RecipeConfig.build(
+            max_steps=a.steps,
+            batch_size=a.batch_size,
+            encoder_lora_layers=a.encoder_lora_layers,
+            eval_every=0,
+            save_every=25,
+        )
         resume = (run / "config.json").exists()
         # the teacher's outputs live outside the run, so a re-run with another recipe keeps them
-        summary = timed("train", lambda: train(TrainArgs(teacher, student, train_m, run, cfg, held_m, resume=resume,
-                                                         force=not resume, cache_dir=w / "teacher-cache")))
+        summary = timed(
+            "train",
+            lambda: train(
+                TrainArgs(
+                    teacher,
+                    student,
+                    train_m,
+                    run,
+                    cfg,
+                    held_m,
+                    resume=resume,
+                    force=not resume,
+                    cache_dir=w / "teacher-cache",
+                )
+            ),
+        )
         timed("merge", lambda: merge_run(run, merged, force=True))
     else:
         summary = json.loads((run / "summary.json").read_text())
@@ -108,10 +133,12 @@ def main() -> None:
     short_rows = [r for r in load_manifest(held_m) if sf.info(str(r.audio)).duration <= 5.0]
     le5 = w / "heldout_le5s.jsonl"
     write_manifest(le5, short_rows)
-    specs = [ModelSpec("student int8, 30 s window", export / "int8", (30,)),
-             ModelSpec("student int8, buckets", export / "int8", None),
-             ModelSpec("tiny.en int8, 30 s window (untrained)", tiny_export / "int8", (30,)),
-             ModelSpec("tiny.en int8, buckets untrained", tiny_export / "int8", buckets)]
+    specs = [
+        ModelSpec("student int8, 30 s window", export / "int8", (30,)),
+        ModelSpec("student int8, buckets", export / "int8", None),
+        ModelSpec("tiny.en int8, 30 s window (untrained)", tiny_export / "int8", (30,)),
+        ModelSpec("tiny.en int8, buckets untrained", tiny_export / "int8", buckets),
+    ]
     report = timed("bench", lambda: run_bench(le5, specs, specs[0].name, repeats=a.repeats, warmup=1))
     write_report(report, w / "bench", force=True)
 
@@ -123,15 +150,19 @@ def main() -> None:
     for label, b in (("30 s window", (30,)), ("buckets", None)):
         for model_label, path in (("student", export / "int8"), ("tiny.en", tiny_export / "int8")):
             tr = WhisperTranscriber.from_pretrained(path, backend="onnx", device="cpu")
-            res, _ = tr.transcribe_files([r.audio for r in all_rows],
-                                         TranscriptionOptions(return_timestamps=False, encoder_buckets=b
-                                                              or (buckets if model_label == "tiny.en" else None)))
+            res, _ = tr.transcribe_files(
+                [r.audio for r in all_rows],
+                TranscriptionOptions(
+                    return_timestamps=False, encoder_buckets=b or (buckets if model_label == "tiny.en" else None)
+                ),
+            )
             by = {t.path: t.text for t in res}
             hyps = [by.get(str(r.audio), "") for r in all_rows]
             refs = [r.text for r in all_rows]
             per_bucket[f"{model_label} int8, {label}"] = {
                 **wer_by_group(refs, hyps, [win.bucket_for(d) for d in durations]),
-                "all": {"clips": len(all_rows), "wer": error_rates(refs, hyps).wer}}
+                "all": {"clips": len(all_rows), "wer": error_rates(refs, hyps).wer},
+            }
 
     # long-form: held-out multi-sentence clips joined into 45-60 s recordings, decoded in 30 s windows with
     # timestamps (the runtime's path for long audio, whatever the buckets)
@@ -151,31 +182,61 @@ def main() -> None:
     for model_label, path in (("student int8", export / "int8"), ("tiny.en int8", tiny_export / "int8")):
         tr = WhisperTranscriber.from_pretrained(path, backend="onnx", device="cpu")
         res = tr.transcribe_arrays(longs, TranscriptionOptions(batch_size=1))
-        long_form[model_label] = {"clips": len(longs), "seconds": round(sum(len(x) for x in longs) / 16000, 1),
-                                  "wer": error_rates(long_refs, [t.text for t in res]).wer}
+        long_form[model_label] = {
+            "clips": len(longs),
+            "seconds": round(sum(len(x) for x in longs) / 16000, 1),
+            "wer": error_rates(long_refs, [t.text for t in res]).wer,
+        }
 
-    result = {"steps": a.steps, "buckets": list(buckets), "timings_s": timings, "train_summary": summary,
-              "bench": json.loads((w / "bench" / "bench.json").read_text()), "wer_by_bucket": per_bucket, "long_form": long_form}
+    result = {
+        "steps": a.steps,
+        "buckets": list(buckets),
+        "timings_s": timings,
+        "train_summary": summary,
+        "bench": json.loads((w / "bench" / "bench.json").read_text()),
+        "wer_by_bucket": per_bucket,
+        "long_form": long_form,
+    }
     (w / "windows.json").write_text(json.dumps(result, indent=2) + "\n")
     cols = [str(b) for b in buckets] + ["all"]
-    lines = ["# Short-window student: tiny.en distilled from base with encoder buckets", "",
-             f"Command: `.venv/bin/python benchmarks/windows.py --workdir {w} --steps {a.steps}` "
-             f"(buckets {a.buckets} s, LoRA on {a.encoder_lora_layers} encoder layers).", "",
-             f"Training: {summary.get('step')} steps, {summary.get('wall_s')} s; trainable "
-             f"{100 * summary.get('parameters', {}).get('trainable_ratio', 0):.3f}% of the teacher.", "",
-             "## Bench on held-out clips of 5 s or less (ONNX Runtime, CPU, batch 1)", "", markdown_table(report), "",
-             "## Held-out WER % per encoder bucket (each clip in the smallest bucket that holds it)", "",
-             "| model | " + " | ".join(f"{c} s" if c != "all" else "all" for c in cols) + " |",
-             "|---|" + "--:|" * len(cols)]
+    lines = [
+        "# Short-window student: tiny.en distilled from base with encoder buckets",
+        "",
+        f"Command: `.venv/bin/python benchmarks/windows.py --workdir {w} --steps {a.steps}` "
+        f"(buckets {a.buckets} s, LoRA on {a.encoder_lora_layers} encoder layers).",
+        "",
+        f"Training: {summary.get('step')} steps, {summary.get('wall_s')} s; trainable "
+        f"{100 * summary.get('parameters', {}).get('trainable_ratio', 0):.3f}% of the teacher.",
+        "",
+        "## Bench on held-out clips of 5 s or less (ONNX Runtime, CPU, batch 1)",
+        "",
+        markdown_table(report),
+        "",
+        "## Held-out WER % per encoder bucket (each clip in the smallest bucket that holds it)",
+        "",
+        "| model | " + " | ".join(f"{c} s" if c != "all" else "all" for c in cols) + " |",
+        "|---|" + "--:|" * len(cols),
+    ]
     for name, row in per_bucket.items():
         cells = [f"{100 * row[c]['wer']:.2f} ({row[c]['clips']})" if c in row else "-" for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary.get("wer_by_bucket_before"):
-        lines += ["", "Training run (PyTorch, buckets): held-out WER per bucket before → after: " + ", ".join(
-            f"{b} s {100 * v['wer']:.2f}% → {100 * summary['wer_by_bucket_after'][b]['wer']:.2f}%"
-            for b, v in summary["wer_by_bucket_before"].items() if b in (summary.get("wer_by_bucket_after") or {}))]
-    lines += ["", "## Long-form: held-out clips joined into 45-60 s recordings (30 s windows, timestamps)", "",
-              "| model | recordings | audio (s) | WER % |", "|---|--:|--:|--:|"]
+        lines += [
+            "",
+            "Training run (PyTorch, buckets): held-out WER per bucket before → after: "
+            + ", ".join(
+                f"{b} s {100 * v['wer']:.2f}% → {100 * summary['wer_by_bucket_after'][b]['wer']:.2f}%"
+                for b, v in summary["wer_by_bucket_before"].items()
+                if b in (summary.get("wer_by_bucket_after") or {})
+            ),
+        ]
+    lines += [
+        "",
+        "## Long-form: held-out clips joined into 45-60 s recordings (30 s windows, timestamps)",
+        "",
+        "| model | recordings | audio (s) | WER % |",
+        "|---|--:|--:|--:|",
+    ]
     lines += [f"| {k} | {v['clips']} | {v['seconds']} | {100 * v['wer']:.2f} |" for k, v in long_form.items()]
     lines += ["", "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()), ""]
     (w / "windows.md").write_text("\n".join(lines))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,15 +11,22 @@ from mkdeploy.cli.common import cli_errors, console, out, quiet_libraries
 
 def bench_cmd(
     manifest: Path = typer.Argument(..., help="JSONL manifest or folder of clips (references give WER)."),
-    model: List[str] = typer.Option(..., "--model", "-m", help="NAME=PATH[:buckets=5,10,20,30]: a PyTorch, ONNX (any variant folder) "
-                                    "or CTranslate2 directory (repeatable); buckets set its encoder windows (30: Whisper's)."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Model the others are compared with (default: first)."),
+    model: list[str] = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="NAME=PATH[:buckets=5,10,20,30]: a PyTorch, ONNX (any variant folder) "
+        "or CTranslate2 directory (repeatable); buckets set its encoder windows (30: Whisper's).",
+    ),
+    reference: str | None = typer.Option(
+        None, "--reference", help="Model the others are compared with (default: first)."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Directory for bench.json, bench.md, latency_vs_wer.png."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed runs per clip and model."),
     warmup: int = typer.Option(1, "--warmup", min=0),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     language: str = typer.Option("en", "--language"),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N clips."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N clips."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ) -> None:
     """Benchmark models on the same clips: latency percentiles, RTF, throughput, memory, size, WER."""
@@ -32,8 +38,17 @@ def bench_cmd(
         check_writable(output, force)
         specs = [parse_model_spec(m) for m in model]
         with console.status("benchmarking") as status:
-            report = run_bench(manifest, specs, reference, repeats, warmup, device, language, limit,
-                               on_progress=lambda s: status.update(f"benchmarking: {s}"))
+            report = run_bench(
+                manifest,
+                specs,
+                reference,
+                repeats,
+                warmup,
+                device,
+                language,
+                limit,
+                on_progress=lambda s: status.update(f"benchmarking: {s}"),
+            )
         write_report(report, output, force=force)
     typer.echo(markdown_table(report))  # plain: a Markdown table must not be re-wrapped
     out.print(f"wrote {output}/bench.json, bench.md, latency_vs_wer.png")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import logging
 import os
 import sys
-from typing import Iterator
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -53,7 +58,71 @@ def cli_errors() -> Iterator[None]:
 def progress(disable: bool = False) -> Progress:
     """A rich progress bar on stderr (hidden when stderr is not a terminal, e.g. in CI logs)."""
     return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
         disable=disable or not sys.stderr.isatty(),
     )
+
+
+def _option_type(hint: Any) -> type | None:
+    """The Typer type of a config field: scalars as they are, flat lists as one comma-separated string,
+    anything else (nested lists such as layer pairs) None: those stay in the config file."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _option_type(inner[0]) if len(inner) == 1 else None
+    if hint in (int, float, str, bool):
+        return hint
+    if typing.get_origin(hint) is list and typing.get_args(hint)[0] in (int, float, str):
+        return str
+    return None
+
+
+def dataclass_options(cls: type) -> list[inspect.Parameter]:
+    """One ``--field-name`` option per field of a config dataclass, its help from the field's metadata
+    (peft's configs carry their help the same way), so a new field reaches the CLI without a second edit.
+
+    Every option defaults to None ("not given"): the dataclass default, then a config file, then the flag.
+    """
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        kind = _option_type(hints[f.name])
+        if kind is None:
+            continue
+        factory: Any = f.default_factory
+        default = factory() if f.default is dataclasses.MISSING else f.default
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        help_text = f"{f.metadata.get('help', '')} [default: {shown}]".strip()
+        option = typer.Option(None, "--" + f.name.replace("_", "-"), help=help_text, show_default=False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
+    return params
+
+
+def parse_dataclass_options(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The given (non-None) options of :func:`dataclass_options` as field values; lists are split on commas."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        value = values.get(f.name)
+        if value is None:
+            continue
+        hint = hints[f.name]
+        inner = (
+            [a for a in typing.get_args(hint) if a is not type(None)]
+            if typing.get_origin(hint) in (typing.Union, types.UnionType)
+            else [hint]
+        )
+        if typing.get_origin(inner[0]) is list and isinstance(value, str):
+            item = typing.get_args(inner[0])[0]
+            try:
+                value = [item(x.strip()) for x in value.split(",") if x.strip()]
+            except ValueError:
+                raise MkdError(
+                    f"--{f.name.replace('_', '-')} {value}: give comma-separated {item.__name__} values"
+                ) from None
+        out[f.name] = value
+    return out

@@ -26,7 +26,11 @@ def demo_cmd(
     out.print("")
     out.print(f"report: {head.report}")
     for split in TEST_SPLITS:
-        out.print(f"{TITLES[split]:>14}: teacher {100 * head.teacher[split]:.2f}% · untrained {100 * head.untrained[split]:.2f}%"
-                  f" · distilled {100 * head.distilled[split]:.2f}% WER")
-    out.print(f"speed-up {head.speedup:.2f}x (distilled int8 vs teacher torch) · trainable {head.trainable_pct:.2f}% "
-              f"of the teacher · {head.wall_s / 60:.1f} min")
+        out.print(
+            f"{TITLES[split]:>14}: teacher {100 * head.teacher[split]:.2f}% · untrained {100 * head.untrained[split]:.2f}%"
+            f" · distilled {100 * head.distilled[split]:.2f}% WER"
+        )
+    out.print(
+        f"speed-up {head.speedup:.2f}x (distilled int8 vs teacher torch) · trainable {head.trainable_pct:.2f}% "
+        f"of the teacher · {head.wall_s / 60:.1f} min"
+    )

@@ -34,10 +34,15 @@ def eval_cmd(
         opts = TranscriptionOptions(language=language, batch_size=batch_size)
         with progress(disable=n < 2) as bar:
             job = bar.add_task("evaluating", total=n)
-            rates, results, failures = evaluate_manifest(model, manifest, backend, device, opts,
-                                                         on_progress=lambda k: bar.advance(job, k))
-        payload = {"model": str(model), "manifest": str(manifest), **rates.to_dict(),
-                   "failures": [f.__dict__ for f in failures]}
+            rates, results, failures = evaluate_manifest(
+                model, manifest, backend, device, opts, on_progress=lambda k: bar.advance(job, k)
+            )
+        payload = {
+            "model": str(model),
+            "manifest": str(manifest),
+            **rates.to_dict(),
+            "failures": [f.__dict__ for f in failures],
+        }
         atomic_write_text(output, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     table = Table(title=f"{model} on {manifest}")
     for col in ("utterances", "words", "WER %", "CER %"):

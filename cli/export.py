@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -14,11 +13,13 @@ from mkdeploy.cli.common import cli_errors, console, out, quiet_libraries
 def export_cmd(
     model: Path = typer.Argument(..., help="HF Whisper directory (imported teacher or merged student)."),
     output: Path = typer.Argument(..., help="Export directory to create."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: add a dynamically quantised CPU variant."),
+    quantize: str | None = typer.Option(None, "--quantize", help="int8: add a dynamically quantised CPU variant."),
     fp16: bool = typer.Option(False, "--fp16", help="Add an fp16 variant for GPUs."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: optimum's)."),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: optimum's)."),
     atol: float = typer.Option(1e-3, "--atol", help="Tolerance of the output check against PyTorch."),
-    sample_audio: List[Path] = typer.Option([], "--sample-audio", help="Clips for the token parity check (repeatable)."),
+    sample_audio: list[Path] = typer.Option(
+        [], "--sample-audio", help="Clips for the token parity check (repeatable)."
+    ),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check parity against PyTorch."),
     device: str = typer.Option("cpu", "--device", help="Where the parity check runs ONNX Runtime: cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Replace an existing export."),
@@ -40,8 +41,12 @@ def export_cmd(
     for name, v in manifest.variants.items():
         p = checks.get(name, {})
         if "clips" in p:
-            row = [f"{p['identical']}/{p['clips']}", f"{100 * p['token_agreement']:.1f}%",
-                   f"{p['max_abs_logit_diff']:.2e}", p["provider"]]
+            row = [
+                f"{p['identical']}/{p['clips']}",
+                f"{100 * p['token_agreement']:.1f}%",
+                f"{p['max_abs_logit_diff']:.2e}",
+                p["provider"],
+            ]
         else:
             row = [p.get("skipped", "not checked"), "", "", ""]
         table.add_row(name, f"{v['bytes'] / 1e6:.1f}", *row)

@@ -14,8 +14,12 @@ from mkdeploy.cli.student import app as student_app
 from mkdeploy.cli.train import train_cmd
 from mkdeploy.cli.transcribe import transcribe
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="mkdeploy: distil Whisper, export to ONNX, transcribe and benchmark.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="mkdeploy: distil Whisper, export to ONNX, transcribe and benchmark.",
+)
 app.command("import-ct2")(import_ct2)
 app.command("transcribe")(transcribe)
 app.command("eval")(eval_cmd)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,10 +12,16 @@ from mkdeploy.cli.common import cli_errors, console, out, quiet_libraries
 def merge_cmd(
     run: Path = typer.Argument(..., help="Run directory of `mkd train`."),
     output: Path = typer.Argument(..., help="Merged model directory to create."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A checkpoint folder (default: the one "
-                                              "chosen on dev, RUN/selection.json; else the newest)."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="With --checkpoint: keep this fraction of its change "
-                                          "from the untrained student (default 1)."),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="A checkpoint folder (default: the one chosen on dev, RUN/selection.json; else the newest).",
+    ),
+    alpha: float | None = typer.Option(
+        None,
+        "--alpha",
+        help="With --checkpoint: keep this fraction of its change from the untrained student (default 1).",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
 ) -> None:
     """Merge the dev-selected adapters (peft merge_and_unload), drop the heads, check logits, save."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -12,18 +11,25 @@ from mkdeploy.cli.common import cli_errors, console, out, progress, quiet_librar
 
 def transcribe(
     model: Path = typer.Argument(..., help="HF Whisper directory or ONNX export directory."),
-    audio: List[Path] = typer.Argument(..., help="Audio files or folders of audio files."),
+    audio: list[Path] = typer.Argument(..., help="Audio files or folders of audio files."),
     output_dir: Path = typer.Option(Path("transcripts"), "--output-dir", "-o", help="Where transcripts go."),
-    fmt: List[str] = typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable)."),
+    fmt: list[str] = typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable)."),
     language: str = typer.Option("en", "--language", help="Language code for multilingual models."),
     task: str = typer.Option("transcribe", "--task", help="transcribe or translate (multilingual models)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="ONNX variant: fp32, int8 or fp16 (default: the folder given, fp32 at an export's root)."),
+    variant: str | None = typer.Option(
+        None,
+        "--variant",
+        help="ONNX variant: fp32, int8 or fp16 (default: the folder given, fp32 at an export's root).",
+    ),
     timestamps: bool = typer.Option(True, "--timestamps/--no-timestamps", help="Predict segment times."),
-    encoder_buckets: Optional[str] = typer.Option(None, "--encoder-buckets", help="Encoder windows in seconds, e.g. "
-                                                  "5,10,20,30 (default: the model's own; 30 forces Whisper's window)."),
+    encoder_buckets: str | None = typer.Option(
+        None,
+        "--encoder-buckets",
+        help="Encoder windows in seconds, e.g. 5,10,20,30 (default: the model's own; 30 forces Whisper's window).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing transcripts."),
 ) -> None:
     """Transcribe audio files; bad files are listed and the rest still transcribed."""
@@ -55,12 +61,15 @@ def transcribe(
                 if not force:
                     check_writable(target, force)
         buckets = parse_buckets(encoder_buckets) if encoder_buckets else None
-        opts = TranscriptionOptions(language=language, task=task, batch_size=batch_size, return_timestamps=timestamps,
-                                    encoder_buckets=buckets)
+        opts = TranscriptionOptions(
+            language=language, task=task, batch_size=batch_size, return_timestamps=timestamps, encoder_buckets=buckets
+        )
         windows = tr.windows(opts)
         if windows.windowed:
-            console.print(f"encoder windows: {', '.join(f'{b} s' for b in windows.buckets)}"
-                          + ("" if tr.model_buckets else " (untrained for them: expect some accuracy loss)"))
+            console.print(
+                f"encoder windows: {', '.join(f'{b} s' for b in windows.buckets)}"
+                + ("" if tr.model_buckets else " (untrained for them: expect some accuracy loss)")
+            )
         with progress(disable=len(paths) < 2) as bar:
             job = bar.add_task("transcribing", total=len(paths))
             results, failures = tr.transcribe_files(paths, opts, on_progress=lambda n: bar.advance(job, n))

@@ -18,9 +18,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -134,8 +134,13 @@ def quantize_int8(src: Path, dst: Path) -> None:
     root.setLevel(max(level, logging.ERROR))
     try:
         for name in ONNX_FILES:
-            quantize_dynamic(src / name, dst / name, weight_type=QuantType.QInt8, per_channel=False,
-                             extra_options={"EnableSubgraph": True})
+            quantize_dynamic(
+                src / name,
+                dst / name,
+                weight_type=QuantType.QInt8,
+                per_channel=False,
+                extra_options={"EnableSubgraph": True},
+            )
     finally:
         root.setLevel(level)
     _copy_side_files(src, dst)
@@ -170,9 +175,13 @@ def untie_output_projection(path: Path) -> bool:
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
                     walk(a.g)
+
     walk(graph)
-    tables = {n.input[0] for _, n in nodes if n.op_type == "Transpose" and n.input[0] in inits
-              and len(inits[n.input[0]].dims) == 2}
+    tables = {
+        n.input[0]
+        for _, n in nodes
+        if n.op_type == "Transpose" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2
+    }
     tables &= {n.input[0] for _, n in nodes if n.op_type == "Gather"}
     for name in tables:
         table = numpy_helper.to_array(inits[name])
@@ -191,17 +200,20 @@ def untie_output_projection(path: Path) -> bool:
                             other.input[k] = transposed.name
             elif n.op_type == "Gather" and all(a.name != "axis" or a.i == 0 for a in n.attribute):
                 pos = list(g.node).index(n)
-                rows = helper.make_node("Gather", [transposed.name, n.input[1]], [n.output[0] + "_cols"], axis=1,
-                                        name=n.name + "_cols")
+                rows = helper.make_node(
+                    "Gather", [transposed.name, n.input[1]], [n.output[0] + "_cols"], axis=1, name=n.name + "_cols"
+                )
                 # ids [batch, seq] -> Gather axis 1: [d_model, batch, seq] -> [batch, seq, d_model]
-                back = helper.make_node("Transpose", [n.output[0] + "_cols"], [n.output[0]], perm=[1, 2, 0],
-                                        name=n.name + "_rows")
+                back = helper.make_node(
+                    "Transpose", [n.output[0] + "_cols"], [n.output[0]], perm=[1, 2, 0], name=n.name + "_rows"
+                )
                 g.node.remove(n)
                 g.node.insert(pos, back)
                 g.node.insert(pos, rows)
             else:
-                raise ExportError(f"{path}: the tied table {name} has an unexpected reader ({n.op_type}); "
-                                  "export without --quantize")
+                raise ExportError(
+                    f"{path}: the tied table {name} has an unexpected reader ({n.op_type}); export without --quantize"
+                )
     if tables:
         onnx.save(model, str(path))
     return bool(tables)
@@ -238,7 +250,7 @@ def _sample_audio(samples: Sequence[np.ndarray] | None) -> tuple[list[np.ndarray
 
     clips = []
     for name in ("clip0.wav", "clip1.wav"):
-        with as_file(files("mkdeploy").joinpath("assets", "parity", name)) as path:
+        with as_file(files("mkdeploy") / "assets" / "parity" / name) as path:
             clips.append(load_audio(path))
     return clips, "committed speech clips (mkdeploy/assets/parity)"
 
@@ -254,8 +266,9 @@ def _first_step_logits(model, features, start_ids):
     return out.logits.float().cpu().numpy()
 
 
-def check_parity(source: Path, export_dir: Path, variant: str, audios: Sequence[np.ndarray],
-                 reference=None, device: str = "cpu") -> tuple[VariantParity, list[list[int]]]:
+def check_parity(
+    source: Path, export_dir: Path, variant: str, audios: Sequence[np.ndarray], reference=None, device: str = "cpu"
+) -> tuple[VariantParity, list[list[int]]]:
     """Greedy tokens and first-step logits of an ONNX variant against the PyTorch model.
 
     Args:
@@ -304,18 +317,37 @@ def _windowed_encoder_onnx_config(model_dir: Path):
         return axes
 
     class WindowedWhisperOnnxConfig(WhisperOnnxConfig):
-        inputs = property(lambda self: free(WhisperOnnxConfig.inputs.fget(self), "input_features",
-                                            {0: "batch_size", 2: "encoder_sequence_length"}, self._behavior))
-        outputs = property(lambda self: free(WhisperOnnxConfig.outputs.fget(self), "last_hidden_state",
-                                             {0: "batch_size", 1: "encoder_sequence_length / 2"}, self._behavior))
+        inputs = property(
+            lambda self: free(
+                WhisperOnnxConfig.inputs.fget(self),
+                "input_features",
+                {0: "batch_size", 2: "encoder_sequence_length"},
+                self._behavior,
+            )
+        )
+        outputs = property(
+            lambda self: free(
+                WhisperOnnxConfig.outputs.fget(self),
+                "last_hidden_state",
+                {0: "batch_size", 1: "encoder_sequence_length / 2"},
+                self._behavior,
+            )
+        )
 
     config = AutoConfig.from_pretrained(model_dir)
-    return WindowedWhisperOnnxConfig(config, task="automatic-speech-recognition", use_past=True,
-                                     use_past_in_inputs=False).with_behavior("encoder")
+    return WindowedWhisperOnnxConfig(
+        config, task="automatic-speech-recognition", use_past=True, use_past_in_inputs=False
+    ).with_behavior("encoder")
 
 
-def export_onnx(model_dir: str | Path, out: str | Path, options: ExportOptions | None = None, force: bool = False,
-                samples: Sequence[np.ndarray] | None = None, device: str = "cpu") -> ExportManifest:
+def export_onnx(
+    model_dir: str | Path,
+    out: str | Path,
+    options: ExportOptions | None = None,
+    force: bool = False,
+    samples: Sequence[np.ndarray] | None = None,
+    device: str = "cpu",
+) -> ExportManifest:
     """Export a HF Whisper directory to ONNX (encoder + merged decoder with past key values).
 
     Args:
@@ -323,7 +355,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, options: ExportOptions |
         out: the export directory; built in a temporary directory and renamed into place.
         options: variants, opset and validation.
         force: replace an existing ``out``.
-        samples: 16 kHz clips for the token parity check (default: two synthesised sentences).
+        samples: 16 kHz clips for the token parity check (default: two committed speech clips).
         device: where the parity check runs ONNX Runtime (fp16 is checked only on CUDA).
 
     Returns:
@@ -334,8 +366,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, options: ExportOptions |
     """
     from optimum.exporters.onnx import main_export
 
+    from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
     from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR, windowed_encoder_class
-    from mkdeploy.runtime import check_model_dir, is_onnx_dir
 
     options = options or ExportOptions()
     model_dir = check_model_dir(model_dir)
@@ -358,9 +390,17 @@ def export_onnx(model_dir: str | Path, out: str | Path, options: ExportOptions |
                 # one graph serves every encoder bucket (models/window.py); at 30 s it computes what
                 # Hugging Face's forward does, which optimum's output check confirms
                 with windowed_encoder_class():
-                    main_export(str(model_dir), raw, task=TASK, opset=options.opset, atol=options.atol,
-                                do_validation=options.validate, local_files_only=True, library_name="transformers",
-                                custom_onnx_configs={"encoder_model": _windowed_encoder_onnx_config(model_dir)})
+                    main_export(
+                        str(model_dir),
+                        raw,
+                        task=TASK,
+                        opset=options.opset,
+                        atol=options.atol,
+                        do_validation=options.validate,
+                        local_files_only=True,
+                        library_name="transformers",
+                        custom_onnx_configs={"encoder_model": _windowed_encoder_onnx_config(model_dir)},
+                    )
         except Exception as exc:  # optimum raises ValueError / AtolError / its own export errors
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"{model_dir}: ONNX export failed ({first})") from None
@@ -371,8 +411,12 @@ def export_onnx(model_dir: str | Path, out: str | Path, options: ExportOptions |
         config[ONNX_DYNAMIC_FRAMES_ATTR] = True
         (raw / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         _copy_side_files(raw, tmp)
-        manifest = ExportManifest(source=str(model_dir.resolve()), source_sha256=hash_model_dir(model_dir),
-                                  opset=_opset_of(tmp / "encoder_model.onnx"), task=TASK)
+        manifest = ExportManifest(
+            source=str(model_dir.resolve()),
+            source_sha256=hash_model_dir(model_dir),
+            opset=_opset_of(tmp / "encoder_model.onnx"),
+            task=TASK,
+        )
         variants = {"fp32": tmp}
         if options.quantize == "int8":
             quantize_int8(tmp, tmp / "int8")
@@ -397,8 +441,10 @@ def export_onnx(model_dir: str | Path, out: str | Path, options: ExportOptions |
                 parity, reference = check_parity(model_dir, d, name, audios, reference, device=device)
                 manifest.parity.append(asdict(parity))
                 if name == "fp32" and parity.identical != parity.clips:
-                    raise ExportError(f"{model_dir}: fp32 ONNX greedy tokens differ from PyTorch on "
-                                      f"{parity.clips - parity.identical} of {parity.clips} clips; nothing written")
+                    raise ExportError(
+                        f"{model_dir}: fp32 ONNX greedy tokens differ from PyTorch on "
+                        f"{parity.clips - parity.identical} of {parity.clips} clips; nothing written"
+                    )
         manifest.seconds = round(time.perf_counter() - t0, 1)
         (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest

@@ -10,4 +10,4 @@ __version__ = "0.1.0"
 # is bypassed; adding the root to __path__ keeps `import mkdeploy.cli` working in that case too.
 _root = _Path(__file__).resolve().parent.parent
 if (_root / "cli" / "__init__.py").exists() and not (_Path(__file__).parent / "cli").exists():
-    __path__.append(str(_root))  # type: ignore[name-defined]
+    __path__.append(str(_root))

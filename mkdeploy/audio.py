@@ -6,6 +6,7 @@ run can report it and carry on with the other files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,10 @@ def load_audio_with_info(path: str | Path, sr: int = SAMPLE_RATE) -> tuple[np.nd
     mono = data.mean(axis=1) if channels > 1 else data[:, 0]
     audio = resample(mono, file_sr, sr)
     info = AudioInfo(
-        path=str(path), sample_rate=int(file_sr), channels=int(channels), duration=len(mono) / float(file_sr),
+        path=str(path),
+        sample_rate=int(file_sr),
+        channels=int(channels),
+        duration=len(mono) / float(file_sr),
         silent=bool(np.abs(mono).max() < SILENCE_PEAK),
     )
     return audio, info
@@ -94,7 +98,7 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     return load_audio_with_info(path, sr)[0]
 
 
-def expand_audio_paths(inputs: list[str | Path]) -> list[Path]:
+def expand_audio_paths(inputs: Sequence[str | Path]) -> list[Path]:
     """Files as given, folders expanded to the audio files they hold (sorted)."""
     out: list[Path] = []
     for p in map(Path, inputs):

@@ -14,9 +14,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -120,16 +120,27 @@ class Runner:
 class WhisperRunner(Runner):
     """PyTorch or ONNX Runtime through :class:`mkdeploy.runtime.WhisperTranscriber`."""
 
-    def __init__(self, path: Path, device: str, language: str, max_new_tokens: int | None = None,
-                 buckets: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        language: str,
+        max_new_tokens: int | None = None,
+        buckets: tuple[int, ...] | None = None,
+    ):
         from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
         self.path = path
         self.tr = WhisperTranscriber.from_pretrained(path, device=device)
         self.backend, self.device, self.provider = self.tr.backend, self.tr.device, self.tr.provider or ""
         self.variant = _onnx_variant(path) if self.backend == "onnx" else str(self.tr.model.dtype).split(".")[-1]
-        self.options = TranscriptionOptions(language=language, batch_size=1, return_timestamps=False,
-                                            max_new_tokens=max_new_tokens, encoder_buckets=buckets)
+        self.options = TranscriptionOptions(
+            language=language,
+            batch_size=1,
+            return_timestamps=False,
+            max_new_tokens=max_new_tokens,
+            encoder_buckets=buckets,
+        )
         self.windows = ",".join(str(b) for b in self.tr.windows(self.options).buckets)
 
     def transcribe(self, audio):
@@ -151,7 +162,9 @@ class CT2Runner(Runner):
         try:
             import ctranslate2
         except ImportError:
-            raise MkdError(f"{path}: a CTranslate2 model, but ctranslate2 is not installed (pip install ctranslate2)") from None
+            raise MkdError(
+                f"{path}: a CTranslate2 model, but ctranslate2 is not installed (pip install ctranslate2)"
+            ) from None
         from tokenizers import Tokenizer
         from transformers import WhisperFeatureExtractor
 
@@ -167,13 +180,20 @@ class CT2Runner(Runner):
         self.fe = WhisperFeatureExtractor(feature_size=self.model.n_mels)
         self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.max_length = (max_new_tokens + 4) if max_new_tokens else 448
-        self.prompt = ["<|startoftranscript|>"] + (
-            [f"<|{language}|>", "<|transcribe|>"] if self.model.is_multilingual else []) + ["<|notimestamps|>"]
+        self.prompt = (
+            ["<|startoftranscript|>"]
+            + ([f"<|{language}|>", "<|transcribe|>"] if self.model.is_multilingual else [])
+            + ["<|notimestamps|>"]
+        )
 
     def transcribe(self, audio):
         feats = self.fe([audio], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
-        res = self.model.generate(self.ct2.StorageView.from_array(np.ascontiguousarray(feats)), [self.prompt],
-                                  beam_size=1, max_length=self.max_length)
+        res = self.model.generate(
+            self.ct2.StorageView.from_array(np.ascontiguousarray(feats)),
+            [self.prompt],
+            beam_size=1,
+            max_length=self.max_length,
+        )
         ids = res[0].sequences_ids[0]
         return self.tok.decode(ids, skip_special_tokens=True).strip(), len(ids) + 1
 
@@ -200,7 +220,7 @@ def onnx_param_count(path: Path) -> int:
         m = onnx.load(str(path / name), load_external_data=False)
         seen: set[str] = set()
 
-        def walk(g):
+        def walk(g, seen: set[str] = seen):
             nonlocal total
             for init in g.initializer:
                 if init.name not in seen and len(init.dims) >= 1:
@@ -258,15 +278,31 @@ def environment(device: str) -> dict:
     except OSError:
         pass
     versions = {}
-    for pkg in ("torch", "transformers", "optimum", "optimum-onnx", "onnxruntime-gpu", "onnxruntime", "ctranslate2",
-                "peft", "numpy"):
+    for pkg in (
+        "torch",
+        "transformers",
+        "optimum",
+        "optimum-onnx",
+        "onnxruntime-gpu",
+        "onnxruntime",
+        "ctranslate2",
+        "peft",
+        "numpy",
+    ):
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    env = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "platform": platform.platform(), "python": platform.python_version(),
-           "onnxruntime_providers": ort.get_available_providers(), "device": device, "packages": versions}
+    env = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime_providers": ort.get_available_providers(),
+        "device": device,
+        "packages": versions,
+    }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
@@ -276,9 +312,18 @@ def _percentile(xs: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def run_bench(manifest: str | Path, specs: Sequence[ModelSpec], reference: str | None = None, repeats: int = 3,
-              warmup: int = 1, device: str = "cpu", language: str = "en", limit: int | None = None,
-              max_new_tokens: int | None = None, on_progress: Callable[[str], None] | None = None) -> BenchReport:
+def run_bench(
+    manifest: str | Path,
+    specs: Sequence[ModelSpec],
+    reference: str | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    device: str = "cpu",
+    language: str = "en",
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> BenchReport:
     """Benchmark models on a manifest's clips.
 
     Args:
@@ -330,11 +375,11 @@ def run_bench(manifest: str | Path, specs: Sequence[ModelSpec], reference: str |
     import torch
 
     cuda = torch.cuda.is_available()
-    lat = {n: [[] for _ in audios] for n in names}
+    lat: dict[str, list[list[float]]] = {n: [[] for _ in audios] for n in names}
     texts = {n: [""] * len(audios) for n in names}
     ntok = {n: [0] * len(audios) for n in names}
     for rep in range(repeats):
-        order = names[rep % len(names):] + names[:rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for i, audio in enumerate(audios):
             for n in order:
                 r = runners[n]
@@ -358,18 +403,36 @@ def run_bench(manifest: str | Path, specs: Sequence[ModelSpec], reference: str |
         n, r = s.name, runners[s.name]
         per_clip = [float(np.median(x)) for x in lat[n]]  # each clip's median over the repeats
         total = sum(per_clip)
-        rates = error_rates(refs, texts[n]) if has_refs else None
+        rates = error_rates([t or "" for t in refs], texts[n]) if has_refs else None
         vs = error_rates(texts[reference], texts[n])
-        report.models.append(ModelResult(
-            name=n, path=str(s.path), backend=r.backend, variant=r.variant, device=r.device, provider=r.provider,
-            params=r.params(), size_mb=round(dir_size_mb(s.path), 1), clips=len(audios),
-            latency_p50=_percentile(per_clip, 50), latency_p90=_percentile(per_clip, 90),
-            latency_p99=_percentile(per_clip, 99), latency_mean=total / len(audios),
-            rtf=total / audio_seconds, audio_s_per_s=audio_seconds / total, tokens_per_s=sum(ntok[n]) / total,
-            rss_mb=round(rss[n], 1), gpu_mem_mb=gpu_peak.get(n), wer=rates.wer if rates else None,
-            cer=rates.cer if rates else None, wer_vs_reference=vs.wer, cer_vs_reference=vs.cer,
-            load_s=round(load_s[n], 2), windows=r.windows,
-        ))
+        report.models.append(
+            ModelResult(
+                name=n,
+                path=str(s.path),
+                backend=r.backend,
+                variant=r.variant,
+                device=r.device,
+                provider=r.provider,
+                params=r.params(),
+                size_mb=round(dir_size_mb(s.path), 1),
+                clips=len(audios),
+                latency_p50=_percentile(per_clip, 50),
+                latency_p90=_percentile(per_clip, 90),
+                latency_p99=_percentile(per_clip, 99),
+                latency_mean=total / len(audios),
+                rtf=total / audio_seconds,
+                audio_s_per_s=audio_seconds / total,
+                tokens_per_s=sum(ntok[n]) / total,
+                rss_mb=round(rss[n], 1),
+                gpu_mem_mb=gpu_peak.get(n),
+                wer=rates.wer if rates else None,
+                cer=rates.cer if rates else None,
+                wer_vs_reference=vs.wer,
+                cer_vs_reference=vs.cer,
+                load_s=round(load_s[n], 2),
+                windows=r.windows,
+            )
+        )
         report.transcripts[n] = texts[n]
     ref_p50 = next(m.latency_p50 for m in report.models if m.name == reference)
     for m in report.models:
@@ -406,8 +469,12 @@ def markdown_table(report: BenchReport) -> str:
             f"| {m.audio_s_per_s:.1f} | {m.tokens_per_s:.0f} | {m.rss_mb:.0f} | {_pct(m.wer)} | {_pct(m.cer)} "
             f"| {_pct(m.wer_vs_reference)} | {m.speedup:.2f}x |"
         )
-    lines += ["", "RSS: resident memory added by loading and warming up the model (one process, models loaded in "
-              "turn). Speed-up: reference p50 / model p50.", ""]
+    lines += [
+        "",
+        "RSS: resident memory added by loading and warming up the model (one process, models loaded in "
+        "turn). Speed-up: reference p50 / model p50.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -56,14 +56,21 @@ def load_manifest(path: str | Path, require_text: bool = False) -> list[Utteranc
             if not isinstance(obj, dict) or "audio" not in obj:
                 raise DataError(f'{path}:{n}: row lacks "audio"; expected {{"audio": "clip.wav", "text": "..."}}')
             audio = Path(obj["audio"])
-            rows.append(Utterance(str(obj.get("id", obj["audio"])),
-                                  audio if audio.is_absolute() else path.parent / audio, obj.get("text")))
+            rows.append(
+                Utterance(
+                    str(obj.get("id", obj["audio"])),
+                    audio if audio.is_absolute() else path.parent / audio,
+                    obj.get("text"),
+                )
+            )
     if not rows:
         raise DataError(f"{path}: holds no utterances")
     if require_text:
         missing = [r.id for r in rows if r.text is None]
         if missing:
-            raise DataError(f"{path}: {len(missing)} rows have no reference text (first: {missing[0]}); add \"text\" or .txt files")
+            raise DataError(
+                f'{path}: {len(missing)} rows have no reference text (first: {missing[0]}); add "text" or .txt files'
+            )
     return rows
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -53,9 +53,16 @@ class GreedyResult:
     needs_fallback: bool = False
 
 
-def greedy_decode(step: StepFn, batch: int, prompt: list[int], generation_config, max_new_tokens: int,
-                  vocab_size: int, compression_ratio_threshold: float | None = None,
-                  device: str | torch.device = "cpu") -> list[GreedyResult]:
+def greedy_decode(
+    step: StepFn,
+    batch: int,
+    prompt: list[int],
+    generation_config,
+    max_new_tokens: int,
+    vocab_size: int,
+    compression_ratio_threshold: float | None = None,
+    device: str | torch.device = "cpu",
+) -> list[GreedyResult]:
     """Greedy decoding of ``batch`` clips whose encoder states the ``step`` function closes over.
 
     Args:
@@ -99,7 +106,10 @@ def greedy_decode(step: StepFn, batch: int, prompt: list[int], generation_config
         ids = nxt[:, None]
     results = []
     for toks in out:
-        flag = bool(compression_ratio_threshold) and compression_ratio(toks, vocab_size) > compression_ratio_threshold
+        flag = (
+            compression_ratio_threshold is not None
+            and compression_ratio(toks, vocab_size) > compression_ratio_threshold
+        )
         results.append(GreedyResult([t for t in toks if t != eos], flag))
     return results
 
@@ -108,18 +118,22 @@ def torch_step(model, encoder_hidden_states: torch.Tensor) -> StepFn:
     """A step function over a PyTorch ``WhisperForConditionalGeneration`` and fixed encoder states."""
     from transformers.modeling_outputs import BaseModelOutput
 
-    enc = BaseModelOutput(last_hidden_state=encoder_hidden_states)
+    enc = BaseModelOutput(last_hidden_state=encoder_hidden_states)  # type: ignore[arg-type]
 
     def step(ids, past):
         out = model(encoder_outputs=enc, decoder_input_ids=ids, past_key_values=past, use_cache=True)
         return out.logits[:, -1], out.past_key_values
+
     return step
 
 
 def ort_step(model, encoder_hidden_states: torch.Tensor) -> StepFn:
     """A step function over optimum's ONNX decoder (merged graph: cache branch after the first call)."""
+
     def step(ids, past):
-        out = model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden_states, past_key_values=past,
-                            use_cache=True)
+        out = model.decoder(
+            input_ids=ids, encoder_hidden_states=encoder_hidden_states, past_key_values=past, use_cache=True
+        )
         return out.logits[:, -1], out.past_key_values
+
     return step

@@ -7,11 +7,11 @@ British-to-American spelling map, so numbers here compare with published Whisper
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import jiwer
 
@@ -78,8 +78,9 @@ def _errors(ref: str, hyp: str, chars: bool) -> tuple[int, int]:
     return out.substitutions + out.deletions + out.insertions, ref_units
 
 
-def error_rates(references: Sequence[str], hypotheses: Sequence[str], ids: Sequence[str] | None = None,
-                normalise: bool = True) -> ErrorRates:
+def error_rates(
+    references: Sequence[str], hypotheses: Sequence[str], ids: Sequence[str] | None = None, normalise: bool = True
+) -> ErrorRates:
     """WER and CER of ``hypotheses`` against ``references``.
 
     Args:
@@ -100,11 +101,15 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str], ids: Seque
         r, h = (normalize(ref), normalize(hyp)) if normalise else (ref.strip(), hyp.strip())
         we, wn = _errors(r, h, chars=False)
         ce, cn = _errors(r, h, chars=True)
-        rows.append(UtteranceScore(uid, r, h, we / wn if wn else float(we > 0), ce / cn if cn else float(ce > 0),
-                                   wn, we, cn, ce))
+        rows.append(
+            UtteranceScore(
+                uid, r, h, we / wn if wn else float(we > 0), ce / cn if cn else float(ce > 0), wn, we, cn, ce
+            )
+        )
         tw, tc, ew, ec = tw + wn, tc + cn, ew + we, ec + ce
-    return ErrorRates(wer=ew / tw if tw else 0.0, cer=ec / tc if tc else 0.0, n=len(rows), ref_words=tw,
-                      ref_chars=tc, utterances=rows)
+    return ErrorRates(
+        wer=ew / tw if tw else 0.0, cer=ec / tc if tc else 0.0, n=len(rows), ref_words=tw, ref_chars=tc, utterances=rows
+    )
 
 
 def wer_by_group(references: Sequence[str], hypotheses: Sequence[str], keys: Sequence) -> dict[str, dict]:
@@ -116,12 +121,20 @@ def wer_by_group(references: Sequence[str], hypotheses: Sequence[str], keys: Seq
     groups: dict = {}
     for k, key in enumerate(keys):
         groups.setdefault(key, []).append(k)
-    return {str(key): {"clips": len(ks), "wer": error_rates([references[k] for k in ks], [hypotheses[k] for k in ks]).wer}
-            for key, ks in sorted(groups.items())}
+    return {
+        str(key): {"clips": len(ks), "wer": error_rates([references[k] for k in ks], [hypotheses[k] for k in ks]).wer}
+        for key, ks in sorted(groups.items())
+    }
 
 
-def evaluate_manifest(model_path: str | Path, manifest: str | Path, backend: str = "auto", device: str = "auto",
-                      options=None, on_progress=None):
+def evaluate_manifest(
+    model_path: str | Path,
+    manifest: str | Path,
+    backend: str = "auto",
+    device: str = "auto",
+    options=None,
+    on_progress=None,
+):
     """Transcribe a manifest with a model and score it.
 
     Returns:
@@ -136,6 +149,7 @@ def evaluate_manifest(model_path: str | Path, manifest: str | Path, backend: str
     results, failures = transcriber.transcribe_files([r.audio for r in rows], options, on_progress=on_progress)
     by_path = {t.path: t for t in results}
     kept = [r for r in rows if str(r.audio) in by_path]
-    rates = error_rates([r.text or "" for r in kept], [by_path[str(r.audio)].text for r in kept],
-                        ids=[r.id for r in kept])
+    rates = error_rates(
+        [r.text or "" for r in kept], [by_path[str(r.audio)].text for r in kept], ids=[r.id for r in kept]
+    )
     return rates, results, failures

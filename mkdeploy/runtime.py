@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import torch
+
 from mkdeploy.audio import SAMPLE_RATE, load_audio_with_info
 from mkdeploy.errors import AudioError, MkdError, ModelError
+from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
+from mkdeploy.results import Segment, Transcription
 
 logger = logging.getLogger(__name__)
 
@@ -26,40 +32,6 @@ WINDOW_SAMPLES = 30 * SAMPLE_RATE
 
 Backend = Literal["auto", "torch", "onnx"]
 Device = Literal["auto", "cuda", "cpu"]
-
-
-@dataclass
-class Segment:
-    """A stretch of transcript with its times in seconds (from Whisper's timestamp tokens)."""
-
-    start: float
-    end: float
-    text: str
-    tokens: list[int] = field(default_factory=list)
-
-
-@dataclass
-class Transcription:
-    """The result for one audio input.
-
-    Attributes:
-        path: source file ("" for in-memory audio).
-        text: the whole transcript.
-        segments: timed segments (empty when timestamps are off or the clip is silent).
-        duration: seconds of audio.
-        tokens: generated token ids (special tokens removed), for parity checks.
-        silent: the input held no signal; nothing was decoded (Whisper invents text on silence).
-    """
-
-    path: str
-    text: str
-    segments: list[Segment]
-    duration: float
-    tokens: list[int] = field(default_factory=list)
-    silent: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -112,33 +84,11 @@ class FileFailure:
     reason: str
 
 
-def is_onnx_dir(path: str | Path) -> bool:
-    """True for a directory holding an ONNX encoder (an ``mkd export`` output)."""
-    p = Path(path)
-    return p.is_dir() and (p / "encoder_model.onnx").exists()
-
-
-def check_model_dir(path: str | Path) -> Path:
-    """Raise a clear ModelError unless ``path`` is a usable Whisper directory (HF or ONNX)."""
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"{p}: no such model directory; import one with `mkd import-ct2` or give a HF Whisper directory")
-    if not p.is_dir():
-        raise ModelError(f"{p}: is a file; give the model directory that holds config.json")
-    if (p / "model.bin").exists() and not any(p.glob("*.safetensors")) and not (p / "pytorch_model.bin").exists():
-        raise ModelError(f"{p}: a CTranslate2 model; convert it with `mkd import-ct2 {p} OUT_DIR` first")
-    if not (p / "config.json").exists():
-        raise ModelError(f"{p}: no config.json, not a Hugging Face Whisper directory")
-    if not (p / "preprocessor_config.json").exists() or not (
-        (p / "tokenizer.json").exists() or (p / "vocab.json").exists()
-    ):
-        raise ModelError(f"{p}: processor files missing (preprocessor_config.json, tokenizer.json); re-save the model with its processor")
-    return p
-
-
-def resolve_device(device: Device) -> str:
+def resolve_device(device: Device | str) -> str:
     import torch
 
+    if device not in ("auto", "cuda", "cpu"):
+        raise MkdError(f"--device {device}: choose auto, cuda or cpu")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -185,30 +135,39 @@ class WhisperTranscriber:
         buckets = (options.encoder_buckets if options else None) or self.model_buckets or (FULL_WINDOW_S,)
         win = WindowConfig(tuple(buckets))
         if win.windowed and not self.short_windows:
-            raise ModelError(f"{self.path or 'model'}: this ONNX export's encoder takes 30 s windows only; re-export "
-                             "it with `mkd export` to use encoder buckets")
+            raise ModelError(
+                f"{self.path or 'model'}: this ONNX export's encoder takes 30 s windows only; re-export "
+                "it with `mkd export` to use encoder buckets"
+            )
         return win
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, backend: Backend = "auto", device: Device = "auto",
-                        **onnx_kwargs) -> "WhisperTranscriber":
+    def from_pretrained(
+        cls, path: str | Path, backend: Backend | str = "auto", device: Device | str = "auto", **onnx_kwargs
+    ) -> WhisperTranscriber:
         """Load a HF Whisper directory (PyTorch) or an ONNX export (ONNX Runtime).
 
         Args:
             path: model directory.
             backend: "auto" picks ONNX for an export directory, PyTorch otherwise.
             device: "auto" (GPU when usable), "cuda" (fail if it cannot run there) or "cpu".
-            onnx_kwargs: passed to :func:`mkdeploy.exporters.ort.load_ort_model` (e.g. ``variant``).
+            onnx_kwargs: passed to :func:`mkdeploy.ort.load_ort_model` (e.g. ``variant``).
         """
         path = check_model_dir(path)
         if backend == "auto":
             backend = "onnx" if is_onnx_dir(path) else "torch"
         if backend == "onnx":
-            from mkdeploy.exporters.ort import load_ort_model
+            from mkdeploy.ort import load_ort_model
 
             model, processor, provider = load_ort_model(path, device=device, **onnx_kwargs)
-            return cls(model, processor, "onnx", "cuda" if provider == "CUDAExecutionProvider" else "cpu", provider,
-                       path=str(path))
+            return cls(
+                model,
+                processor,
+                "onnx",
+                "cuda" if provider == "CUDAExecutionProvider" else "cpu",
+                provider,
+                path=str(path),
+            )
         from mkdeploy.models.student import load_whisper
 
         if is_onnx_dir(path) and not (path / "model.safetensors").exists():
@@ -226,7 +185,9 @@ class WhisperTranscriber:
         if options.max_new_tokens:
             kw["max_new_tokens"] = options.max_new_tokens
         if options.compression_ratio_threshold:
-            kw.update(temperature=tuple(options.temperatures), compression_ratio_threshold=options.compression_ratio_threshold)
+            kw.update(
+                temperature=tuple(options.temperatures), compression_ratio_threshold=options.compression_ratio_threshold
+            )
         return kw
 
     def _features(self, audios: Sequence[np.ndarray]):
@@ -235,22 +196,28 @@ class WhisperTranscriber:
         if max(len(a) for a in audios) > n_window:
             # Long-form: keep every sample; generate() walks the audio window by window (seeking on the
             # last timestamp), so nothing past 30 s is dropped.
-            inputs = fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
-                        padding="longest", return_attention_mask=True)
+            inputs = fe(
+                list(audios),
+                sampling_rate=SAMPLE_RATE,
+                return_tensors="pt",
+                truncation=False,
+                padding="longest",
+                return_attention_mask=True,
+            )
             if inputs.input_features.shape[-1] < fe.nb_max_frames:
                 inputs = fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
         else:
             inputs = fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
         return inputs.input_features, inputs.attention_mask
 
-    def transcribe_arrays(self, audios: Sequence[np.ndarray], options: TranscriptionOptions | None = None
-                          ) -> list[Transcription]:
+    def transcribe_arrays(
+        self, audios: Sequence[np.ndarray], options: TranscriptionOptions | None = None
+    ) -> list[Transcription]:
         """Transcribe 16 kHz mono float32 arrays, ``options.batch_size`` at a time.
 
         Returns:
             One :class:`Transcription` per input, in input order.
         """
-        import torch
 
         options = options or TranscriptionOptions()
         if not options.return_timestamps and any(len(a) > WINDOW_SAMPLES for a in audios):
@@ -265,7 +232,7 @@ class WhisperTranscriber:
             groups.setdefault(win.bucket_for(len(audios[i]) / SAMPLE_RATE), []).append(i)
         for bucket, members in groups.items():
             for start in range(0, len(members), options.batch_size):
-                idx = members[start:start + options.batch_size]
+                idx = members[start : start + options.batch_size]
                 for i, t in zip(idx, self._transcribe_batch([audios[i] for i in idx], options, bucket)):
                     results[i] = t
         return [r for r in results if r is not None]
@@ -279,8 +246,9 @@ class WhisperTranscriber:
                 return self.model.get_encoder()(features)
             return self.model.encoder(input_features=features, attention_mask=None)
 
-    def _transcribe_batch(self, audios: list[np.ndarray], options: TranscriptionOptions,
-                          window_s: int = 30) -> list[Transcription]:
+    def _transcribe_batch(
+        self, audios: list[np.ndarray], options: TranscriptionOptions, window_s: int = 30
+    ) -> list[Transcription]:
         import torch
 
         from mkdeploy.models.window import FULL_WINDOW_S
@@ -290,8 +258,14 @@ class WhisperTranscriber:
         if short:
             # pad to the window, not to 30 s: the encoder's cost follows its input length
             fe = self.processor.feature_extractor
-            features = fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding="max_length",
-                          max_length=window_s * SAMPLE_RATE, truncation=True).input_features
+            features = fe(
+                list(audios),
+                sampling_rate=SAMPLE_RATE,
+                return_tensors="pt",
+                padding="max_length",
+                max_length=window_s * SAMPLE_RATE,
+                truncation=True,
+            ).input_features
             mask = None
         else:
             features, mask = self._features(audios)
@@ -325,10 +299,13 @@ class WhisperTranscriber:
                 stoks = [int(t) for t in s["tokens"].tolist() if int(t) not in special and int(t) < ts_begin]
                 text = tok.decode(stoks, skip_special_tokens=True)
                 if text.strip():
-                    segments.append(Segment(round(float(s["start"]), 3), round(float(s["end"]), 3), text.strip(), stoks))
+                    segments.append(
+                        Segment(round(float(s["start"]), 3), round(float(s["end"]), 3), text.strip(), stoks)
+                    )
             text = tok.decode(ids, skip_special_tokens=True).strip()
-            results.append(Transcription(path="", text=text, segments=segments, duration=len(audio) / SAMPLE_RATE,
-                                         tokens=ids))
+            results.append(
+                Transcription(path="", text=text, segments=segments, duration=len(audio) / SAMPLE_RATE, tokens=ids)
+            )
         return results
 
     def _greedy(self, inputs: dict, options: TranscriptionOptions, kw: dict) -> list[torch.Tensor]:
@@ -341,10 +318,19 @@ class WhisperTranscriber:
         states = self.encode(inputs["input_features"]).last_hidden_state
         step = (torch_step if self.backend == "torch" else ort_step)(self.model, states)
         gen = self.model.generation_config
-        prompt = decoder_prompt(self.processor.tokenizer, gen, options.language if self.multilingual else None,
-                                options.task)
-        results = greedy_decode(step, states.shape[0], prompt, gen, kw["max_new_tokens"], self.model.config.vocab_size,
-                                options.compression_ratio_threshold, device=states.device)
+        prompt = decoder_prompt(
+            self.processor.tokenizer, gen, options.language if self.multilingual else None, options.task
+        )
+        results = greedy_decode(
+            step,
+            states.shape[0],
+            prompt,
+            gen,
+            kw["max_new_tokens"],
+            self.model.config.vocab_size,
+            options.compression_ratio_threshold,
+            device=states.device,
+        )
         sequences = [torch.tensor(r.tokens, dtype=torch.long) for r in results]
         redo = [i for i, r in enumerate(results) if r.needs_fallback]
         if redo:
@@ -424,8 +410,9 @@ def _segment_frames(model, window_s: int):
         config.max_source_positions = full
 
 
-def timed_transcribe(transcriber: WhisperTranscriber, audio: np.ndarray, options: TranscriptionOptions
-                     ) -> tuple[Transcription, float]:
+def timed_transcribe(
+    transcriber: WhisperTranscriber, audio: np.ndarray, options: TranscriptionOptions
+) -> tuple[Transcription, float]:
     """Transcribe one clip and return it with its wall time in seconds."""
     t0 = time.perf_counter()
     result = transcriber.transcribe_arrays([audio], options)[0]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from mkdeploy.fsutil import atomic_write_text
-from mkdeploy.runtime import Transcription
+from mkdeploy.results import Transcription
 
 
 def format_timestamp(seconds: float, always_include_hours: bool = False, decimal_marker: str = ".") -> str:
@@ -56,9 +56,14 @@ class WriteJSON(ResultWriter):
 
     def render(self, result: Transcription) -> str:
         d = {
-            "path": result.path, "text": result.text, "duration": result.duration, "silent": result.silent,
-            "segments": [{"id": i, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens}
-                         for i, s in enumerate(result.segments)],
+            "path": result.path,
+            "text": result.text,
+            "duration": result.duration,
+            "silent": result.silent,
+            "segments": [
+                {"id": i, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens}
+                for i, s in enumerate(result.segments)
+            ],
         }
         return json.dumps(d, ensure_ascii=False, indent=2) + "\n"
 

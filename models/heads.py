@@ -27,6 +27,8 @@ def _pad_identity(rows: int, cols: int) -> torch.Tensor:
 class TeacherIsometry(nn.Module):
     """Frozen Q: R^{d_T} → R^D, D ≥ d_T; identity padding or a fixed random orthogonal map (seeded)."""
 
+    weight: torch.Tensor
+
     def __init__(self, d_teacher: int, dim: int, kind: str = "orthogonal", seed: int = 0):
         super().__init__()
         if dim < d_teacher:
@@ -49,6 +51,8 @@ class ProjectionHead(nn.Module):
     B starts at zero, so at step 0 the head is the plain embedding and training starts from it.
     """
 
+    embed: torch.Tensor
+
     def __init__(self, d_student: int, dim: int, rank: int = 16):
         super().__init__()
         self.register_buffer("embed", _pad_identity(dim, d_student), persistent=True)
@@ -66,9 +70,17 @@ class ProjectionHead(nn.Module):
 class ProjectionHeads(nn.Module):
     """One head per aligned student layer, keyed "enc.i" / "dec.i", and the teacher isometry."""
 
-    def __init__(self, d_student: int, d_teacher: int, encoder_pairs: list[tuple[int, int]],
-                 decoder_pairs: list[tuple[int, int]], rank: int = 16, dim: int | None = None,
-                 teacher_map: str = "orthogonal", seed: int = 0):
+    def __init__(
+        self,
+        d_student: int,
+        d_teacher: int,
+        encoder_pairs: list[tuple[int, int]],
+        decoder_pairs: list[tuple[int, int]],
+        rank: int = 16,
+        dim: int | None = None,
+        teacher_map: str = "orthogonal",
+        seed: int = 0,
+    ):
         super().__init__()
         dim = dim or max(d_student, d_teacher)
         self.dim = dim

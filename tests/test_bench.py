@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from mkdeploy.bench import ModelSpec, markdown_table, parse_model_spec, run_bench, write_report
+from mkdeploy.bench import ModelSpec, parse_model_spec, run_bench, write_report
 from mkdeploy.cli.main import app
 from mkdeploy.data import Utterance, write_manifest
 from mkdeploy.errors import MkdError
@@ -36,10 +36,13 @@ def tiny_onnx(tiny_model_dir, tmp_path_factory):
 
 def test_bench_figures_and_outputs(clips_manifest, tiny_model_dir, tiny_onnx, tiny_ct2_dir, tmp_path):
     pytest.importorskip("ctranslate2")
-    specs = [ModelSpec("pt", tiny_model_dir), ModelSpec("onnx", tiny_onnx), ModelSpec("int8", tiny_onnx / "int8"),
-             ModelSpec("ct2", tiny_ct2_dir)]
-    report = run_bench(clips_manifest, specs, reference="pt", repeats=2, warmup=1,
-                       max_new_tokens=24)
+    specs = [
+        ModelSpec("pt", tiny_model_dir),
+        ModelSpec("onnx", tiny_onnx),
+        ModelSpec("int8", tiny_onnx / "int8"),
+        ModelSpec("ct2", tiny_ct2_dir),
+    ]
+    report = run_bench(clips_manifest, specs, reference="pt", repeats=2, warmup=1, max_new_tokens=24)
     by = {m.name: m for m in report.models}
     assert [m.backend for m in report.models] == ["torch", "onnx", "onnx", "ctranslate2"]
     assert by["int8"].variant == "int8" and by["onnx"].provider == "CPUExecutionProvider"
@@ -64,8 +67,25 @@ def test_bench_figures_and_outputs(clips_manifest, tiny_model_dir, tiny_onnx, ti
 
 def test_bench_cli_and_errors(clips_manifest, tiny_model_dir, tiny_onnx, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(app, ["bench", str(clips_manifest), "-m", f"a={tiny_model_dir}", "-m", f"b={tiny_onnx}",
-                            "--reference", "b", "--repeats", "1", "--limit", "2", "-o", str(tmp_path / "o")])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            str(clips_manifest),
+            "-m",
+            f"a={tiny_model_dir}",
+            "-m",
+            f"b={tiny_onnx}",
+            "--reference",
+            "b",
+            "--repeats",
+            "1",
+            "--limit",
+            "2",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "| a | torch |" in r.output and (tmp_path / "o" / "latency_vs_wer.png").exists()
     r = runner.invoke(app, ["bench", str(clips_manifest), "-m", f"a={tiny_model_dir}", "-o", str(tmp_path / "o")])

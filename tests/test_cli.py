@@ -39,8 +39,23 @@ def test_transcribe_cli_formats_and_bad_files(tiny_model_dir, clips, tmp_path):
     bad = tmp_path / "bad.mp3"
     bad.write_bytes(b"\x00" * 100)
     out = tmp_path / "out"
-    args = ["transcribe", str(tiny_model_dir), str(clips / "c0.wav"), str(bad), str(clips / "c1.wav"),
-            "-o", str(out), "-f", "json", "-f", "srt", "-f", "vtt", "-f", "txt"]
+    args = [
+        "transcribe",
+        str(tiny_model_dir),
+        str(clips / "c0.wav"),
+        str(bad),
+        str(clips / "c1.wav"),
+        "-o",
+        str(out),
+        "-f",
+        "json",
+        "-f",
+        "srt",
+        "-f",
+        "vtt",
+        "-f",
+        "txt",
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 1, r.output  # a bad input makes the run fail, after the good ones are done
     assert "bad.mp3" in r.output and "Traceback" not in r.output
@@ -72,3 +87,29 @@ def test_eval_cli(tiny_model_dir, clips, tmp_path):
     assert "WER" in r.output
     r = runner.invoke(app, ["eval", str(tiny_model_dir), str(clips), "--output", str(out)])
     assert r.exit_code == 2 and "--force" in r.output
+
+
+def test_recipe_options_come_from_the_dataclass():
+    import dataclasses
+
+    from mkdeploy.cli.common import dataclass_options, parse_dataclass_options
+    from mkdeploy.distill.config import RecipeConfig
+
+    res = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
+    assert res.exit_code == 0
+    flat = [f.name for f in dataclasses.fields(RecipeConfig) if f.name not in ("encoder_pairs", "decoder_pairs")]
+    for name in flat:
+        assert "--" + name.replace("_", "-") in res.output, name
+    assert "KD temperature" in res.output  # the field's own help text
+
+    # a field added to the dataclass becomes an option with no other edit
+    @dataclasses.dataclass
+    class Extended(RecipeConfig):
+        w_new: float = dataclasses.field(default=0.5, metadata={"help": "a new term"})
+
+    names = [p.name for p in dataclass_options(Extended)]
+    assert "w_new" in names and "encoder_pairs" not in names
+    parsed = parse_dataclass_options(
+        RecipeConfig, {"select_alphas": "0.5, 0.9", "lora_targets": "q_proj,v_proj", "lr": 1e-4, "seed": None}
+    )
+    assert parsed == {"select_alphas": [0.5, 0.9], "lora_targets": ["q_proj", "v_proj"], "lr": 1e-4}

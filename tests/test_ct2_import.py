@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from ct2_writer import quantize_int8, random_whisper_variables, write_model_bin
+
 from mkdeploy.errors import ModelError, OutputExistsError
 from mkdeploy.models.ct2 import import_ct2, read_ct2_model_bin, repair_bpe_merges, sinusoids
 
@@ -51,8 +51,9 @@ def test_import_dims_and_configs(tiny_model_dir):
     assert 50257 in gen["suppress_tokens"] or len(gen["suppress_tokens"]) > 50
     model = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir)
     assert model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
-    np.testing.assert_allclose(model.model.encoder.embed_positions.weight.detach().numpy(), sinusoids(1500, 64),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        model.model.encoder.embed_positions.weight.detach().numpy(), sinusoids(1500, 64), atol=1e-3
+    )
     proc = AutoProcessor.from_pretrained(tiny_model_dir)
     assert isinstance(proc, WhisperProcessor)
     tok = proc.tokenizer
@@ -75,8 +76,12 @@ def test_greedy_tokens_match_ctranslate2(tiny_ct2_dir, tiny_model_dir):
     with torch.inference_mode():
         hf = model.generate(feats, max_new_tokens=20)
     ct2 = ctranslate2.models.Whisper(str(tiny_ct2_dir), device="cpu", compute_type="float32")
-    res = ct2.generate(ctranslate2.StorageView.from_array(feats.numpy()),
-                       [["<|startoftranscript|>", "<|notimestamps|>"]] * 2, beam_size=1, max_length=22)
+    res = ct2.generate(
+        ctranslate2.StorageView.from_array(feats.numpy()),
+        [["<|startoftranscript|>", "<|notimestamps|>"]] * 2,
+        beam_size=1,
+        max_length=22,
+    )
     seen = set()
     for row, r in zip(hf.tolist(), res):
         ours = [t for t in row if t != 50256]  # generate() returns the tokens after the prompt
@@ -101,7 +106,7 @@ def test_split_model_bin_parts(tmp_path, tiny_ct2_dir):
     for name in ("config.json", "tokenizer.json"):
         shutil.copy(tiny_ct2_dir / name, a / name)
     (a / "model.bin.part1").write_bytes(raw[: len(raw) // 2])
-    (b / "model.bin.part2").write_bytes(raw[len(raw) // 2:])
+    (b / "model.bin.part2").write_bytes(raw[len(raw) // 2 :])
     out = import_ct2([a, b], tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["d_model"] == 64
 
@@ -131,7 +136,7 @@ def test_errors(tmp_path, tiny_ct2_dir, tiny_model_dir):
 
 
 def test_repair_bpe_merges_restores_a_lost_merge():
-    byte_tokens = {chr(0x100 + i) if i < 256 else "" : i for i in range(256)}
+    byte_tokens = {chr(0x100 + i) if i < 256 else "": i for i in range(256)}
     vocab = {**byte_tokens, "Ġt": 256, "he": 257, "Ġthe": 258, "<|endoftext|>": 259}
     spec = {"model": {"type": "BPE", "vocab": vocab, "merges": [["h", "e"], ["Ġt", "he"]]}}
     vocab.update({"Ġ": 1, "t": 2, "h": 3, "e": 4})

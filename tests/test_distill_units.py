@@ -92,7 +92,7 @@ def test_pairing_across_tokenizers(tiny_model_dir, tiny_multilingual_teacher):
     assert (sp[-1], tp[-1]) == (len(s.input_ids) - 1, len(t.input_ids) - 1)
     for i, j in zip(sp, tp):
         assert s.prefix_end[i] == t.prefix_end[j]
-    assert s_tok.decode(s.input_ids[len(s_prompt):]) == t_tok.decode(t.input_ids[len(t_prompt):]) == " " + text
+    assert s_tok.decode(s.input_ids[len(s_prompt) :]) == t_tok.decode(t.input_ids[len(t_prompt) :]) == " " + text
     shared = shared_vocab(s_tok, t_tok)
     assert not shared.identical and 25000 < len(shared) < 51864
     for si, ti in list(zip(shared.student_ids.tolist(), shared.teacher_ids.tolist()))[::5000]:
@@ -110,7 +110,7 @@ def test_recipe_config_file_and_flags(tmp_path):
     cfg = RecipeConfig.build(f, max_steps=9)
     assert (cfg.recipe, cfg.lr, cfg.max_steps) == ("kd", 0.0005, 9)
     assert not cfg.uses_heads and cfg.uses_kd and cfg.w_nce(3) == 0.0
-    m = RecipeConfig(max_steps=11)
+    m = RecipeConfig(max_steps=11, w_nce_start=1.0, w_nce_end=0.1)
     assert m.w_nce(0) == pytest.approx(1.0) and m.w_nce(10) == pytest.approx(0.1) and m.w_nce(5) == pytest.approx(0.55)
     (tmp_path / "bad.json").write_text('{"lrr": 1}')
     with pytest.raises(MkdError, match="unknown recipe keys"):

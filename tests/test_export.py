@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from mkdeploy.cli.main import app
 from mkdeploy.errors import MkdError, ModelError, OutputExistsError
 from mkdeploy.exporters.onnx import MANIFEST, ExportOptions, export_onnx
-from mkdeploy.exporters.ort import load_ort_model
 from mkdeploy.models.window import WindowConfig
+from mkdeploy.ort import load_ort_model
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 GREEDY = TranscriptionOptions(return_timestamps=False, batch_size=4, max_new_tokens=24)
@@ -61,7 +61,8 @@ def test_int8_quantises_the_merged_decoder_subgraphs(tiny_export):
     dec = onnx.load(str(tiny_export / "int8" / "decoder_model_merged.onnx"))
     assert count(dec.graph, "DynamicQuantizeLinear") > 0 or count(dec.graph, "MatMulInteger") > 0
     assert (tiny_export / "int8" / "decoder_model_merged.onnx").stat().st_size < 0.5 * (
-        tiny_export / "decoder_model_merged.onnx").stat().st_size
+        tiny_export / "decoder_model_merged.onnx"
+    ).stat().st_size
 
 
 def test_fp16_variant_has_fp16_weights_and_fp32_io(tiny_export):
@@ -135,8 +136,22 @@ def test_export_and_transcribe_cli(tiny_model_dir, tmp_path, samples):
     r = runner.invoke(app, ["export", str(tiny_model_dir), str(tmp_path / "q"), "--quantize", "int4"])
     assert r.exit_code == 2 and "int8" in r.output and not (tmp_path / "q").exists()
     for variant in ("fp32", "int8"):
-        r = runner.invoke(app, ["transcribe", str(out), str(clip), "--variant", variant, "--device", "cpu",
-                                "--output-dir", str(tmp_path / variant), "--format", "json"])
+        r = runner.invoke(
+            app,
+            [
+                "transcribe",
+                str(out),
+                str(clip),
+                "--variant",
+                variant,
+                "--device",
+                "cpu",
+                "--output-dir",
+                str(tmp_path / variant),
+                "--format",
+                "json",
+            ],
+        )
         assert r.exit_code == 0, r.output
         assert "CPUExecutionProvider" in r.output
         assert "text" in json.loads((tmp_path / variant / "a.json").read_text())
@@ -177,6 +192,9 @@ def test_real_tiny_en_export_is_token_identical(tiny_en_teacher, speech_clips, t
     clips = audios + [np.concatenate(audios[:3])]  # the last one needs a longer bucket
     assert WindowConfig((5, 10, 20, 30)).bucket_for(len(clips[-1]) / 16000) > 5
     for stamps in (False, True):
-        win = TranscriptionOptions(batch_size=1, return_timestamps=stamps, compression_ratio_threshold=None,
-                                   encoder_buckets=(5, 10, 20, 30))
-        assert [r.tokens for r in ox.transcribe_arrays(clips, win)] == [r.tokens for r in pt.transcribe_arrays(clips, win)]
+        win = TranscriptionOptions(
+            batch_size=1, return_timestamps=stamps, compression_ratio_threshold=None, encoder_buckets=(5, 10, 20, 30)
+        )
+        assert [r.tokens for r in ox.transcribe_arrays(clips, win)] == [
+            r.tokens for r in pt.transcribe_arrays(clips, win)
+        ]

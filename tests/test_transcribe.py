@@ -35,8 +35,9 @@ def test_files_bad_inputs_do_not_stop_the_rest(tiny, tmp_path):
     sf.write(silent, np.zeros(8000, np.float32), 16000)
     corrupt = tmp_path / "corrupt.wav"
     corrupt.write_bytes(b"RIFF....garbage")
-    results, failures = tiny.transcribe_files([corrupt, good, silent, tmp_path / "missing.flac"],
-                                              TranscriptionOptions(max_new_tokens=8))
+    results, failures = tiny.transcribe_files(
+        [corrupt, good, silent, tmp_path / "missing.flac"], TranscriptionOptions(max_new_tokens=8)
+    )
     assert [r.path for r in results] == [str(good), str(silent)]
     assert results[1].silent and results[1].text == ""
     assert {f.path for f in failures} == {str(corrupt), str(tmp_path / "missing.flac")}
@@ -51,8 +52,12 @@ def test_missing_and_wrong_model_dirs(tmp_path, tiny_ct2_dir):
 
 
 def _result():
-    return Transcription("/x/clip.wav", "Hello there. General Kenobi.",
-                         [Segment(0.0, 1.5, "Hello there."), Segment(1.5, 3661.25, "General Kenobi.")], 3661.3)
+    return Transcription(
+        "/x/clip.wav",
+        "Hello there. General Kenobi.",
+        [Segment(0.0, 1.5, "Hello there."), Segment(1.5, 3661.25, "General Kenobi.")],
+        3661.3,
+    )
 
 
 def test_timestamp_format():

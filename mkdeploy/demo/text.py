@@ -32,7 +32,15 @@ def _clean(entry: str) -> str | None:
     lines = [ln for ln in entry.splitlines() if ln.strip() and not _ATTRIBUTION.match(ln)]
     text = " ".join(ln.strip() for ln in lines)
     text = re.sub(r"\s+", " ", text).strip()
-    if not text or not _ALLOWED.match(text) or "--" in text or ":-" in text or ";-" in text or "\"" in text[1:-1] and text.count("\"") % 2:
+    if (
+        not text
+        or not _ALLOWED.match(text)
+        or "--" in text
+        or ":-" in text
+        or ";-" in text
+        or '"' in text[1:-1]
+        and text.count('"') % 2
+    ):
         return None
     words = text.split()
     if not 5 <= len(words) <= 28 or not any(c.isalpha() for c in text):
@@ -50,8 +58,10 @@ def fortunes(directory: Path = FORTUNES_DIR) -> list[str]:
     """
     dbs = sorted(p for p in directory.glob("*") if p.is_file() and not p.suffix) if directory.is_dir() else []
     if not dbs:
-        raise MkdError(f"{directory}: no fortune databases; install them with `apt-get install fortunes` "
-                       "(make demo does this when run as root)")
+        raise MkdError(
+            f"{directory}: no fortune databases; install them with `apt-get install fortunes` "
+            "(make demo does this when run as root)"
+        )
     out: set[str] = set()
     for db in dbs:
         for entry in db.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
@@ -63,5 +73,5 @@ def fortunes(directory: Path = FORTUNES_DIR) -> list[str]:
 
 def everyday_sentences() -> list[str]:
     """The project's shipped everyday sentences (the unseen-text source), sorted and distinct."""
-    raw = files("mkdeploy").joinpath("assets", "sentences.txt").read_text(encoding="utf-8").splitlines()
+    raw = (files("mkdeploy") / "assets" / "sentences.txt").read_text(encoding="utf-8").splitlines()
     return sorted({x.strip() for x in raw if x.strip() and not x.startswith("#")})

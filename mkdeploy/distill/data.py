@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from mkdeploy.audio import SAMPLE_RATE, load_audio
 from mkdeploy.data import Utterance
-from mkdeploy.distill.tokens import (ForcedSequence, SharedVocab, force, force_segments, pair_positions,
-                                     prompt_ids)
+from mkdeploy.distill.tokens import ForcedSequence, SharedVocab, force, force_segments, pair_positions, prompt_ids
 from mkdeploy.errors import DataError
 
 #: Audio samples per encoder frame (hop 160, conv stride 2).
@@ -114,9 +113,18 @@ def pseudo_label_and_cache(
     data_dir = run_dir / "data"
     cache_dir = data_dir / "teacher"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint([str(r.audio) for r in rows], [r.text for r in rows], needs.key(), pseudo_label, wer_threshold,
-                      str(getattr(teacher, "name_or_path", "")), str(getattr(student_processor.tokenizer, "name_or_path", "")),
-                      teacher.config.to_dict().get("d_model"), len(shared), language)
+    fp = _fingerprint(
+        [str(r.audio) for r in rows],
+        [r.text for r in rows],
+        needs.key(),
+        pseudo_label,
+        wer_threshold,
+        str(getattr(teacher, "name_or_path", "")),
+        str(getattr(student_processor.tokenizer, "name_or_path", "")),
+        teacher.config.to_dict().get("d_model"),
+        len(shared),
+        language,
+    )
     labels_path = data_dir / "labels.jsonl"
     done: dict[str, dict] = {}
     if labels_path.exists():
@@ -130,22 +138,32 @@ def pseudo_label_and_cache(
     prompt_t = prompt_ids(tok_t, teacher.generation_config, language)
     device = next(teacher.parameters()).device
     todo = [r for r in rows if r.id not in done]
-    gen_kw = {"language": language, "task": "transcribe"} if getattr(teacher.generation_config, "lang_to_id", None) else {}
+    gen_kw = (
+        {"language": language, "task": "transcribe"} if getattr(teacher.generation_config, "lang_to_id", None) else {}
+    )
     with open(labels_path, "a", encoding="utf-8") as log:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+            batch = todo[start : start + batch_size]
             audios = [load_audio(r.audio) for r in batch]
-            feats = teacher_processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+            feats = teacher_processor.feature_extractor(
+                audios, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+            ).input_features
             with torch.inference_mode():
                 enc = teacher.model.encoder(feats.to(device), output_hidden_states=True)
                 need_label = [pseudo_label == "all" or r.text is None or wer_threshold is not None for r in batch]
                 teacher_text = [None] * len(batch)
                 if any(need_label):
-                    out = teacher.generate(encoder_outputs=enc, return_timestamps=False, max_new_tokens=_token_cap(audios),
-                                           **gen_kw)
+                    out = teacher.generate(
+                        encoder_outputs=enc, return_timestamps=False, max_new_tokens=_token_cap(audios), **gen_kw
+                    )
                     teacher_text = tok_t.batch_decode(out, skip_special_tokens=True)
                 for k, (r, audio) in enumerate(zip(batch, audios)):
-                    rec = {"id": r.id, "fp": fp, "reference": r.text, "teacher": (teacher_text[k] or "").strip() or None}
+                    rec = {
+                        "id": r.id,
+                        "fp": fp,
+                        "reference": r.text,
+                        "teacher": (teacher_text[k] or "").strip() or None,
+                    }
                     if wer_threshold is not None and r.text is not None:
                         rec["teacher_wer"] = error_rates([r.text], [rec["teacher"] or ""]).wer
                         if rec["teacher_wer"] > wer_threshold:
@@ -155,7 +173,9 @@ def pseudo_label_and_cache(
                         rec["dropped"] = rec.get("dropped", "empty transcript")
                     elif compression_ratio(text) > 2.4:
                         # openai/whisper's threshold: a repetition loop, not a transcript
-                        rec["dropped"] = rec.get("dropped", f"repetitive transcript (ratio {compression_ratio(text):.1f})")
+                        rec["dropped"] = rec.get(
+                            "dropped", f"repetitive transcript (ratio {compression_ratio(text):.1f})"
+                        )
                     rec["text"] = text
                     if "dropped" not in rec:
                         s_seq, t_seq = force(tok_s, prompt_s, text), force(tok_t, prompt_t, text)
@@ -166,8 +186,11 @@ def pseudo_label_and_cache(
                             payload[f"enc_{j}"] = enc.hidden_states[j + 1][k, :n_valid].to(torch.float16).cpu()
                         if needs.decoder_layers or needs.logits:
                             ids = torch.tensor([t_seq.input_ids], device=device)
-                            dec = teacher.model.decoder(input_ids=ids, encoder_hidden_states=enc.last_hidden_state[k:k + 1],
-                                                        output_hidden_states=True)
+                            dec = teacher.model.decoder(
+                                input_ids=ids,
+                                encoder_hidden_states=enc.last_hidden_state[k : k + 1],
+                                output_hidden_states=True,
+                            )
                             tp = torch.tensor(t_pos, device=device)
                             for j in needs.decoder_layers:
                                 payload[f"dec_{j}"] = dec.hidden_states[j + 1][0, tp].to(torch.float16).cpu()
@@ -177,8 +200,12 @@ def pseudo_label_and_cache(
                         name = f"{fp}_{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt"
                         torch.save(payload, cache_dir / f".{name}.tmp")
                         (cache_dir / f".{name}.tmp").replace(cache_dir / name)
-                        rec.update(cache=name, student_pos=s_pos, n_student=len(s_seq.input_ids) - len(prompt_s) + 1,
-                                   n_teacher=len(t_seq.input_ids) - len(prompt_t) + 1)
+                        rec.update(
+                            cache=name,
+                            student_pos=s_pos,
+                            n_student=len(s_seq.input_ids) - len(prompt_s) + 1,
+                            n_teacher=len(t_seq.input_ids) - len(prompt_t) + 1,
+                        )
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                     done[r.id] = rec
@@ -187,24 +214,40 @@ def pseudo_label_and_cache(
 
     # The teacher's timed segments for the clips taught in timestamp mode, generated once and logged like
     # the labels (a later line for the same clip wins when the log is read back).
-    todo = [r for r in rows if "dropped" not in done[r.id] and "segments" not in done[r.id]
-            and timestamp_mode(r.id, timestamp_prob, seed)]
+    todo = [
+        r
+        for r in rows
+        if "dropped" not in done[r.id] and "segments" not in done[r.id] and timestamp_mode(r.id, timestamp_prob, seed)
+    ]
     if todo:
         ts_begin = tok_t.convert_tokens_to_ids("<|notimestamps|>") + 1
         with open(labels_path, "a", encoding="utf-8") as log:
             for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
+                batch = todo[start : start + batch_size]
                 audios = [load_audio(r.audio) for r in batch]
-                feats = teacher_processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE,
-                                                            return_tensors="pt").input_features
+                feats = teacher_processor.feature_extractor(
+                    audios, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+                ).input_features
                 with torch.inference_mode():
-                    out = teacher.generate(feats.to(device), return_timestamps=True, return_segments=True,
-                                           max_new_tokens=_token_cap(audios), **gen_kw)
+                    out = teacher.generate(
+                        feats.to(device),
+                        return_timestamps=True,
+                        return_segments=True,
+                        max_new_tokens=_token_cap(audios),
+                        **gen_kw,
+                    )
                 for r, segs in zip(batch, out["segments"]):
                     rec = done[r.id]
-                    found = [(round(float(g["start"]), 2), round(float(g["end"]), 2),
-                              tok_t.decode([int(t) for t in g["tokens"] if int(t) < ts_begin], skip_special_tokens=True).strip())
-                             for g in segs]
+                    found = [
+                        (
+                            round(float(g["start"]), 2),
+                            round(float(g["end"]), 2),
+                            tok_t.decode(
+                                [int(t) for t in g["tokens"] if int(t) < ts_begin], skip_special_tokens=True
+                            ).strip(),
+                        )
+                        for g in segs
+                    ]
                     # inside the window; a segment without text or ending before it starts is dropped
                     rec["segments"] = [[min(30.0, max(0.0, a)), min(30.0, b), t] for a, b, t in found if t and b >= a]
                     log.write(json.dumps(rec) + "\n")
@@ -221,19 +264,30 @@ def pseudo_label_and_cache(
             # taught in timestamp mode on the teacher's segments, cross-entropy only: no position pairs
             # with the cached teacher rows
             s_seq = force_segments(tok_s, prompt_s[:-1], [tuple(g) for g in rec["segments"]])
-            samples.append(Sample(r.id, audio, " ".join(g[2] for g in rec["segments"]), s_seq, [],
-                                  cache_dir / rec["cache"], 0, True))
+            samples.append(
+                Sample(
+                    r.id, audio, " ".join(g[2] for g in rec["segments"]), s_seq, [], cache_dir / rec["cache"], 0, True
+                )
+            )
             timed += 1
             continue
         s_seq = force(tok_s, prompt_s, rec["text"])
-        samples.append(Sample(r.id, audio, rec["text"], s_seq, rec["student_pos"], cache_dir / rec["cache"],
-                              len(rec["student_pos"])))
+        samples.append(
+            Sample(
+                r.id, audio, rec["text"], s_seq, rec["student_pos"], cache_dir / rec["cache"], len(rec["student_pos"])
+            )
+        )
         paired += len(rec["student_pos"])
         total += rec["n_student"]
     if not samples:
         raise DataError(f"no training rows left ({dropped} dropped by --wer-threshold or empty transcripts)")
-    stats = {"rows": len(rows), "kept": len(samples), "dropped": dropped, "timestamped": timed,
-             "paired_share": paired / total if total else 1.0}
+    stats = {
+        "rows": len(rows),
+        "kept": len(samples),
+        "dropped": dropped,
+        "timestamped": timed,
+        "paired_share": paired / total if total else 1.0,
+    }
     return samples, stats
 
 

@@ -24,9 +24,9 @@ from mkdeploy.fsutil import atomic_output_dir
 @dataclass
 class MergeResult:
     """Attributes:
-        path: the merged model directory.
-        checkpoint: the checkpoint merged.
-        max_abs_logit_diff: before vs after the merge, on a probe input.
+    path: the merged model directory.
+    checkpoint: the checkpoint merged.
+    max_abs_logit_diff: before vs after the merge, on a probe input.
     """
 
     path: Path
@@ -47,22 +47,35 @@ def _probe(model, seed: int = 0) -> torch.Tensor:
         return model(input_features=feats, decoder_input_ids=ids).logits.float()
 
 
-def _choose(run: Path, checkpoint: str | Path | None, alpha: float | None) -> tuple[Path | None, float, str, dict | None]:
+def _choose(
+    run: Path, checkpoint: str | Path | None, alpha: float | None
+) -> tuple[Path | None, float, str, dict | None]:
     """(checkpoint or None for the untrained student, alpha, reason, the chosen candidate)."""
     if checkpoint is not None:
         return Path(checkpoint), 1.0 if alpha is None else alpha, "checkpoint given on the command line", None
     sel = Selection.load(run)
     if sel is None:
         ck = latest_checkpoint(run)
-        return ck, 1.0 if alpha is None else alpha, "newest checkpoint (the run has no dev selection: train with --eval)", None
+        return (
+            ck,
+            1.0 if alpha is None else alpha,
+            "newest checkpoint (the run has no dev selection: train with --eval)",
+            None,
+        )
     if alpha is not None:
         raise MkdError("--alpha needs --checkpoint: without one, merge uses the dev-selected scale")
     ck = run / "checkpoints" / sel.chosen.checkpoint if sel.training_helped else None
     return ck, sel.chosen.alpha, sel.reason(), asdict(sel.chosen)
 
 
-def merge_run(run: str | Path, out: str | Path, force: bool = False, atol: float = 1e-4,
-              checkpoint: str | Path | None = None, alpha: float | None = None) -> MergeResult:
+def merge_run(
+    run: str | Path,
+    out: str | Path,
+    force: bool = False,
+    atol: float = 1e-4,
+    checkpoint: str | Path | None = None,
+    alpha: float | None = None,
+) -> MergeResult:
     """Merge the dev-selected checkpoint of ``run`` (or a given one) into its student.
 
     Args:
@@ -96,17 +109,26 @@ def merge_run(run: str | Path, out: str | Path, force: bool = False, atol: float
     merged, before = _apply_checkpoint(model, ck, alpha)
     bad = [n for n, p in merged.state_dict().items() if not torch.isfinite(p).all()]
     if bad:
-        raise MkdError(f"{ck}: merged weights hold NaN or inf ({bad[0]} and {len(bad) - 1} more); nothing written — "
-                       "resume from an earlier checkpoint or train with a lower --lr")
+        raise MkdError(
+            f"{ck}: merged weights hold NaN or inf ({bad[0]} and {len(bad) - 1} more); nothing written — "
+            "resume from an earlier checkpoint or train with a lower --lr"
+        )
     after = _probe(merged)
     diff = float((before - after).abs().max())
     if diff > atol:
         raise MkdError(f"{ck}: merged logits differ from the adapter model's by {diff:.2e} > {atol}; nothing written")
     if any("lora_" in n for n, _ in merged.named_parameters()):
         raise MkdError("peft modules remained after merge_and_unload")
-    merged.config.mkdeploy_distilled = {"run": str(run.resolve()), "checkpoint": ck.name if ck else None,
-                                        "step": step, "alpha": alpha, "reason": reason, "selected": chosen,
-                                        "warnings": warnings, "teacher": info.get("teacher")}
+    merged.config.mkdeploy_distilled = {
+        "run": str(run.resolve()),
+        "checkpoint": ck.name if ck else None,
+        "step": step,
+        "alpha": alpha,
+        "reason": reason,
+        "selected": chosen,
+        "warnings": warnings,
+        "teacher": info.get("teacher"),
+    }
     with atomic_output_dir(out, force=force) as tmp:
         merged.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -69,17 +69,24 @@ class Selection:
         return base + (f" (untrained {100 * start.wer:.2f}%)" if start else "")
 
     def save(self, run: Path) -> Path:
-        data = {"chosen": asdict(self.chosen), "candidates": [asdict(c) for c in self.candidates],
-                "dev_manifest": self.dev_manifest, "dev_clips": self.dev_clips, "reason": self.reason()}
+        data = {
+            "chosen": asdict(self.chosen),
+            "candidates": [asdict(c) for c in self.candidates],
+            "dev_manifest": self.dev_manifest,
+            "dev_clips": self.dev_clips,
+            "reason": self.reason(),
+        }
         return atomic_write_text(Path(run) / SELECTION, json.dumps(data, indent=2) + "\n")
 
     @classmethod
-    def load(cls, run: Path) -> "Selection | None":
+    def load(cls, run: Path) -> Selection | None:
         p = Path(run) / SELECTION
         if not p.exists():
             return None
         d = json.loads(p.read_text())
-        return cls(Candidate(**d["chosen"]), [Candidate(**c) for c in d["candidates"]], d["dev_manifest"], d["dev_clips"])
+        return cls(
+            Candidate(**d["chosen"]), [Candidate(**c) for c in d["candidates"]], d["dev_manifest"], d["dev_clips"]
+        )
 
 
 def set_lora_scale(model, alpha: float) -> int:

@@ -9,6 +9,7 @@ logit term runs over the shared vocabulary (token strings present in both), reno
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 
@@ -49,8 +50,9 @@ def force(tokenizer, prompt: list[int], text: str, max_len: int = 440) -> Forced
     return ForcedSequence(input_ids, labels, prefix_end)
 
 
-def force_segments(tokenizer, prompt: list[int], segments: list[tuple[float, float, str]],
-                   max_len: int = 440) -> ForcedSequence:
+def force_segments(
+    tokenizer, prompt: list[int], segments: list[tuple[float, float, str]], max_len: int = 440
+) -> ForcedSequence:
     """Timed segments, ``<|s1|> text1 <|e1|> <|s2|> text2 <|e2|> ...``, after a prompt without
     ``<|notimestamps|>``.
 
@@ -62,6 +64,7 @@ def force_segments(tokenizer, prompt: list[int], segments: list[tuple[float, flo
     Whisper's 20 ms grid, within 0-30 s. No position of such a sequence pairs with the teacher's: it trains
     with cross-entropy (and the encoder alignment) only.
     """
+
     def stamp(t: float) -> int:
         return tokenizer.convert_tokens_to_ids(f"<|{round(min(30.0, max(0.0, t)) / 0.02) * 0.02:.2f}|>")
 
@@ -81,6 +84,7 @@ def pair_positions(student: ForcedSequence, teacher: ForcedSequence) -> tuple[li
     When one tokenization has several positions with the same end (a character split over byte tokens)
     the last one pairs: it has read the whole character.
     """
+
     def last_by_end(seq: ForcedSequence) -> dict[int, int]:
         out: dict[int, int] = {}
         for pos, end in enumerate(seq.prefix_end):

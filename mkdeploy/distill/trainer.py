@@ -25,9 +25,9 @@ import random
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.losses import FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss, RetentionLoss
 from mkdeploy.distill.select import Candidate, Selection, best, interpolate_state, set_lora_scale
 from mkdeploy.errors import MkdError, ModelError, OutputExistsError
-from mkdeploy.models.window import FULL_WINDOW_S
+from mkdeploy.models.window import FULL_WINDOW_S, WindowConfig
 
 LATEST = "LATEST"
 
@@ -78,21 +78,23 @@ def batch_indices(step: int, n: int, global_batch: int, seed: int) -> list[int]:
     """The global batch of ``step``: epochs are seeded permutations laid end to end, so the data
     position is the step counter alone (resume needs nothing else, every rank agrees)."""
     start = step * global_batch
-    out = []
+    out: list[int] = []
     while len(out) < global_batch:
         epoch, offset = divmod(start + len(out), n)
         perm = np.random.default_rng(seed + epoch).permutation(n)
-        out.extend(int(i) for i in perm[offset:offset + global_batch - len(out)])
+        out.extend(int(i) for i in perm[offset : offset + global_batch - len(out)])
     return out
 
 
 def lr_lambda(config: RecipeConfig) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to 10% of the peak."""
+
     def f(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / max(1, config.warmup_steps)
         progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
     return f
 
 
@@ -117,7 +119,7 @@ class Trainer:
         self.acc = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16")
         self.run = Path(args.output)
         self.stop_requested = False
-        self.windows = None
+        self.windows: WindowConfig | None = None
         self.last_eval: dict = {}
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -134,7 +136,9 @@ class Trainer:
                 if self.acc.is_main_process:
                     shutil.rmtree(run)
             else:
-                raise OutputExistsError(f"{run}: a run directory already exists; --resume to continue it or --force to start over")
+                raise OutputExistsError(
+                    f"{run}: a run directory already exists; --resume to continue it or --force to start over"
+                )
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             run.mkdir(parents=True, exist_ok=True)
@@ -147,8 +151,13 @@ class Trainer:
         from mkdeploy.distill.data import TeacherNeeds, pseudo_label_and_cache
         from mkdeploy.distill.tokens import shared_vocab
         from mkdeploy.models.heads import ProjectionHeads
-        from mkdeploy.models.student import (apply_lora, count_parameters, freeze_all_but_decoder, is_pruned,
-                                             load_whisper)
+        from mkdeploy.models.student import (
+            apply_lora,
+            count_parameters,
+            freeze_all_but_decoder,
+            is_pruned,
+            load_whisper,
+        )
         from mkdeploy.models.window import WindowConfig, enable_encoder_windows, model_buckets, set_model_buckets
 
         args = self.args
@@ -164,37 +173,48 @@ class Trainer:
         teacher, t_proc = load_whisper(args.teacher)
         student, s_proc = load_whisper(args.student)
         if args.teacher.resolve() == args.student.resolve():
-            raise MkdError(f"{args.student}: the student is the teacher itself; give a smaller model or prune one "
-                           "with `mkd student init`")
+            raise MkdError(
+                f"{args.student}: the student is the teacher itself; give a smaller model or prune one "
+                "with `mkd student init`"
+            )
         teacher.eval().requires_grad_(False)
         n_teacher = count_parameters(teacher)
         pruned = is_pruned(student)
         tc, sc = teacher.config, student.config
         # Encoder windows: the recipe's buckets, else the student's own (`mkd student init --encoder-buckets`).
         # They go into the student's config, so the merged model, its export and the runtime use them.
-        buckets = cfg.encoder_buckets or (list(model_buckets(sc)) if model_buckets(sc) else None)
+        own = model_buckets(sc)
+        buckets = cfg.encoder_buckets or (list(own) if own else None)
         self.windows = WindowConfig(tuple(buckets)) if buckets else None
         if self.windows:
             set_model_buckets(sc, self.windows.buckets)
             enable_encoder_windows(student)
-            self.log(f"encoder windows: {', '.join(f'{b} s' for b in self.windows.buckets)} "
-                     f"({100 * cfg.full_window_prob:.0f}% of batches at 30 s)")
+            self.log(
+                f"encoder windows: {', '.join(f'{b} s' for b in self.windows.buckets)} "
+                f"({100 * cfg.full_window_prob:.0f}% of batches at 30 s)"
+            )
 
         # What trains: LoRA (+ heads), or the decoder in full for pruned students.
         if cfg.train_mode == "lora":
-            student = apply_lora(student, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
-                                 cfg.encoder_lora_layers)
+            student = apply_lora(
+                student, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.encoder_lora_layers
+            )
             if pruned:
-                self.log("warning: LoRA alone on a pruned student: its kept layers were trained for other neighbours "
-                         "(measured: 50% WER vs 11.7% trained in full); consider --train full-decoder")
+                self.log(
+                    "warning: LoRA alone on a pruned student: its kept layers were trained for other neighbours "
+                    "(measured: 50% WER vs 11.7% trained in full); consider --train full-decoder"
+                )
             trainable_enc = set(range(max(0, sc.encoder_layers - cfg.encoder_lora_layers), sc.encoder_layers))
         else:
             freeze_all_but_decoder(student)
             trainable_enc = set()
         # The starting decoder, for the retention term and the interpolation toward the start. LoRA needs no
         # copy: with its adapters disabled the student is its starting self.
-        self.start_decoder = None if cfg.train_mode == "lora" else \
-            {k: v.detach().clone() for k, v in student.model.decoder.state_dict().items()}
+        self.start_decoder = (
+            None
+            if cfg.train_mode == "lora"
+            else {k: v.detach().clone() for k, v in student.model.decoder.state_dict().items()}
+        )
         self.reference = None
         if cfg.train_mode != "lora" and cfg.w_retain > 0:
             import copy
@@ -204,22 +224,33 @@ class Trainer:
 
         # Only layers that train get aligned: a frozen encoder layer's states can't move (and a pruned
         # student's copied encoder equals the teacher's: nothing to align).
-        full_enc = _layer_pairs(cfg.encoder_pairs, sc.encoder_layers, tc.encoder_layers,
-                                None if cfg.encoder_pairs else trainable_enc)
+        full_enc = _layer_pairs(
+            cfg.encoder_pairs, sc.encoder_layers, tc.encoder_layers, None if cfg.encoder_pairs else trainable_enc
+        )
         full_dec = _layer_pairs(cfg.decoder_pairs, sc.decoder_layers, tc.decoder_layers)
         enc_pairs, dec_pairs = (full_enc, full_dec) if cfg.uses_heads else ([], [])
-        heads = ProjectionHeads(sc.d_model, tc.d_model, enc_pairs, dec_pairs, cfg.head_rank, cfg.proj_dim,
-                                cfg.teacher_map, cfg.seed)
+        heads = ProjectionHeads(
+            sc.d_model, tc.d_model, enc_pairs, dec_pairs, cfg.head_rank, cfg.proj_dim, cfg.teacher_map, cfg.seed
+        )
         n_trainable = count_parameters(student, trainable_only=True) + heads.trainable_parameters()
         ratio = n_trainable / n_teacher
-        self.counts = {"teacher": n_teacher, "student": count_parameters(base),
-                       "trainable": n_trainable, "heads": heads.trainable_parameters(), "trainable_ratio": ratio}
-        self.log(f"teacher {n_teacher / 1e6:.2f}M params · student {self.counts['student'] / 1e6:.2f}M · trainable "
-                 f"{n_trainable / 1e3:.1f}k ({heads.trainable_parameters() / 1e3:.1f}k in heads) = "
-                 f"{100 * ratio:.3f}% of the teacher")
+        self.counts = {
+            "teacher": n_teacher,
+            "student": count_parameters(base),
+            "trainable": n_trainable,
+            "heads": heads.trainable_parameters(),
+            "trainable_ratio": ratio,
+        }
+        self.log(
+            f"teacher {n_teacher / 1e6:.2f}M params · student {self.counts['student'] / 1e6:.2f}M · trainable "
+            f"{n_trainable / 1e3:.1f}k ({heads.trainable_parameters() / 1e3:.1f}k in heads) = "
+            f"{100 * ratio:.3f}% of the teacher"
+        )
         if cfg.train_mode == "lora" and ratio > cfg.max_trainable:
-            raise MkdError(f"trainable parameters are {100 * ratio:.2f}% of the teacher, above --max-trainable "
-                           f"{100 * cfg.max_trainable:.2f}%; lower --lora-r or --encoder-lora-layers, or raise the bound")
+            raise MkdError(
+                f"trainable parameters are {100 * ratio:.2f}% of the teacher, above --max-trainable "
+                f"{100 * cfg.max_trainable:.2f}%; lower --lora-r or --encoder-lora-layers, or raise the bound"
+            )
 
         shared = shared_vocab(s_proc.tokenizer, t_proc.tokenizer)
         # The cache always holds what the full recipe reads (all aligned layers and the logits), so runs of
@@ -231,16 +262,29 @@ class Trainer:
         with self.acc.main_process_first():
             # rank 0 labels and caches; the others then find everything on disk
             samples, stats = pseudo_label_and_cache(
-                train_rows, teacher, t_proc, s_proc, base.generation_config, shared, needs,
+                train_rows,
+                teacher,
+                t_proc,
+                s_proc,
+                base.generation_config,
+                shared,
+                needs,
                 Path(args.cache_dir) if args.cache_dir else self.run,
-                language=cfg.language, pseudo_label=args.pseudo_label, wer_threshold=args.wer_threshold,
-                batch_size=cfg.batch_size, on_progress=self._label_progress(len(train_rows)),
-                timestamp_prob=cfg.timestamp_prob, seed=cfg.seed)
+                language=cfg.language,
+                pseudo_label=args.pseudo_label,
+                wer_threshold=args.wer_threshold,
+                batch_size=cfg.batch_size,
+                on_progress=self._label_progress(len(train_rows)),
+                timestamp_prob=cfg.timestamp_prob,
+                seed=cfg.seed,
+            )
         teacher.to("cpu")
         del teacher  # the cache holds all the loop needs
-        self.log(f"data: {stats['kept']} clips ({stats['dropped']} dropped, {stats['timestamped']} taught in timestamp "
-                 f"mode), {100 * stats['paired_share']:.1f}% of token positions paired across tokenizers "
-                 f"({'identical' if shared.identical else len(shared)} shared vocabulary)")
+        self.log(
+            f"data: {stats['kept']} clips ({stats['dropped']} dropped, {stats['timestamped']} taught in timestamp "
+            f"mode), {100 * stats['paired_share']:.1f}% of token positions paired across tokenizers "
+            f"({'identical' if shared.identical else len(shared)} shared vocabulary)"
+        )
 
         self.samples, self.stats, self.shared = samples, stats, shared
         self.eval_rows, self.s_proc = eval_rows, s_proc
@@ -250,15 +294,28 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.module, self.optimizer, self.scheduler = self.acc.prepare(self.module, self.optimizer, self.scheduler)
-        self.losses = {"kd": LogitKDLoss(cfg.tau_kd), "geo": GeodesicLoss(), "nce": InfoNCELoss(cfg.tau_nce),
-                       "fit": FitNetLoss(), "retain": RetentionLoss()}
+        self.losses = {
+            "kd": LogitKDLoss(cfg.tau_kd),
+            "geo": GeodesicLoss(),
+            "nce": InfoNCELoss(cfg.tau_nce),
+            "fit": FitNetLoss(),
+            "retain": RetentionLoss(),
+        }
         self.step = 0
         self.candidates: list[Candidate] = []
         if self.acc.is_main_process:
-            info = {"teacher": str(args.teacher.resolve()), "student": str(args.student.resolve()),
-                    "train_manifest": str(args.train_manifest), "eval_manifest": str(args.eval_manifest or ""),
-                    "pruned_student": pruned, "encoder_pairs": enc_pairs, "decoder_pairs": dec_pairs,
-                    "parameters": self.counts, "data": stats, "world_size": self.acc.num_processes}
+            info = {
+                "teacher": str(args.teacher.resolve()),
+                "student": str(args.student.resolve()),
+                "train_manifest": str(args.train_manifest),
+                "eval_manifest": str(args.eval_manifest or ""),
+                "pruned_student": pruned,
+                "encoder_pairs": enc_pairs,
+                "decoder_pairs": dec_pairs,
+                "parameters": self.counts,
+                "data": stats,
+                "world_size": self.acc.num_processes,
+            }
             (self.run / "run.json").write_text(json.dumps(info, indent=2) + "\n")
 
     def _label_progress(self, total: int) -> Callable[[int], None]:
@@ -271,6 +328,7 @@ class Trainer:
             if state["done"] >= state["next"] or state["done"] == total:
                 self.log(f"teacher pass: {state['done']}/{total} clips ({time.time() - t0:.0f} s)")
                 state["next"] += max(1, total // 10)
+
         return tick
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -294,13 +352,18 @@ class Trainer:
             else:
                 dec = {k: v.detach().cpu().contiguous() for k, v in m.student.model.decoder.state_dict().items()}
                 save_file(dec, tmp / "decoder.safetensors")
-            save_file({k: v.detach().cpu().contiguous() for k, v in m.heads.state_dict().items()},
-                      tmp / "heads.safetensors")
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in m.heads.state_dict().items()}, tmp / "heads.safetensors"
+            )
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                       tmp / "rng.pt")
-            (tmp / "state.json").write_text(json.dumps({"step": self.step, "train_mode": self.config.train_mode}) + "\n")
+            torch.save(
+                {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                tmp / "rng.pt",
+            )
+            (tmp / "state.json").write_text(
+                json.dumps({"step": self.step, "train_mode": self.config.train_mode}) + "\n"
+            )
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             latest_tmp = ckdir / f".{LATEST}.tmp"
@@ -350,6 +413,7 @@ class Trainer:
         if getattr(self, "_groups", None) is None:
             self._groups: dict[int, list[int]] = {}
             for i, smp in enumerate(self.samples):
+                assert self.windows is not None
                 self._groups.setdefault(self.windows.bucket_for(len(smp.audio) / SAMPLE_RATE), []).append(i)
         return self._groups
 
@@ -368,8 +432,14 @@ class Trainer:
         window = self.batch_window(samples, step)
         # frame t of the student's window is frame t of the teacher's 30 s window: the cached teacher
         # states (valid frames only) align with the first frames of any window that holds the clip
-        feats = fe([s.audio for s in samples], sampling_rate=16000, return_tensors="pt", padding="max_length",
-                   max_length=window * SAMPLE_RATE, truncation=True).input_features
+        feats = fe(
+            [s.audio for s in samples],
+            sampling_rate=16000,
+            return_tensors="pt",
+            padding="max_length",
+            max_length=window * SAMPLE_RATE,
+            truncation=True,
+        ).input_features
         eot = self.s_proc.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         width = max(len(s.student.input_ids) for s in samples)
         ids = torch.full((len(samples), width), eot, dtype=torch.long)
@@ -382,24 +452,41 @@ class Trainer:
             mask[b, :n] = 1
         cache = [torch.load(s.cache, weights_only=True) for s in samples]
         # a clip taught in timestamp mode pairs no decoder position: its cached decoder rows are not used
-        cache = [{k: (v[:0] if k == "logits" or k.startswith("dec_") else v) for k, v in c.items()} if s.timestamped
-                 else c for s, c in zip(samples, cache)]
-        return {"features": feats, "ids": ids, "labels": labels, "mask": mask, "samples": samples, "cache": cache,
-                "window": window}
+        cache = [
+            {k: (v[:0] if k == "logits" or k.startswith("dec_") else v) for k, v in c.items()} if s.timestamped else c
+            for s, c in zip(samples, cache)
+        ]
+        return {
+            "features": feats,
+            "ids": ids,
+            "labels": labels,
+            "mask": mask,
+            "samples": samples,
+            "cache": cache,
+            "window": window,
+        }
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         cfg, dev = self.config, self.acc.device
         module = self.module
         heads = self._unwrapped().heads
-        out = module(input_features=batch["features"].to(dev), decoder_input_ids=batch["ids"].to(dev),
-                     decoder_attention_mask=batch["mask"].to(dev), output_hidden_states=cfg.uses_heads)
+        out = module(
+            input_features=batch["features"].to(dev),
+            decoder_input_ids=batch["ids"].to(dev),
+            decoder_attention_mask=batch["mask"].to(dev),
+            output_hidden_states=cfg.uses_heads,
+        )
         logits = out.logits
         labels = batch["labels"].to(dev)
-        terms: dict[str, torch.Tensor] = {"ce": F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)}
+        terms: dict[str, torch.Tensor] = {
+            "ce": F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        }
         if cfg.w_retain > 0:
             terms["retain"] = self.retention(batch, logits, labels)
         samples, cache = batch["samples"], batch["cache"]
-        rows = torch.cat([torch.full((len(s.student_pos),), b, dtype=torch.long) for b, s in enumerate(samples)]).to(dev)
+        rows = torch.cat([torch.full((len(s.student_pos),), b, dtype=torch.long) for b, s in enumerate(samples)]).to(
+            dev
+        )
         cols = torch.cat([torch.tensor(s.student_pos, dtype=torch.long) for s in samples]).to(dev)
         # a batch of timestamp-mode clips only has no paired position: its decoder terms are zero (kept in
         # the graph so every step logs the same terms and DDP sees every parameter used)
@@ -417,7 +504,7 @@ class Trainer:
             Q = heads.teacher
             geo, nce = [], []
             points = []
-            for i, j in (self.dec_pairs if len(rows) else []):
+            for i, j in self.dec_pairs if len(rows) else []:
                 a = heads.heads[f"dec_{i}"](out.decoder_hidden_states[i + 1][rows, cols])
                 b = Q(torch.cat([c[f"dec_{j}"] for c in cache]).to(dev).float())
                 points.append((a, b))
@@ -446,8 +533,18 @@ class Trainer:
         """KL from the starting student's predictions to the student's, at every labelled position."""
         dev = self.acc.device
         student = self._unwrapped().student
-        kw = {"input_features": batch["features"].to(dev), "decoder_input_ids": batch["ids"].to(dev),
-              "decoder_attention_mask": batch["mask"].to(dev)}
+        feats = batch["features"]
+        if batch["window"] != FULL_WINDOW_S:
+            # A windowed student starts from a model trained on Whisper's 30 s window: its predictions there,
+            # not on the trimmed window it is learning, are what to keep.
+            feats = self.s_proc.feature_extractor(
+                [s.audio for s in batch["samples"]], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+            ).input_features
+        kw = {
+            "input_features": feats.to(dev),
+            "decoder_input_ids": batch["ids"].to(dev),
+            "decoder_attention_mask": batch["mask"].to(dev),
+        }
         with torch.no_grad():
             if self.reference is not None:
                 start = self.reference.to(dev)(**kw).logits
@@ -459,9 +556,15 @@ class Trainer:
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.config
-        weights = {"ce": cfg.w_ce, "kd": cfg.w_kd, "geo": cfg.w_geo, "nce": cfg.w_nce(self.step),
-                   "retain": cfg.w_retain}
-        return sum(weights[k] * v for k, v in terms.items())
+        weights = {
+            "ce": cfg.w_ce,
+            "kd": cfg.w_kd,
+            "geo": cfg.w_geo,
+            "nce": cfg.w_nce(self.step),
+            "retain": cfg.w_retain,
+        }
+        # a CPU 0-dim start adds to tensors on any device
+        return sum((weights[k] * v for k, v in terms.items()), torch.zeros(()))
 
     # -- evaluation -------------------------------------------------------------------------------
     def best_checkpoint(self) -> str:
@@ -481,21 +584,26 @@ class Trainer:
         was_training = m.training
         m.eval()
         tr = WhisperTranscriber(base, self.s_proc, "torch", str(self.acc.device))
-        res, _ = tr.transcribe_files([r.audio for r in self.eval_rows],
-                                     TranscriptionOptions(language=self.config.language, return_timestamps=False,
-                                                          max_new_tokens=self.config.eval_max_new_tokens))
+        res, _ = tr.transcribe_files(
+            [r.audio for r in self.eval_rows],
+            TranscriptionOptions(
+                language=self.config.language, return_timestamps=False, max_new_tokens=self.config.eval_max_new_tokens
+            ),
+        )
         m.train(was_training)
         by = {t.path: t for t in res}
         hyps = [by[str(r.audio)].text if str(r.audio) in by else "" for r in self.eval_rows]
-        wer = error_rates([r.text for r in self.eval_rows], hyps).wer
+        wer = error_rates([r.text or "" for r in self.eval_rows], hyps).wer
         name = f"step-{self.step:06d}" if self.step else ""
         rec = {"step": self.step, "alpha": alpha, "checkpoint": name, "wer": wer, "clips": len(self.eval_rows)}
         self.candidates.append(Candidate(self.step, alpha if self.step else 0.0, wer, name))
         if self.windows:
             # held-out WER per encoder window: each clip counts in the bucket that encoded it
-            buckets = [self.windows.bucket_for(by[str(r.audio)].duration if str(r.audio) in by else 0.0)
-                       for r in self.eval_rows]
-            rec["by_bucket"] = wer_by_group([r.text for r in self.eval_rows], hyps, buckets)
+            buckets = [
+                self.windows.bucket_for(by[str(r.audio)].duration if str(r.audio) in by else 0.0)
+                for r in self.eval_rows
+            ]
+            rec["by_bucket"] = wer_by_group([r.text or "" for r in self.eval_rows], hyps, buckets)
         self.last_eval = rec
         with open(self.run / "eval.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -546,9 +654,15 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 dt = time.perf_counter() - t0
-                rec = {"step": self.step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
-                       "w_nce": cfg.w_nce(self.step - 1), "lr": self.scheduler.get_last_lr()[0],
-                       "samples_per_s": global_batch / dt, "window_s": batch["window"]}
+                rec = {
+                    "step": self.step,
+                    "loss": loss.item(),
+                    **{k: v.item() for k, v in terms.items()},
+                    "w_nce": cfg.w_nce(self.step - 1),
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "samples_per_s": global_batch / dt,
+                    "window_s": batch["window"],
+                }
                 if acc.is_main_process:
                     with open(self.run / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(rec) + "\n")
@@ -572,14 +686,23 @@ class Trainer:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-        summary = {"step": self.step, "max_steps": cfg.max_steps, "interrupted": interrupted,
-                   "wall_s": round(time.time() - t_start, 1), "parameters": self.counts, "data": self.stats}
+        summary = {
+            "step": self.step,
+            "max_steps": cfg.max_steps,
+            "interrupted": interrupted,
+            "wall_s": round(time.time() - t_start, 1),
+            "parameters": self.counts,
+            "data": self.stats,
+        }
         if not interrupted:
             final_wer = self.evaluate()
             summary.update(wer_before=first_wer, wer_after=final_wer)
             if self.windows and final_wer is not None:
-                summary.update(encoder_buckets=list(self.windows.buckets), wer_by_bucket_before=first_buckets,
-                               wer_by_bucket_after=self.last_eval.get("by_bucket"))
+                summary.update(
+                    encoder_buckets=list(self.windows.buckets),
+                    wer_by_bucket_before=first_buckets,
+                    wer_by_bucket_after=self.last_eval.get("by_bucket"),
+                )
                 self.log(f"held-out WER after training: {100 * final_wer:.2f}%{self._bucket_line()}")
             selection = self.select()
             if selection is not None:
@@ -594,8 +717,9 @@ class Trainer:
                         summary[key] = prev[key]
                 (self.run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         elif acc.is_main_process and first_wer is not None:
-            (self.run / "summary.json").write_text(json.dumps({"wer_before": first_wer, "interrupted": True,
-                                                               "wer_by_bucket_before": first_buckets}) + "\n")
+            (self.run / "summary.json").write_text(
+                json.dumps({"wer_before": first_wer, "interrupted": True, "wer_by_bucket_before": first_buckets}) + "\n"
+            )
         return summary
 
     def _recorded_candidates(self) -> list[Candidate]:
@@ -603,8 +727,11 @@ class Trainer:
         path, out = self.run / "eval.jsonl", []
         for line in path.read_text().splitlines() if path.exists() else []:
             r = json.loads(line)
-            if "checkpoint" in r and r.get("alpha", 1.0) in (0.0, 1.0) and \
-                    (r["step"] == 0 or (self.run / "checkpoints" / r["checkpoint"]).exists()):
+            if (
+                "checkpoint" in r
+                and r.get("alpha", 1.0) in (0.0, 1.0)
+                and (r["step"] == 0 or (self.run / "checkpoints" / r["checkpoint"]).exists())
+            ):
                 out.append(Candidate(r["step"], 0.0 if r["step"] == 0 else 1.0, r["wer"], r["checkpoint"]))
         return out
 
@@ -625,16 +752,19 @@ class Trainer:
                 self.log(f"{top} at {alpha:.2f} of its change: dev WER {100 * (wer or 0):.2f}%")
             self._scale_change(m, 1.0)
             self.step = saved_step
-        selection = Selection(best(self.candidates), list(self.candidates), str(self.args.eval_manifest),
-                              len(self.eval_rows))
+        selection = Selection(
+            best(self.candidates), list(self.candidates), str(self.args.eval_manifest), len(self.eval_rows)
+        )
         selection.save(self.run)
-        line = f"selected {selection.chosen.checkpoint or 'the untrained student'} (alpha {selection.chosen.alpha:.2f}): "
+        line = (
+            f"selected {selection.chosen.checkpoint or 'the untrained student'} (alpha {selection.chosen.alpha:.2f}): "
+        )
         self.log(line + selection.reason())
         if not selection.training_helped:
             self.log("WARNING: training did not help on dev; `mkd merge` will write the untrained student")
         return selection
 
-    def _load_weights(self, ck: Path, m: "DistillModule") -> None:
+    def _load_weights(self, ck: Path, m: DistillModule) -> None:
         from safetensors.torch import load_file
 
         if self.config.train_mode == "lora":
@@ -644,14 +774,18 @@ class Trainer:
             set_peft_model_state_dict(m.student, load_peft_weights(str(ck / "adapter"), device="cpu"))
         else:
             m.student.model.decoder.load_state_dict(load_file(ck / "decoder.safetensors"))
-        self._trained_decoder = None if self.config.train_mode == "lora" else \
-            {k: v.detach().clone() for k, v in m.student.model.decoder.state_dict().items()}
+        self._trained_decoder = (
+            None
+            if self.config.train_mode == "lora"
+            else {k: v.detach().clone() for k, v in m.student.model.decoder.state_dict().items()}
+        )
 
-    def _scale_change(self, m: "DistillModule", alpha: float) -> None:
+    def _scale_change(self, m: DistillModule, alpha: float) -> None:
         """Keep ``alpha`` of the loaded checkpoint's change from the start (1.0 restores it)."""
         if self.config.train_mode == "lora":
             set_lora_scale(m.student, alpha)
         else:
+            assert self.start_decoder is not None and self._trained_decoder is not None
             m.student.model.decoder.load_state_dict(interpolate_state(self.start_decoder, self._trained_decoder, alpha))
 
     def _write_rank_checksum(self) -> None:
@@ -660,10 +794,19 @@ class Trainer:
         vec = torch.cat([p.detach().float().flatten().cpu() for p in m.parameters() if p.requires_grad])
         d = self.run / "ranks"
         d.mkdir(exist_ok=True)
-        (d / f"rank{self.acc.process_index}.json").write_text(json.dumps(
-            {"rank": self.acc.process_index, "world": self.acc.num_processes, "step": self.step,
-             "sum": float(vec.double().sum()), "abs_sum": float(vec.double().abs().sum()),
-             "bytes_sha1": hashlib.sha1(vec.numpy().tobytes()).hexdigest()}) + "\n")
+        (d / f"rank{self.acc.process_index}.json").write_text(
+            json.dumps(
+                {
+                    "rank": self.acc.process_index,
+                    "world": self.acc.num_processes,
+                    "step": self.step,
+                    "sum": float(vec.double().sum()),
+                    "abs_sum": float(vec.double().abs().sum()),
+                    "bytes_sha1": hashlib.sha1(vec.numpy().tobytes()).hexdigest(),
+                }
+            )
+            + "\n"
+        )
 
 
 def latest_checkpoint(run: str | Path) -> Path | None:
@@ -678,8 +821,9 @@ def latest_checkpoint(run: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def train(args: TrainArgs, log: Callable[[str], None] = print,
-          on_step: Callable[[int, dict], None] | None = None) -> dict:
+def train(
+    args: TrainArgs, log: Callable[[str], None] = print, on_step: Callable[[int, dict], None] | None = None
+) -> dict:
     """Run (or resume) a distillation run; returns the summary."""
     for p, what in ((args.teacher, "teacher"), (args.student, "student")):
         if not Path(p).exists():

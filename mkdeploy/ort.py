@@ -47,18 +47,24 @@ def resolve_variant_dir(path: str | Path, variant: str | None = None) -> Path:
         sub = path / variant
         if not sub.is_dir():
             have = [v for v in VARIANTS[1:] if (path / v).is_dir()]
-            raise ModelError(f"{path}: no {variant} variant (has: fp32{''.join(', ' + h for h in have)}); "
-                             f"re-export with `mkd export ... --{'quantize int8' if variant == 'int8' else 'fp16'}`")
+            raise ModelError(
+                f"{path}: no {variant} variant (has: fp32{''.join(', ' + h for h in have)}); "
+                f"re-export with `mkd export ... --{'quantize int8' if variant == 'int8' else 'fp16'}`"
+            )
         path = sub
     if not path.is_dir():
         raise ModelError(f"{path}: no such ONNX export directory; create one with `mkd export MODEL OUT`")
     missing = [f for f in REQUIRED_FILES if not (path / f).exists()]
     if not (path / "decoder_model_merged.onnx").exists() and not (
-            (path / "decoder_model.onnx").exists() and (path / "decoder_with_past_model.onnx").exists()):
+        (path / "decoder_model.onnx").exists() and (path / "decoder_with_past_model.onnx").exists()
+    ):
         missing.append("decoder_model_merged.onnx")
     if missing:
-        hint = "it is a PyTorch model directory: use --backend torch, or export it with `mkd export`" if (
-            path / "model.safetensors").exists() else "re-export with `mkd export MODEL OUT --force`"
+        hint = (
+            "it is a PyTorch model directory: use --backend torch, or export it with `mkd export`"
+            if (path / "model.safetensors").exists()
+            else "re-export with `mkd export MODEL OUT --force`"
+        )
         raise ModelError(f"{path}: not a complete ONNX Whisper export (missing {', '.join(missing)}); {hint}")
     return path
 
@@ -71,8 +77,10 @@ def _providers_for(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in available:
         if device == "cuda":
-            raise MkdError(f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDA provider "
-                           f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu")
+            raise MkdError(
+                f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDA provider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu"
+            )
         return ["CPUExecutionProvider"]
     # CUDA and cuDNN installed as pip wheels (nvidia-cublas, nvidia-cudnn-cu13..., e.g. beside a CUDA build
     # of PyTorch) are not on the loader's path; onnxruntime >= 1.21 can preload them from site-packages.
@@ -102,8 +110,9 @@ def active_provider(model) -> str:
     return model.encoder.session.get_providers()[0]
 
 
-def load_ort_model(path: str | Path, device: str = "auto", variant: str | None = None,
-                   options: OrtOptions | None = None):
+def load_ort_model(
+    path: str | Path, device: str = "auto", variant: str | None = None, options: OrtOptions | None = None
+):
     """Load an export with optimum's ``ORTModelForSpeechSeq2Seq``.
 
     Args:
@@ -130,26 +139,35 @@ def load_ort_model(path: str | Path, device: str = "auto", variant: str | None =
     cuda = providers[0] == "CUDAExecutionProvider"
     try:
         model = ORTModelForSpeechSeq2Seq.from_pretrained(
-            path, providers=providers, session_options=session_options(options),
-            use_io_binding=cuda and options.io_binding, local_files_only=True,
+            path,
+            providers=providers,
+            session_options=session_options(options),
+            use_io_binding=cuda and options.io_binding,
+            local_files_only=True,
         )
         processor = AutoProcessor.from_pretrained(path)
     except MkdError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: cannot load the ONNX export ({first}); re-export with `mkd export --force`") from None
+        raise ModelError(
+            f"{path}: cannot load the ONNX export ({first}); re-export with `mkd export --force`"
+        ) from None
     for part in (model.encoder, model.decoder):
         # optimum globs **/*.onnx; the root's files come first, but a wrong pick must never go unnoticed.
         if Path(part.path).parent.resolve() != path.resolve():
-            raise ModelError(f"{path}: optimum loaded {part.path} instead of this folder's graph; load the variant "
-                             "folder itself (e.g. OUT/int8)")
+            raise ModelError(
+                f"{path}: optimum loaded {part.path} instead of this folder's graph; load the variant "
+                "folder itself (e.g. OUT/int8)"
+            )
     provider = active_provider(model)
     if cuda and provider != "CUDAExecutionProvider":
         # The silent fallback: CUDA was requested and listed, but its libraries failed to load.
         if device == "cuda":
-            raise MkdError(f"--device cuda: ONNX Runtime fell back to {provider} (CUDA 13 / cuDNN 9 libraries not "
-                           "found); install them or use --device cpu")
+            raise MkdError(
+                f"--device cuda: ONNX Runtime fell back to {provider} (CUDA 13 / cuDNN 9 libraries not "
+                "found); install them or use --device cpu"
+            )
         # Reload on CPU: a session created for CUDA never gets the CPU spinning settings or binding right.
         return load_ort_model(path, "cpu", None, options)
     return model, processor, provider

@@ -1,0 +1,40 @@
+"""Public results of transcription, as dataclasses (faster-whisper's ``Segment`` / ``TranscriptionInfo``
+habit). They sit in the core layer so writers and servers can use them without the runtime."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Segment:
+    """A stretch of transcript with its times in seconds (from Whisper's timestamp tokens)."""
+
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Transcription:
+    """The result for one audio input.
+
+    Attributes:
+        path: source file ("" for in-memory audio).
+        text: the whole transcript.
+        segments: timed segments (empty when timestamps are off or the clip is silent).
+        duration: seconds of audio.
+        tokens: generated token ids (special tokens removed), for parity checks.
+        silent: the input held no signal; nothing was decoded (Whisper invents text on silence).
+    """
+
+    path: str
+    text: str
+    segments: list[Segment]
+    duration: float
+    tokens: list[int] = field(default_factory=list)
+    silent: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
