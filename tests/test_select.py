@@ -116,7 +116,11 @@ def test_a_run_never_ships_worse_than_it_started(tiny_multilingual_teacher, tiny
     assert [(e["step"], e["alpha"]) for e in evals][:3] == [(0, 1.0), (2, 1.0), (4, 1.0)]
     assert len(sel.candidates) == len(evals) == 4  # step 0, 2, 4 and the best checkpoint at 0.5
     start = next(c for c in sel.candidates if c.step == 0)
-    assert sel.chosen.wer == min(c.wer for c in sel.candidates) <= start.wer
+    from mkdeploy.distill.select import choose
+
+    assert sel.chosen.wer <= start.wer and sel.chosen == choose(sel.candidates, cfg.select_confidence, cfg.seed)
+    n_dev = len(speech_manifest.read_text().splitlines())
+    assert all(len(c.errors) == n_dev for c in sel.candidates)  # per-clip errors for the bootstrap
     assert summary["selected"]["step"] == sel.chosen.step
     # the best checkpoint survives pruning of old checkpoints
     for c in sel.candidates:
@@ -166,3 +170,26 @@ def test_merge_of_a_run_where_training_did_not_help_writes_the_start_and_warns(
     assert res.step == 2 and res.alpha == 0.5 and not res.warnings
     with pytest.raises(MkdError, match="--alpha needs --checkpoint"):
         merge_run(run, tmp_path / "m3", alpha=0.5)
+
+
+def test_bootstrap_keeps_the_start_unless_the_gain_is_not_chance():
+    from mkdeploy.distill.select import choose, improvement_probability
+
+    start_err = [2] * 40
+    clear = [1] * 40  # one error fewer on every clip: better on every resample
+    lucky = [2] * 39 + [0]  # better on one clip only: better on ~63% of resamples (the clip is drawn)
+    assert improvement_probability(start_err, clear) == 1.0
+    assert improvement_probability(start_err, start_err) == 0.0
+    p = improvement_probability(start_err, lucky, samples=4000)
+    assert 0.55 < p < 0.70  # 1 - (1 - 1/40)^40 = 0.637
+    words = 10 * 40
+    start = Candidate(0, 0.0, sum(start_err) / words, "", start_err)
+    cand_lucky = Candidate(15, 0.75, sum(lucky) / words, "step-000015", lucky)
+    cand_clear = Candidate(30, 1.0, sum(clear) / words, "step-000030", clear)
+    assert choose([start, cand_lucky], confidence=0.9) == start  # lower dev WER, but chance
+    assert choose([start, cand_lucky], confidence=0.0) == cand_lucky  # no test: the lowest WER
+    assert choose([start, cand_lucky, cand_clear], confidence=0.9) == cand_clear
+    sel = Selection(start, [start, cand_lucky], "dev.jsonl", 40, 0.9)
+    assert not sel.training_helped and "bootstrap confidence" in sel.reason()
+    with pytest.raises(MkdError, match="select_confidence"):
+        RecipeConfig(select_confidence=1.0).validate()

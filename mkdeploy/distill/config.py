@@ -108,6 +108,13 @@ class RecipeConfig:
             "interpolation toward the start); [] tries none"
         },
     )
+    select_confidence: float = field(
+        default=0.9,
+        metadata={
+            "help": "a trained candidate replaces the untrained student only if it makes fewer dev word errors in "
+            "this share of bootstrap resamples of the dev clips (0 takes the lowest dev WER as it is)"
+        },
+    )
     eval_max_new_tokens: int = field(default=128, metadata={"help": "cap on tokens per held-out clip"})
     language: str = field(default="en", metadata={"help": "language of the transcripts (multilingual teachers)"})
 
@@ -128,6 +135,8 @@ class RecipeConfig:
             raise MkdError(f"full_window_prob {self.full_window_prob}: give a share between 0 and 1")
         if any(not 0.0 < a < 1.0 for a in self.select_alphas):
             raise MkdError(f"select_alphas {self.select_alphas}: give fractions strictly between 0 and 1")
+        if not 0.0 <= self.select_confidence < 1.0:
+            raise MkdError(f"select_confidence {self.select_confidence}: give a share in [0, 1)")
         if self.w_retain < 0:
             raise MkdError(f"w_retain {self.w_retain}: give a weight >= 0")
         if self.max_steps < 1 or self.batch_size < 1:

@@ -6,13 +6,22 @@ merged weights are W + α·ΔW (peft's ``set_scale``), for a fully trained decod
 interpolation between a fine-tuned model and its start often recovers robustness the fine-tuning lost
 (Wortsman et al., "Robust fine-tuning of zero-shot models", 2022, WiSE-FT). Step 0 (α = 0) is always a
 candidate, so the chosen student is never worse on dev than the one training started from.
+
+A small dev split is noisy: in the first demo on the five-split corpus (32 dev clips), the chosen
+candidate beat the untrained student by 1.75 WER points on dev and lost to it on all three test sets, and
+its neighbours on the alpha ladder scored 20.4% and 24.1% around its 19.1%. So a trained candidate
+replaces the start only when the gain is unlikely to be chance: it must make fewer word errors than the
+start on at least ``confidence`` of bootstrap resamples of the dev clips (Bisani and Ney, "Bootstrap
+estimates for confidence intervals in ASR performance evaluation", ICASSP 2004).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from mkdeploy.fsutil import atomic_write_text
 
@@ -34,6 +43,7 @@ class Candidate:
     alpha: float
     wer: float
     checkpoint: str = ""
+    errors: list[int] = field(default_factory=list, compare=False, repr=False)  # word errors per dev clip
 
     @property
     def change(self) -> float:
@@ -48,6 +58,38 @@ def best(candidates: list[Candidate]) -> Candidate:
     return min(candidates, key=lambda c: (round(c.wer, 9), c.change))
 
 
+def improvement_probability(start: list[int], candidate: list[int], samples: int = 2000, seed: int = 0) -> float:
+    """Share of bootstrap resamples of the dev clips on which ``candidate`` makes fewer word errors than
+    ``start`` (paired: both are scored on the same resampled clips).
+
+    Args:
+        start, candidate: word errors per dev clip, in the same clip order.
+    """
+    if len(start) != len(candidate) or not start:
+        return 0.0
+    diff = np.asarray(start, dtype=np.int64) - np.asarray(candidate, dtype=np.int64)  # > 0: candidate better
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(samples, len(diff)))
+    return float((diff[idx].sum(axis=1) > 0).mean())
+
+
+def choose(candidates: list[Candidate], confidence: float = 0.9, seed: int = 0) -> Candidate:
+    """The best candidate whose gain over the untrained student is not chance (see the module docstring).
+
+    Trained candidates are tried from the lowest dev WER up; the first with a lower WER than step 0 and an
+    :func:`improvement_probability` of at least ``confidence`` wins. With ``confidence`` 0, or without a
+    step-0 candidate or per-clip errors, this is :func:`best`.
+    """
+    start = next((c for c in candidates if c.step == 0), None)
+    if start is None or confidence <= 0 or not start.errors:
+        return best(candidates)
+    for c in sorted((c for c in candidates if c.step > 0), key=lambda c: (round(c.wer, 9), c.change)):
+        if c.wer >= start.wer:
+            break
+        if improvement_probability(start.errors, c.errors, seed=seed) >= confidence:
+            return c
+    return start
+
+
 @dataclass
 class Selection:
     """What merge reads (``RUN/selection.json``)."""
@@ -56,6 +98,7 @@ class Selection:
     candidates: list[Candidate]
     dev_manifest: str
     dev_clips: int
+    confidence: float = 0.0
 
     @property
     def training_helped(self) -> bool:
@@ -65,6 +108,14 @@ class Selection:
         start = next((c for c in self.candidates if c.step == 0), None)
         base = f"lowest dev WER {100 * self.chosen.wer:.2f}% of {len(self.candidates)} candidates on {self.dev_clips} dev clips"
         if not self.training_helped:
+            lowest = best(self.candidates)
+            if lowest.step > 0 and lowest.wer < self.chosen.wer:
+                return (
+                    f"dev WER {100 * lowest.wer:.2f}% ({lowest.checkpoint} at alpha {lowest.alpha:.2f}) against "
+                    f"{100 * self.chosen.wer:.2f}% untrained on {self.dev_clips} dev clips, a gain below "
+                    f"{100 * self.confidence:.0f}% bootstrap confidence; training did not help on dev, so the "
+                    "untrained student is kept"
+                )
             return base + "; training did not help on dev, so the untrained student is kept"
         return base + (f" (untrained {100 * start.wer:.2f}%)" if start else "")
 
@@ -74,6 +125,7 @@ class Selection:
             "candidates": [asdict(c) for c in self.candidates],
             "dev_manifest": self.dev_manifest,
             "dev_clips": self.dev_clips,
+            "confidence": self.confidence,
             "reason": self.reason(),
         }
         return atomic_write_text(Path(run) / SELECTION, json.dumps(data, indent=2) + "\n")
@@ -85,7 +137,11 @@ class Selection:
             return None
         d = json.loads(p.read_text())
         return cls(
-            Candidate(**d["chosen"]), [Candidate(**c) for c in d["candidates"]], d["dev_manifest"], d["dev_clips"]
+            Candidate(**d["chosen"]),
+            [Candidate(**c) for c in d["candidates"]],
+            d["dev_manifest"],
+            d["dev_clips"],
+            d.get("confidence", 0.0),
         )
 
 

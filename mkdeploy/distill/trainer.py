@@ -37,7 +37,7 @@ from torch import nn
 from mkdeploy.audio import SAMPLE_RATE
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.losses import FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss, RetentionLoss
-from mkdeploy.distill.select import Candidate, Selection, best, interpolate_state, set_lora_scale
+from mkdeploy.distill.select import Candidate, Selection, best, choose, interpolate_state, set_lora_scale
 from mkdeploy.errors import MkdError, ModelError, OutputExistsError
 from mkdeploy.models.window import FULL_WINDOW_S, WindowConfig
 
@@ -593,10 +593,19 @@ class Trainer:
         m.train(was_training)
         by = {t.path: t for t in res}
         hyps = [by[str(r.audio)].text if str(r.audio) in by else "" for r in self.eval_rows]
-        wer = error_rates([r.text or "" for r in self.eval_rows], hyps).wer
+        rates = error_rates([r.text or "" for r in self.eval_rows], hyps)
+        wer, errors = rates.wer, [u.word_errors for u in rates.utterances]
         name = f"step-{self.step:06d}" if self.step else ""
-        rec = {"step": self.step, "alpha": alpha, "checkpoint": name, "wer": wer, "clips": len(self.eval_rows)}
-        self.candidates.append(Candidate(self.step, alpha if self.step else 0.0, wer, name))
+        rec = {
+            "step": self.step,
+            "alpha": alpha,
+            "checkpoint": name,
+            "wer": wer,
+            "clips": len(self.eval_rows),
+            "errors": errors,
+        }
+        self.candidates.append(Candidate(self.step, alpha if self.step else 0.0, wer, name, errors))
+        self.dev_words = [u.ref_words for u in rates.utterances]
         if self.windows:
             # held-out WER per encoder window: each clip counts in the bucket that encoded it
             buckets = [
@@ -732,7 +741,9 @@ class Trainer:
                 and r.get("alpha", 1.0) in (0.0, 1.0)
                 and (r["step"] == 0 or (self.run / "checkpoints" / r["checkpoint"]).exists())
             ):
-                out.append(Candidate(r["step"], 0.0 if r["step"] == 0 else 1.0, r["wer"], r["checkpoint"]))
+                out.append(
+                    Candidate(r["step"], 0.0 if r["step"] == 0 else 1.0, r["wer"], r["checkpoint"], r.get("errors", []))
+                )
         return out
 
     def select(self) -> Selection | None:
@@ -752,8 +763,13 @@ class Trainer:
                 self.log(f"{top} at {alpha:.2f} of its change: dev WER {100 * (wer or 0):.2f}%")
             self._scale_change(m, 1.0)
             self.step = saved_step
+        chosen = choose(self.candidates, self.config.select_confidence, self.config.seed)
         selection = Selection(
-            best(self.candidates), list(self.candidates), str(self.args.eval_manifest), len(self.eval_rows)
+            chosen,
+            list(self.candidates),
+            str(self.args.eval_manifest),
+            len(self.eval_rows),
+            self.config.select_confidence,
         )
         selection.save(self.run)
         line = (
