@@ -122,7 +122,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of every graph, the merged decoder's If-branches included.
 
     Without ``EnableSubgraph`` the merged decoder's two branches (where all its MatMuls live) stay fp32
-    (DESIGN §8).
+    (README, Troubleshooting).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

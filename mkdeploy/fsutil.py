@@ -32,7 +32,7 @@ def atomic_output_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
-        # save_file() writes 0600 files (DESIGN §8); outputs are meant to be shared.
+        # save_file() writes 0600 files (README, Troubleshooting); outputs are meant to be shared.
         for p in tmp.rglob("*"):
             p.chmod(0o755 if p.is_dir() else 0o644)
         tmp.chmod(0o755)

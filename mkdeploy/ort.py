@@ -1,7 +1,7 @@
 """Loading an ONNX Whisper export on ONNX Runtime, GPU first, CPU as a fallback.
 
 onnxruntime-gpu lists CUDA as available even when the CUDA 13 / cuDNN 9 libraries it needs are missing,
-and then silently runs on CPU (DESIGN §8). So the provider that actually runs is read back from the
+and then silently runs on CPU (README, Troubleshooting). So the provider that actually runs is read back from the
 session (``get_providers()``) and reported; ``device="cuda"`` fails when it is not CUDA.
 """
 
@@ -25,7 +25,7 @@ class OrtOptions:
     Attributes:
         threads: intra-op threads (0: ONNX Runtime's default, one per physical core).
         allow_spinning: intra-op spin-waiting; off by default because on 2 cores it made a small model
-            about 3x slower and slowed PyTorch in the same process (DESIGN §8).
+            about 3x slower and slowed PyTorch in the same process (README, Troubleshooting).
         io_binding: bind inputs and outputs to device memory (CUDA only; avoids host copies per step).
     """
 

@@ -390,7 +390,7 @@ class WhisperTranscriber:
                     on_progress(1)
                 continue
             if info.silent:
-                # Whisper hallucinates whole sentences on silence (DESIGN §8): report nothing instead.
+                # Whisper hallucinates whole sentences on silence (README, Troubleshooting): report nothing instead.
                 done.append(Transcription(str(p), "", [], info.duration, silent=True))
                 if on_progress:
                     on_progress(1)

@@ -1,4 +1,4 @@
-"""Point-wise projection heads and the layer-wise map (DESIGN §4).
+"""Point-wise projection heads and the layer-wise map (README, The recipe in a paragraph).
 
 A student state h_S ∈ R^{d_S} goes through a head P_i into the aligned space R^D; a teacher state
 h_T ∈ R^{d_T} goes through a frozen isometry Q. To stay inside the 1% budget a head is a frozen

@@ -51,7 +51,7 @@ def init_pruned_student(
 
     Returns:
         ``out``. Its config records which teacher layers were kept (the trainer warns when LoRA alone
-        meets a pruned student: the kept layers need full training, DESIGN §4).
+        meets a pruned student: the kept layers need full training, README, The recipe in a paragraph).
     """
     import torch
 

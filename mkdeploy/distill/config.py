@@ -1,6 +1,6 @@
-"""The recipe's configuration (DESIGN §4), saved into every run directory as config.json.
+"""The recipe's configuration (README, The recipe in a paragraph), saved into every run directory as config.json.
 
-Defaults are the manifold recipe of arXiv 2606.00771 as DESIGN §4 states it, with one budget-driven
+Defaults are the manifold recipe of arXiv 2606.00771 as the README's recipe paragraph states it, with one budget-driven
 change: LoRA rank 8 instead of 16. On the demo pair (base teacher, tiny.en student) rank 16 on the
 decoder's attention and MLP alone is 0.88% of the teacher, which leaves no room under the 1% guard for
 top encoder layers and the projection heads; rank 8 with two encoder layers and heads comes to ~0.7%.

@@ -2,7 +2,7 @@
 
 The teacher is frozen, so what the recipe needs from it (hidden states of the paired layers at the valid
 frames and paired positions, logits over the shared vocabulary at the paired positions) is the same every
-epoch: it is computed in one pass and cached in the run directory (DESIGN §4 Cost). One encoder pass per
+epoch: it is computed in one pass and cached in the run directory (README, The recipe in a paragraph). One encoder pass per
 clip serves both the pseudo-label and the cache.
 """
 

@@ -1,4 +1,4 @@
-"""The recipe's loss terms, each a small module (torchdistill style). Formulas follow DESIGN §4 and
+"""The recipe's loss terms, each a small module (torchdistill style). Formulas follow the README's recipe paragraph and
 "Logit Distillation on Manifolds: Mapping by Learning" (arXiv 2606.00771); the baselines cite their papers.
 
 All take already-selected valid points (padding frames and -100 labels removed by the caller), shaped

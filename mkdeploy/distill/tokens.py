@@ -1,4 +1,4 @@
-"""Teacher-forcing one transcript through two tokenizers and pairing their decoder positions (DESIGN §4).
+"""Teacher-forcing one transcript through two tokenizers and pairing their decoder positions (README, The recipe in a paragraph).
 
 A multilingual teacher and an English-only student (base → tiny.en) tokenize the same text differently.
 The decoder state at a position has read a prefix of the text; two positions pair when their prefixes end
