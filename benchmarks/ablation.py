@@ -35,11 +35,10 @@ def main() -> None:
 
     quiet_libraries()
     from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec, build_corpus
-    from mkdeploy.demo.pipeline import TITLES, score
+    from mkdeploy.demo.pipeline import TITLES, distil, score
     from mkdeploy.demo.weights import import_package
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.merge import merge_run
-    from mkdeploy.distill.trainer import TrainArgs, train
 
     w = a.workdir
     src = a.from_demo or w
@@ -67,22 +66,7 @@ def main() -> None:
             recipe=recipe, max_steps=a.steps, batch_size=a.batch_size, eval_every=15, save_every=15, **extra
         ).validate()
         t0 = time.time()
-        if not (run / "selection.json").exists():
-            train(
-                TrainArgs(
-                    teacher,
-                    student,
-                    corpus["train"],
-                    run,
-                    cfg,
-                    eval_manifest=corpus["dev"],
-                    force=True,
-                    pseudo_label="all",
-                    wer_threshold=0.3,
-                    cache_dir=cache,
-                ),
-                log=lambda s: None,
-            )
+        distil(run, teacher, student, corpus, cfg, log=lambda s: None, cache_dir=cache)
         merged = w / "models" / f"merged-{recipe}"
         res = merge_run(run, merged, force=True)
         rows.append(

@@ -130,7 +130,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
     ).validate()
     summary = stage(
         f"distil: {opts.recipe}, {opts.steps} steps, dev every {opts.eval_every}",
-        lambda: _train(run, teacher, start, corpus, cfg, log),
+        lambda: distil(run, teacher, start, corpus, cfg, log),
     )
     merged = w / "models" / "tiny.en-distilled"
     stage("merge the dev-selected checkpoint", lambda: _merge(run, merged, log))
@@ -184,7 +184,12 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
     return head
 
 
-def _train(run: Path, teacher: Path, student: Path, corpus, cfg: RecipeConfig, log) -> dict:
+def distil(
+    run: Path, teacher: Path, student: Path, corpus, cfg: RecipeConfig, log, cache_dir: Path | None = None
+) -> dict:
+    """Train ``student`` on the corpus's train split with dev selection, as the demo does (teacher
+    pseudo-labels, clips the teacher misses by more than 30% dropped); a finished run is returned as it is,
+    an interrupted one resumed. ``cache_dir`` shares the teacher's pass between runs (the ablation)."""
     from mkdeploy.distill.trainer import latest_checkpoint
 
     summary_path = run / "summary.json"
@@ -204,6 +209,7 @@ def _train(run: Path, teacher: Path, student: Path, corpus, cfg: RecipeConfig, l
             force=not resume,
             pseudo_label="all",
             wer_threshold=0.3,
+            cache_dir=cache_dir,
         ),
         log=log,
         on_step=lambda step, rec: (
