@@ -17,6 +17,7 @@ and takes its slice, DDP averages the gradients, rank 0 writes.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -217,8 +218,6 @@ class Trainer:
         )
         self.reference = None
         if cfg.train_mode != "lora" and cfg.w_retain > 0:
-            import copy
-
             self.reference = copy.deepcopy(student).eval().requires_grad_(False)
         base = student.get_base_model() if hasattr(student, "get_base_model") else student
 
@@ -605,7 +604,6 @@ class Trainer:
             "errors": errors,
         }
         self.candidates.append(Candidate(self.step, alpha if self.step else 0.0, wer, name, errors))
-        self.dev_words = [u.ref_words for u in rates.utterances]
         if self.windows:
             # held-out WER per encoder window: each clip counts in the bucket that encoded it
             buckets = [
