@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mkdeploy.errors import MkdError
@@ -94,10 +95,15 @@ def dataclass_options(cls: type) -> list[inspect.Parameter]:
         if kind is None:
             continue
         factory: Any = f.default_factory
+        if f.default is dataclasses.MISSING and factory is dataclasses.MISSING:
+            continue  # a required field: the command declares it (an argument)
         default = factory() if f.default is dataclasses.MISSING else f.default
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        help_text = f"{f.metadata.get('help', '')} [default: {shown}]".strip()
-        option = typer.Option(None, "--" + f.name.replace("_", "-"), help=help_text, show_default=False)
+        # escaped: Typer renders help with rich, which would read "[default: x]" as a markup tag and drop it
+        help_text = rich_escape(f"{f.metadata.get('help', '')} [default: {shown}]".strip())
+        flag = "--" + f.name.replace("_", "-")
+        names = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]  # booleans are on/off switches
+        option = typer.Option(None, *names, help=help_text, show_default=False)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None))
     return params
 

@@ -10,6 +10,7 @@ from mkdeploy.cli.eval import eval_cmd
 from mkdeploy.cli.export import export_cmd
 from mkdeploy.cli.import_ct2 import import_ct2
 from mkdeploy.cli.merge import merge_cmd
+from mkdeploy.cli.serve import serve_cmd
 from mkdeploy.cli.student import app as student_app
 from mkdeploy.cli.train import train_cmd
 from mkdeploy.cli.transcribe import transcribe
@@ -25,6 +26,7 @@ app.command("transcribe")(transcribe)
 app.command("eval")(eval_cmd)
 app.command("export")(export_cmd)
 app.command("bench")(bench_cmd)
+app.command("serve")(serve_cmd)
 app.command("train")(train_cmd)
 app.command("merge")(merge_cmd)
 app.add_typer(student_app, name="student")

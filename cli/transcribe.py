@@ -8,6 +8,13 @@ import typer
 
 from mkdeploy.cli.common import cli_errors, console, out, progress, quiet_libraries
 
+#: why a transcript is empty, as printed after it
+GATE_NOTES = {
+    "silence": " (silent: nothing decoded)",
+    "vad": " (no speech found by the VAD)",
+    "no_speech": " (no speech: Whisper's no-speech test)",
+}
+
 
 def transcribe(
     model: Path = typer.Argument(..., help="HF Whisper directory or ONNX export directory."),
@@ -29,6 +36,16 @@ def transcribe(
         None,
         "--encoder-buckets",
         help="Encoder windows in seconds, e.g. 5,10,20,30 (default: the model's own; 30 forces Whisper's window).",
+    ),
+    vad: bool = typer.Option(
+        False, "--vad/--no-vad", help="Silero VAD first: audio without speech gives '' (needs the [serve] extra)."
+    ),
+    no_speech_threshold: float = typer.Option(
+        0.6,
+        "--no-speech-threshold",
+        min=0.0,
+        max=1.0,
+        help="Whisper's no-speech gate (with avg logprob < -1); 1 turns it off.",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing transcripts."),
 ) -> None:
@@ -62,7 +79,13 @@ def transcribe(
                     check_writable(target, force)
         buckets = parse_buckets(encoder_buckets) if encoder_buckets else None
         opts = TranscriptionOptions(
-            language=language, task=task, batch_size=batch_size, return_timestamps=timestamps, encoder_buckets=buckets
+            language=language,
+            task=task,
+            batch_size=batch_size,
+            return_timestamps=timestamps,
+            encoder_buckets=buckets,
+            vad_filter=vad,
+            no_speech_threshold=None if no_speech_threshold >= 1.0 else no_speech_threshold,
         )
         windows = tr.windows(opts)
         if windows.windowed:
@@ -76,7 +99,7 @@ def transcribe(
         for r in results:
             for w in writers:
                 w(r, force=True)
-            note = " (silent: nothing decoded)" if r.silent else ""
+            note = GATE_NOTES.get(r.gate, "")
             out.print(f"{r.path}: {r.text}{note}", highlight=False, soft_wrap=True)
         out.print(f"{len(results)} transcribed -> {output_dir}")
         if failures:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mkdeploy.audio import load_audio
+from mkdeploy.audio import reference_clips
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.fsutil import atomic_output_dir
 
@@ -244,15 +244,8 @@ def convert_fp16(src: Path, dst: Path, side_files: Path) -> None:
 def _sample_audio(samples: Sequence[np.ndarray] | None) -> tuple[list[np.ndarray], str]:
     if samples:
         return list(samples), "given"
-    # Two committed speech clips (mkdeploy/assets/parity, Piper's joe voice): the export never needs a
-    # speech engine, so a plain `pip install mkdeploy` can export and check parity.
-    from importlib.resources import as_file, files
-
-    clips = []
-    for name in ("clip0.wav", "clip1.wav"):
-        with as_file(files("mkdeploy") / "assets" / "parity" / name) as path:
-            clips.append(load_audio(path))
-    return clips, "committed speech clips (mkdeploy/assets/parity)"
+    # committed clips: the export never needs a speech engine, so a plain `pip install mkdeploy` can export
+    return [audio for audio, _ in reference_clips()], "committed speech clips (mkdeploy/assets/parity)"
 
 
 def _first_step_logits(model, features, start_ids):

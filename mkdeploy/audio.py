@@ -6,6 +6,7 @@ run can report it and carry on with the other files.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,6 @@ def load_audio_with_info(path: str | Path, sr: int = SAMPLE_RATE) -> tuple[np.nd
     Raises:
         AudioError: missing, empty, corrupt or non-audio file.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.exists():
         raise AudioError(f"{path}: no such file")
@@ -71,20 +70,40 @@ def load_audio_with_info(path: str | Path, sr: int = SAMPLE_RATE) -> tuple[np.nd
         raise AudioError(f"{path}: is a directory, not an audio file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes); re-export or remove it")
+    return _decode(str(path), str(path), sr)
+
+
+def decode_audio_bytes(data: bytes, name: str = "upload", sr: int = SAMPLE_RATE) -> tuple[np.ndarray, AudioInfo]:
+    """Decode an audio file held in memory (an HTTP upload) exactly as :func:`load_audio_with_info` reads
+    one from disk; errors name ``name`` (the uploaded file name), not a temporary path.
+
+    Raises:
+        AudioError: empty, corrupt or non-audio data.
+    """
+    if not data:
+        raise AudioError(f"{name}: empty file (0 bytes); send an audio file")
+    return _decode(io.BytesIO(data), name, sr)
+
+
+def _decode(source: str | io.BytesIO, name: str, sr: int) -> tuple[np.ndarray, AudioInfo]:
+    import soundfile as sf
+
     try:
-        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, file_sr = sf.read(source, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError or TypeError by format
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioError(f"{path}: cannot decode audio ({reason}); convert it to wav/flac/ogg/mp3") from None
+        if reason.startswith("Error opening "):  # "Error opening <source>: why": the name is given already
+            reason = reason.rpartition(": ")[2]
+        raise AudioError(f"{name}: cannot decode audio ({reason}); convert it to wav/flac/ogg/mp3") from None
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: holds no audio samples; re-export or remove it")
+        raise AudioError(f"{name}: holds no audio samples; re-export or remove it")
     if not np.all(np.isfinite(data)):
-        raise AudioError(f"{path}: contains NaN or infinite samples; re-export it")
+        raise AudioError(f"{name}: contains NaN or infinite samples; re-export it")
     channels = data.shape[1]
     mono = data.mean(axis=1) if channels > 1 else data[:, 0]
     audio = resample(mono, file_sr, sr)
     info = AudioInfo(
-        path=str(path),
+        path=name,
         sample_rate=int(file_sr),
         channels=int(channels),
         duration=len(mono) / float(file_sr),
@@ -107,3 +126,16 @@ def expand_audio_paths(inputs: Sequence[str | Path]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def reference_clips() -> list[tuple[np.ndarray, str]]:
+    """The two committed speech clips (mkdeploy/assets/parity, Piper's joe voice) with their texts: the
+    export's parity check and the server's warm-up use them, so neither needs a speech engine."""
+    from importlib.resources import as_file, files
+
+    clips = []
+    for stem in ("clip0", "clip1"):
+        folder = files("mkdeploy") / "assets" / "parity"
+        with as_file(folder / f"{stem}.wav") as path:
+            clips.append((load_audio(path), (folder / f"{stem}.txt").read_text().strip()))
+    return clips

@@ -114,6 +114,81 @@ def greedy_decode(
     return results
 
 
+#: logits_fn(input_ids [B, S]) -> logits of every position [B, S, V], the encoder states closed over
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class SpeechScore:
+    """openai/whisper's two signals for "this was not speech" (``DecodingResult`` in its decoding.py).
+
+    Attributes:
+        no_speech_prob: probability of ``<|nocaptions|>`` read at the ``<|startoftranscript|>`` position.
+        avg_logprob: summed log-probability of the tokens and end-of-text, over their count + 1.
+    """
+
+    no_speech_prob: float
+    avg_logprob: float
+
+
+def no_speech_token(tokenizer, generation_config) -> int:
+    """``<|nocaptions|>`` (``<|nospeech|>`` in large-v3): the id just below ``<|notimestamps|>``, as
+    transformers' ``WhisperNoSpeechDetection`` takes it."""
+    for name in ("<|nospeech|>", "<|nocaptions|>"):
+        tid = tokenizer.convert_tokens_to_ids(name)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            return tid
+    return int(generation_config.no_timestamps_token_id) - 1
+
+
+def score_speech(
+    logits_fn: LogitsFn,
+    prompt: list[int],
+    sequences: Sequence[Sequence[int]],
+    generation_config,
+    no_speech_id: int,
+    device: str | torch.device = "cpu",
+) -> list[SpeechScore]:
+    """One teacher-forced decoder pass over ``prompt + tokens + <|endoftext|>`` per clip.
+
+    The no-speech probability comes from the raw logits at the first position (``<|startoftranscript|>``,
+    as openai/whisper reads it before any filter); token log-probabilities are taken after
+    ``suppress_tokens`` are masked, as its sampler sees them.
+
+    Returns:
+        one :class:`SpeechScore` per sequence.
+    """
+    eos = generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    width = max(len(s) for s in sequences) + 1
+    rows = [list(prompt) + list(s) + [eos] * (width - len(s)) for s in sequences]
+    ids = torch.tensor(rows, dtype=torch.long, device=device)
+    logits = logits_fn(ids).to(torch.float32, copy=True)  # masked in place below
+    no_speech = logits[:, 0].softmax(-1)[:, no_speech_id]
+    suppress = list(generation_config.suppress_tokens or [])
+    if suppress:
+        logits[:, :, suppress] = -math.inf
+    start = len(prompt)
+    logp = logits[:, start - 1 : -1].log_softmax(-1).gather(-1, ids[:, start:, None])[..., 0]
+    return [
+        SpeechScore(float(no_speech[b]), float(logp[b, : len(s) + 1].sum()) / (len(s) + 1))
+        for b, s in enumerate(sequences)
+    ]
+
+
+def torch_logits(model, encoder_hidden_states: torch.Tensor) -> LogitsFn:
+    """Full-sequence logits from a PyTorch ``WhisperForConditionalGeneration`` over fixed encoder states."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    enc = BaseModelOutput(last_hidden_state=encoder_hidden_states)  # type: ignore[arg-type]
+    return lambda ids: model(encoder_outputs=enc, decoder_input_ids=ids, use_cache=False).logits
+
+
+def ort_logits(model, encoder_hidden_states: torch.Tensor) -> LogitsFn:
+    """Full-sequence logits from optimum's ONNX decoder (its no-cache branch)."""
+    return lambda ids: model.decoder(input_ids=ids, encoder_hidden_states=encoder_hidden_states).logits
+
+
 def torch_step(model, encoder_hidden_states: torch.Tensor) -> StepFn:
     """A step function over a PyTorch ``WhisperForConditionalGeneration`` and fixed encoder states."""
     from transformers.modeling_outputs import BaseModelOutput

@@ -27,6 +27,11 @@ class Transcription:
         duration: seconds of audio.
         tokens: generated token ids (special tokens removed), for parity checks.
         silent: the input held no signal; nothing was decoded (Whisper invents text on silence).
+        no_speech_prob: Whisper's probability of ``<|nocaptions|>`` at the start of the transcript (None
+            when the no-speech gate was off or the clip was not decoded).
+        avg_logprob: mean log-probability of the decoded tokens and end-of-text (openai/whisper's).
+        gate: why the text is empty although audio was given: "silence" (digital silence), "vad" (the
+            voice-activity detector found no speech), "no_speech" (Whisper's own no-speech test); "" otherwise.
     """
 
     path: str
@@ -35,6 +40,9 @@ class Transcription:
     duration: float
     tokens: list[int] = field(default_factory=list)
     silent: bool = False
+    no_speech_prob: float | None = None
+    avg_logprob: float | None = None
+    gate: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from mkdeploy.audio import SAMPLE_RATE, load_audio_with_info
+from mkdeploy.audio import SAMPLE_RATE, SILENCE_PEAK, load_audio_with_info
 from mkdeploy.errors import AudioError, MkdError, ModelError
 from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
 from mkdeploy.results import Segment, Transcription
@@ -61,6 +61,15 @@ class TranscriptionOptions:
         fast_greedy: greedy decoding without timestamps of clips up to 30 s runs a lean loop
             (:mod:`mkdeploy.decoding`, same tokens as ``generate``, ~3 ms less per token); False uses
             ``generate`` throughout.
+        no_speech_threshold: openai/whisper's no-speech gate: a clip whose ``<|nocaptions|>`` probability
+            is above this and whose average token log-probability is below ``logprob_threshold`` comes
+            back empty (``gate="no_speech"``). None turns it off. Costs one teacher-forced decoder pass.
+        logprob_threshold: see ``no_speech_threshold`` (openai/whisper's -1.0).
+        vad_filter: run Silero VAD first (:mod:`mkdeploy.vad`, the ``[serve]`` extra) and return clips
+            without detected speech empty, undecoded (``gate="vad"``). Catches noise and hum that the
+            no-speech gate lets through.
+        initial_prompt: text given to the decoder as previous context (``<|startofprev|>``), as
+            openai/whisper's ``initial_prompt`` and the OpenAI API's ``prompt``.
     """
 
     language: str | None = "en"
@@ -74,6 +83,10 @@ class TranscriptionOptions:
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     encoder_buckets: tuple[int, ...] | None = None
     fast_greedy: bool = True
+    no_speech_threshold: float | None = 0.6
+    logprob_threshold: float | None = -1.0
+    vad_filter: bool = False
+    initial_prompt: str | None = None
 
 
 @dataclass
@@ -178,8 +191,12 @@ class WhisperTranscriber:
         return cls(model, processor, "torch", dev, path=str(path))
 
     # -- decoding -------------------------------------------------------------------------------
-    def _generate_kwargs(self, options: TranscriptionOptions) -> dict:
+    def _generate_kwargs(self, options: TranscriptionOptions, long_form: bool = False) -> dict:
         kw: dict = dict(return_timestamps=options.return_timestamps, num_beams=options.num_beams)
+        if options.initial_prompt:
+            kw["prompt_ids"] = self.processor.get_prompt_ids(options.initial_prompt, return_tensors="pt").to(
+                self.device
+            )
         if self.multilingual:
             kw.update(language=options.language or "en", task=options.task)
         if options.max_new_tokens:
@@ -188,6 +205,11 @@ class WhisperTranscriber:
             kw.update(
                 temperature=tuple(options.temperatures), compression_ratio_threshold=options.compression_ratio_threshold
             )
+            if long_form and options.no_speech_threshold is not None:
+                # generate applies the same no-speech test to each 30 s window of long-form audio
+                kw.update(no_speech_threshold=options.no_speech_threshold, logprob_threshold=options.logprob_threshold)
+        elif options.temperatures[:1] != (0.0,):
+            kw["temperature"] = options.temperatures[0]
         return kw
 
     def _generate(self, **kw):
@@ -234,10 +256,10 @@ class WhisperTranscriber:
         if not options.return_timestamps and any(len(a) > WINDOW_SAMPLES for a in audios):
             options = TranscriptionOptions(**{**asdict(options), "return_timestamps": True})
         win = self.windows(options)
-        results: list[Transcription | None] = [None] * len(audios)
+        results: list[Transcription | None] = [_pre_gate(a, options) for a in audios]
         # Batches of similar length waste less padding (long-form pads every clip to the longest), and a
         # batch never mixes encoder windows: each clip is encoded in the smallest bucket that holds it.
-        order = sorted(range(len(audios)), key=lambda i: len(audios[i]))
+        order = sorted((i for i in range(len(audios)) if results[i] is None), key=lambda i: len(audios[i]))
         groups: dict[int, list[int]] = {}
         for i in order:
             groups.setdefault(win.bucket_for(len(audios[i]) / SAMPLE_RATE), []).append(i)
@@ -257,15 +279,14 @@ class WhisperTranscriber:
                 return self.model.get_encoder()(features)
             return self.model.encoder(input_features=features, attention_mask=None)
 
-    def _transcribe_batch(
-        self, audios: list[np.ndarray], options: TranscriptionOptions, window_s: int = 30
-    ) -> list[Transcription]:
+    def _batch_inputs(self, audios: list[np.ndarray], window_s: int) -> tuple[dict, bool]:
+        """Mel features (and the long-form attention mask) on the model's device; whether the batch is
+        encoded in a window shorter than 30 s."""
         import torch
 
         from mkdeploy.models.window import FULL_WINDOW_S
 
-        longest = max(len(a) for a in audios)
-        short = window_s < FULL_WINDOW_S and longest <= window_s * SAMPLE_RATE
+        short = window_s < FULL_WINDOW_S and max(len(a) for a in audios) <= window_s * SAMPLE_RATE
         if short:
             # pad to the window, not to 30 s: the encoder's cost follows its input length
             fe = self.processor.feature_extractor
@@ -282,23 +303,54 @@ class WhisperTranscriber:
             features, mask = self._features(audios)
         dtype = getattr(self.model, "dtype", torch.float32)
         features = features.to(self.device, dtype=dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32)
-        kw = self._generate_kwargs(options)
         inputs = {"input_features": features}
         if mask is not None:
             inputs["attention_mask"] = mask.to(self.device)
+        return inputs, short
+
+    def _transcribe_batch(
+        self, audios: list[np.ndarray], options: TranscriptionOptions, window_s: int = 30
+    ) -> list[Transcription]:
+        import torch
+
+        from mkdeploy.models.window import FULL_WINDOW_S
+
+        longest = max(len(a) for a in audios)
+        inputs, short = self._batch_inputs(audios, window_s)
+        kw = self._generate_kwargs(options, long_form=longest > WINDOW_SAMPLES)
         if "max_new_tokens" not in kw and longest <= WINDOW_SAMPLES:
             cap = int(options.max_tokens_per_second * longest / SAMPLE_RATE) + 20
             kw["max_new_tokens"] = min(cap, self.model.config.max_target_positions // 2 - 4)
+        greedy = (
+            options.fast_greedy
+            and not options.return_timestamps
+            and options.num_beams == 1
+            and not options.initial_prompt
+            and options.temperatures[:1] == (0.0,)
+            and longest <= WINDOW_SAMPLES
+        )
+        states = None
         with torch.inference_mode(), _segment_frames(self.model, window_s if short else FULL_WINDOW_S):
             if options.return_timestamps:
                 out = self._generate(**inputs, return_segments=True, **kw)
                 sequences, all_segments = out["sequences"], out["segments"]
-            elif options.fast_greedy and options.num_beams == 1 and longest <= WINDOW_SAMPLES:
-                sequences = self._greedy(inputs, options, kw)
+            elif greedy:
+                sequences, states = self._greedy(inputs, options, kw)
                 all_segments = [None] * len(audios)
             else:
                 sequences = self._generate(**inputs, **kw)
                 all_segments = [None] * len(audios)
+            results = self._results(audios, sequences, all_segments)
+            # long-form audio is gated window by window inside generate (see _generate_kwargs)
+            if options.no_speech_threshold is not None and longest <= WINDOW_SAMPLES:
+                if states is None:
+                    states = self.encode(inputs["input_features"]).last_hidden_state
+                self._gate(results, states, options)
+        return results
+
+    def _results(self, audios: list[np.ndarray], sequences, all_segments) -> list[Transcription]:
+        """Token sequences (and generate's segments) to :class:`Transcription` objects, special and
+        timestamp tokens removed."""
         tok = self.processor.tokenizer
         special = set(tok.all_special_ids)
         ts_begin = tok.convert_tokens_to_ids("<|notimestamps|>") + 1
@@ -319,9 +371,35 @@ class WhisperTranscriber:
             )
         return results
 
-    def _greedy(self, inputs: dict, options: TranscriptionOptions, kw: dict) -> list[torch.Tensor]:
+    def _gate(self, results: list[Transcription], states, options: TranscriptionOptions) -> None:
+        """openai/whisper's no-speech test (``transcribe()`` in its transcribe.py): a clip is empty when
+        ``no_speech_prob > no_speech_threshold`` unless ``avg_logprob > logprob_threshold``. Scores are
+        recorded on every result; the gate empties text, segments and tokens in place."""
+        from mkdeploy.decoding import decoder_prompt, no_speech_token, ort_logits, score_speech, torch_logits
+
+        gen = self.model.generation_config
+        tok = self.processor.tokenizer
+        prompt = decoder_prompt(tok, gen, options.language if self.multilingual else None, options.task)
+        logits_fn = (torch_logits if self.backend == "torch" else ort_logits)(self.model, states)
+        scores = score_speech(
+            logits_fn, prompt, [r.tokens for r in results], gen, no_speech_token(tok, gen), device=states.device
+        )
+        assert options.no_speech_threshold is not None
+        for r, sc in zip(results, scores):
+            r.no_speech_prob, r.avg_logprob = sc.no_speech_prob, sc.avg_logprob
+            skip = sc.no_speech_prob > options.no_speech_threshold
+            if options.logprob_threshold is not None and sc.avg_logprob > options.logprob_threshold:
+                skip = False
+            if skip:
+                r.text, r.segments, r.tokens, r.gate = "", [], [], "no_speech"
+
+    def _greedy(self, inputs: dict, options: TranscriptionOptions, kw: dict) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Greedy, timestamp-free decoding through :func:`mkdeploy.decoding.greedy_decode`; clips whose
-        output fails the compression-ratio check are decoded again by ``generate`` (temperature fallback)."""
+        output fails the compression-ratio check are decoded again by ``generate`` (temperature fallback).
+
+        Returns:
+            (token sequences, the encoder states, reused by the no-speech gate).
+        """
         import torch
 
         from mkdeploy.decoding import decoder_prompt, greedy_decode, ort_step, torch_step
@@ -348,7 +426,7 @@ class WhisperTranscriber:
             sub = {k: v[redo] for k, v in inputs.items()}
             for i, seq in zip(redo, self._generate(**sub, **kw)):
                 sequences[i] = seq
-        return sequences
+        return sequences, states
 
     def transcribe_files(
         self,
@@ -391,7 +469,7 @@ class WhisperTranscriber:
                 continue
             if info.silent:
                 # Whisper hallucinates whole sentences on silence (README, Troubleshooting): report nothing instead.
-                done.append(Transcription(str(p), "", [], info.duration, silent=True))
+                done.append(Transcription(str(p), "", [], info.duration, silent=True, gate="silence"))
                 if on_progress:
                     on_progress(1)
                 continue
@@ -402,6 +480,20 @@ class WhisperTranscriber:
         order = {str(p): i for i, p in enumerate(paths)}
         done.sort(key=lambda t: order.get(t.path, 0))
         return done, failures
+
+
+def _pre_gate(audio: np.ndarray, options: TranscriptionOptions) -> Transcription | None:
+    """An empty result for a clip that must not be decoded (digital silence; no speech by the VAD when
+    ``options.vad_filter``), else None. Whisper writes a caption for anything it hears (mkdeploy/vad.py)."""
+    duration = len(audio) / SAMPLE_RATE
+    if not len(audio) or float(np.abs(audio).max()) < SILENCE_PEAK:
+        return Transcription("", "", [], duration, silent=True, gate="silence")
+    if options.vad_filter:
+        from mkdeploy.vad import has_speech
+
+        if not has_speech(audio):
+            return Transcription("", "", [], duration, gate="vad")
+    return None
 
 
 @contextmanager

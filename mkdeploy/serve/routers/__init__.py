@@ -1,0 +1,1 @@
+"""One FastAPI router per API surface: transcriptions, models, and health/metrics."""

@@ -1,0 +1,149 @@
+"""``POST /v1/audio/transcriptions``, multipart as OpenAI defines it (``file``, ``model``, ``language``,
+``prompt``, ``response_format``, ``temperature``, ``timestamp_granularities[]``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from mkdeploy.audio import decode_audio_bytes
+from mkdeploy.errors import AudioError
+from mkdeploy.results import Transcription
+from mkdeploy.runtime import TranscriptionOptions
+from mkdeploy.serve.auth import require_api_key
+from mkdeploy.serve.batcher import QueueFull
+from mkdeploy.serve.errors import OpenAIError
+from mkdeploy.serve.schemas import RESPONSE_FORMATS, TranscriptionJson, TranscriptionVerbose
+from mkdeploy.writers import WRITERS
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+#: accepted as the served model's name as well: clients written for OpenAI send it
+OPENAI_MODEL_ALIAS = "whisper-1"
+#: seconds a client is told to wait when the queue is full or the model is still loading
+RETRY_AFTER_S = 1
+
+
+@router.post("/audio/transcriptions")
+async def create_transcription(
+    request: Request,
+    file: UploadFile = File(...),
+    model: str = Form(...),
+    language: str | None = Form(None),
+    prompt: str | None = Form(None),
+    response_format: str = Form("json"),
+    temperature: float = Form(0.0),
+    timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
+) -> Response:
+    state = request.app.state
+    t0 = time.perf_counter()
+    _check_ready(state)
+    _check_request(state, model, response_format, temperature, timestamp_granularities or [])
+    data = await file.read()
+    limit = int(state.config.max_upload_mb * 1024 * 1024)
+    if len(data) > limit:
+        raise too_large(len(data), state.config.max_upload_mb)
+    name = file.filename or "upload"
+    try:
+        audio, info = await run_in_threadpool(decode_audio_bytes, data, name)
+    except AudioError as exc:
+        raise OpenAIError(400, str(exc), "bad_audio", code="invalid_audio", param="file") from None
+    request.state.audio_seconds = info.duration
+    options = _options(state, language, prompt, response_format, temperature)
+    result = await _transcribe(state, audio, options)
+    request.state.text = result.text
+    state.metrics.latency.observe(time.perf_counter() - t0)
+    return _render(result, response_format, options, temperature)
+
+
+def too_large(size: int, limit_mb: float) -> OpenAIError:
+    return OpenAIError(
+        413,
+        f"file: {size / 1e6:.1f} MB is over this server's {limit_mb:g} MB limit; split the audio or raise --max-upload-mb",
+        "too_large",
+        code="file_too_large",
+        param="file",
+    )
+
+
+def _check_ready(state) -> None:
+    if not state.engine.ready.is_set():
+        detail = state.engine.error or "the model is still loading"
+        raise OpenAIError(
+            503, f"{detail}; retry shortly", "not_ready", type="server_error",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )  # fmt: skip
+
+
+def _check_request(state, model: str, fmt: str, temperature: float, granularities: list[str]) -> None:
+    served = state.config.served_id
+    if model not in (served, OPENAI_MODEL_ALIAS):
+        raise OpenAIError(
+            404, f"model {model!r} is not served here; use {served!r}", "not_found",
+            code="model_not_found", param="model",
+        )  # fmt: skip
+    if fmt not in RESPONSE_FORMATS:
+        raise OpenAIError(
+            400, f"response_format {fmt!r}: choose {', '.join(RESPONSE_FORMATS)}", "bad_request",
+            param="response_format",
+        )  # fmt: skip
+    if not 0.0 <= temperature <= 1.0:
+        raise OpenAIError(
+            400, f"temperature {temperature}: must be between 0 and 1", "bad_request", param="temperature"
+        )
+    bad = [g for g in granularities if g != "segment"]
+    if bad:
+        raise OpenAIError(
+            400, f"timestamp_granularities {bad[0]!r}: only 'segment' is supported", "bad_request",
+            param="timestamp_granularities",
+        )  # fmt: skip
+
+
+def _options(state, language: str | None, prompt: str | None, fmt: str, temperature: float) -> TranscriptionOptions:
+    tr = state.engine.transcriber
+    lang = (language or "en").lower()
+    lang_to_id = getattr(tr.model.generation_config, "lang_to_id", None) or {}
+    if tr.multilingual and f"<|{lang}|>" not in lang_to_id:
+        raise OpenAIError(400, f"language {lang!r}: not a Whisper language code (en, de, fr, ...)", "bad_request",
+                          param="language")  # fmt: skip
+    if not tr.multilingual and lang != "en":
+        raise OpenAIError(400, f"language {lang!r}: this model is English-only", "bad_request", param="language")
+    # openai/whisper's fallback ladder, starting from the temperature asked for
+    ladder = tuple(round(temperature + 0.2 * i, 2) for i in range(6) if temperature + 0.2 * i <= 1.0 + 1e-9)
+    return TranscriptionOptions(
+        language=lang,
+        return_timestamps=fmt in ("srt", "vtt", "verbose_json"),
+        temperatures=ladder,
+        initial_prompt=prompt or None,
+        vad_filter=state.config.vad,
+    )
+
+
+async def _transcribe(state, audio, options: TranscriptionOptions) -> Transcription:
+    try:
+        return await asyncio.wait_for(state.batcher.submit(audio, options), state.config.request_timeout)
+    except QueueFull:
+        raise OpenAIError(
+            503, f"server busy: {state.config.max_queue} requests already queued; retry after {RETRY_AFTER_S} s",
+            "queue_full", type="server_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None  # fmt: skip
+    except asyncio.TimeoutError:
+        raise OpenAIError(
+            504, f"not finished within {state.config.request_timeout:g} s (--request-timeout); send shorter audio or retry",
+            "timeout", type="server_error", code="timeout",
+        ) from None  # fmt: skip
+
+
+def _render(result: Transcription, fmt: str, options: TranscriptionOptions, temperature: float) -> Response:
+    if fmt == "json":
+        return JSONResponse(TranscriptionJson(text=result.text).model_dump())
+    if fmt == "verbose_json":
+        body = TranscriptionVerbose.from_result(result, options.language or "en", temperature)
+        return JSONResponse(body.model_dump())
+    if fmt == "text":
+        return PlainTextResponse(result.text + "\n" if result.text else "")
+    return PlainTextResponse(WRITERS[fmt]("").render(result))

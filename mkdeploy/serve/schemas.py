@@ -1,0 +1,90 @@
+"""Request and response models of the OpenAI audio API (its ``Transcription``, ``TranscriptionVerbose``,
+``TranscriptionSegment``, ``Model``), as pydantic classes (speaches' ``api_types`` habit)."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Literal
+
+from pydantic import BaseModel
+
+from mkdeploy.results import Transcription
+
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
+
+
+class TranscriptionJson(BaseModel):
+    text: str
+
+
+class TranscriptionSegment(BaseModel):
+    """A timed segment. Whisper's scores are measured per clip here (the no-speech gate's pass), so each
+    segment of a clip carries the clip's ``avg_logprob`` and ``no_speech_prob``."""
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+class TranscriptionVerbose(BaseModel):
+    task: Literal["transcribe", "translate"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment]
+
+    @classmethod
+    def from_result(cls, r: Transcription, language: str, temperature: float) -> TranscriptionVerbose:
+        segs = r.segments or []
+        return cls(
+            language=language,
+            duration=round(r.duration, 3),
+            text=r.text,
+            segments=[
+                TranscriptionSegment(
+                    id=i,
+                    seek=int(s.start * 100),  # openai/whisper's seek counts 10 ms mel frames
+                    start=s.start,
+                    end=s.end,
+                    text=s.text,
+                    tokens=s.tokens,
+                    temperature=temperature,
+                    avg_logprob=r.avg_logprob if r.avg_logprob is not None else 0.0,
+                    compression_ratio=text_compression_ratio(s.text),
+                    no_speech_prob=r.no_speech_prob if r.no_speech_prob is not None else 0.0,
+                )
+                for i, s in enumerate(segs)
+            ],
+        )
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "mkdeploy"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "failed"]
+    model: str
+    detail: str | None = None
+
+
+def text_compression_ratio(text: str) -> float:
+    """openai/whisper's ``compression_ratio`` (utils.py): text bytes over their zlib-compressed length."""
+    data = text.encode("utf-8")
+    return round(len(data) / len(zlib.compress(data)), 4) if data else 0.0

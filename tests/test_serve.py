@@ -1,0 +1,291 @@
+"""`mkd serve` end to end: real servers on loopback (subprocesses on free ports), the official ``openai``
+SDK and raw HTTP; no mock of the server. The base teacher answers the SDK (issue 15's acceptance); the
+queue, timeout, drain and soak tests use the faster tiny.en."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("fastapi", reason="the [serve] extra")
+openai = pytest.importorskip("openai", reason="the [test] extra")
+httpx = pytest.importorskip("httpx")
+
+from mkdeploy.evaluate import error_rates  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+KEY = "test-key"
+MORE_SENTENCES = [
+    "Seven ships sailed north before the winter storms arrived.",
+    "We will need more coffee before the meeting starts.",
+    "The train to the city leaves every hour on weekdays.",
+    "She bought fresh bread and a bag of apples at the market.",
+    "Please close the window when you leave the room.",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A `mkd serve` subprocess on 127.0.0.1, ready once /health says ok."""
+
+    def __init__(self, model: Path, *flags: str, log: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "mkdeploy.cli.main", "serve", str(model), "--port", str(self.port), *flags]
+        self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited early:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"server not ready:\n{log.read_text()[-3000:]}")
+
+    def client(self, key: str = KEY, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120, **kw)
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(f"{self.url}/metrics").text
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+
+def _wav(audio: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, 16000, format="WAV")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def clips(speech_clips) -> list[tuple[bytes, str]]:
+    """Eight distinct clean sentences, Piper's joe voice: three shared ones (not the tongue twister, which
+    base mishears as "Gcell C-shells") and five more."""
+    from mkdeploy.demo.synthesis import Voice, synthesize
+
+    out = [(p.read_bytes(), t) for p, t in speech_clips if "shells" not in t]
+    out += [(_wav(synthesize(t, Voice("piper", "joe"))), t) for t in MORE_SENTENCES]
+    return out
+
+
+def _noises() -> dict[str, bytes]:
+    rng = np.random.default_rng(3)
+    t = np.arange(3 * 16000) / 16000
+    brown = np.cumsum(rng.standard_normal(t.size))
+    return {
+        "white": _wav((rng.standard_normal(t.size) * 0.1).astype(np.float32)),
+        "brown": _wav((brown / np.abs(brown).max() * 0.3).astype(np.float32)),
+        "hum": _wav((0.2 * np.sin(2 * np.pi * 50 * t) + 0.05 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)),
+        "silence": _wav(np.zeros(t.size, np.float32)),
+    }
+
+
+@pytest.fixture(scope="module")
+def base_server(base_teacher, tmp_path_factory):
+    s = Server(
+        base_teacher, "--api-key", KEY, "--max-upload-mb", "1", "--max-wait-ms", "100",
+        log=tmp_path_factory.mktemp("serve") / "base.log",
+    )  # fmt: skip
+    yield s
+    assert s.stop() == 0
+
+
+def test_sdk_gets_every_response_format(base_server, clips):
+    audio, text = clips[0]
+    client = base_server.client()
+    model = Path(base_server.proc.args[4]).name
+    js = client.audio.transcriptions.create(file=("a.wav", audio), model=model)
+    assert error_rates([text], [js.text]).wer <= 0.05
+    plain = client.audio.transcriptions.create(file=("a.wav", audio), model="whisper-1", response_format="text")
+    assert plain.strip() == js.text
+    srt = client.audio.transcriptions.create(file=("a.wav", audio), model=model, response_format="srt")
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:0") and js.text in srt
+    vtt = client.audio.transcriptions.create(file=("a.wav", audio), model=model, response_format="vtt")
+    assert vtt.startswith("WEBVTT") and "-->" in vtt
+    verbose = client.audio.transcriptions.create(
+        file=("a.wav", audio), model=model, response_format="verbose_json", timestamp_granularities=["segment"]
+    )
+    assert verbose.text == js.text and verbose.language == "en"
+    assert abs(verbose.duration - sf.info(io.BytesIO(audio)).duration) < 0.01
+    seg = verbose.segments[0]
+    assert seg.start == 0.0 and seg.end > 1.0 and seg.no_speech_prob < 0.5 and seg.avg_logprob > -1.0
+    assert [m.id for m in client.models.list().data] == [model]
+
+
+def test_eight_concurrent_callers_each_get_their_own_text(base_server, clips):
+    client = base_server.client()
+    batches_before = base_server.metric("mkd_batch_size_count")
+
+    def call(i: int) -> str:
+        return client.audio.transcriptions.create(file=(f"{i}.wav", clips[i][0]), model="whisper-1").text
+
+    with ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(call, range(8)))
+    refs = [t for _, t in clips]
+    assert error_rates(refs, texts).wer <= 0.05
+    for i, hyp in enumerate(texts):  # each caller's text is nearest its own sentence
+        assert min(range(8), key=lambda j: error_rates([refs[j]], [hyp]).wer) == i
+    assert base_server.metric("mkd_batch_size_count") - batches_before < 8  # decoded in shared batches
+
+
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(base_server, clips):
+    client = base_server.client()
+    with pytest.raises(openai.BadRequestError, match="cannot decode audio"):
+        client.audio.transcriptions.create(file=("notes.txt", b"this is not audio " * 100), model="whisper-1")
+    with pytest.raises(openai.APIStatusError) as big:
+        client.audio.transcriptions.create(file=("big.wav", b"\0" * 1_200_000), model="whisper-1")
+    assert big.value.status_code == 413 and "limit" in big.value.message
+    with pytest.raises(openai.AuthenticationError):
+        base_server.client(key="wrong").audio.transcriptions.create(file=("a.wav", clips[0][0]), model="whisper-1")
+    with pytest.raises(openai.NotFoundError):
+        client.audio.transcriptions.create(file=("a.wav", clips[0][0]), model="large-v9")
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.audio.transcriptions.create(file=("a.wav", clips[0][0]), model="whisper-1", response_format="xml")
+    assert client.audio.transcriptions.create(file=("a.wav", clips[1][0]), model="whisper-1").text
+    assert base_server.metric('mkd_errors_total{kind="bad_audio"}') >= 1
+    assert base_server.metric('mkd_errors_total{kind="too_large"}') >= 1
+
+
+def test_noise_hum_and_silence_give_empty_text(base_server):
+    client = base_server.client()
+    for name, audio in _noises().items():
+        assert client.audio.transcriptions.create(file=(f"{name}.wav", audio), model="whisper-1").text == "", name
+
+
+@pytest.fixture(scope="module")
+def small_server(tiny_en_teacher, tmp_path_factory):
+    """tiny.en, one request at a time, two accepted at most, 3 s per request."""
+    s = Server(
+        tiny_en_teacher, "--max-batch", "1", "--max-queue", "2", "--request-timeout", "3",
+        log=tmp_path_factory.mktemp("serve") / "small.log",
+    )  # fmt: skip
+    yield s
+    assert s.stop() == 0
+
+
+def _post(url: str, audio: bytes, **fields) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/audio/transcriptions",
+        files={"file": ("a.wav", audio)},
+        data={"model": "whisper-1", **fields},
+        timeout=60,
+    )
+
+
+def test_full_queue_gets_503_with_retry_after(small_server, clips):
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda i: _post(small_server.url, clips[i][0]), range(6)))
+    codes = sorted(r.status_code for r in answers)
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
+    busy = next(r for r in answers if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "queue_full"
+
+
+def test_request_over_the_timeout_gets_504(small_server, clips):
+    long = np.concatenate([sf.read(io.BytesIO(a), dtype="float32")[0] for a, _ in clips] * 3)  # ~80 s
+    batches = small_server.metric("mkd_batch_inference_seconds_count")
+    r = _post(small_server.url, _wav(long))
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    # a decode already under way runs to its end (nothing preempts it); then the server goes on serving
+    deadline = time.monotonic() + 120
+    while small_server.metric("mkd_batch_inference_seconds_count") == batches and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _post(small_server.url, clips[0][0]).status_code == 200
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_0(tiny_en_teacher, clips, tmp_path):
+    s = Server(tiny_en_teacher, "--max-wait-ms", "300", log=tmp_path / "drain.log")
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(_post, s.url, clips[i][0]) for i in range(3)]
+        deadline = time.monotonic() + 10
+        while s.metric("mkd_queue_depth") < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        s.proc.send_signal(signal.SIGTERM)
+        answers = [f.result() for f in futures]
+    assert [r.status_code for r in answers] == [200] * 3
+    assert all(r.json()["text"] for r in answers)
+    assert s.proc.wait(60) == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{s.url}/health", timeout=2)
+
+
+def test_cli_refuses_a_missing_model_in_one_line(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdeploy.cli.main", "serve", str(tmp_path / "nope")],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_200_mixed_requests_each_get_the_status_they_should(tiny_en_teacher, clips, tmp_path):
+    """Good, bad, oversized, noise and unauthorised requests, 8 at a time: no crash, no lost request,
+    every status as specified, and the counters agree."""
+    s = Server(
+        tiny_en_teacher, "--api-key", KEY, "--max-upload-mb", "1", "--max-queue", "64", log=tmp_path / "soak.log"
+    )
+    noises = list(_noises().values())
+    kinds = ["good", "good", "good", "noise", "bad", "big", "key", "format"]
+    expected = {"good": 200, "noise": 200, "bad": 400, "big": 413, "key": 401, "format": 400}
+
+    def call(i: int) -> tuple[str, int, str, int]:
+        kind = kinds[i % len(kinds)]
+        audio, fields, headers = clips[i % 8][0], {}, {"Authorization": f"Bearer {KEY}"}
+        if kind == "noise":
+            audio = noises[i % len(noises)]
+        elif kind == "bad":
+            audio = b"<html>not audio</html>" * 10
+        elif kind == "big":
+            audio = b"\0" * 1_100_000
+        elif kind == "key":
+            headers = {"Authorization": "Bearer nope"}
+        elif kind == "format":
+            fields = {"response_format": "docx"}
+        r = httpx.post(
+            f"{s.url}/v1/audio/transcriptions",
+            files={"file": ("a.wav", audio)},
+            data={"model": "whisper-1", **fields},
+            headers=headers,
+            timeout=120,
+        )
+        text = r.json().get("text", "") if r.status_code == 200 else r.json()["error"]["message"]
+        return kind, r.status_code, text, i
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(call, range(200)))
+        assert len(answers) == 200
+        for kind, status, text, i in answers:
+            assert status == expected[kind], (kind, status, text)
+            if kind == "good":
+                assert error_rates([clips[i % 8][1]], [text]).wer <= 0.2, (clips[i % 8][1], text)
+            if kind == "noise":
+                assert text == ""
+        assert httpx.get(f"{s.url}/health").status_code == 200
+        assert s.metric("mkd_requests_total") == 200
+    finally:
+        assert s.stop() == 0
