@@ -32,6 +32,10 @@ class ServeConfig:
     max_batch: int = field(default=8, metadata={"help": "Requests decoded together at most (1: no batching)."})
     max_wait_ms: float = field(default=20.0, metadata={"help": "How long a batch waits for more requests."})
     request_timeout: float = field(default=120.0, metadata={"help": "Seconds before a request gets 504."})
+    encoder_buckets: list[int] | None = field(
+        default=None,
+        metadata={"help": "Encoder windows in seconds, e.g. 10,30 (default: the model's own; see mkd transcribe)."},
+    )
     vad: bool = field(default=True, metadata={"help": "Silero VAD before decoding: no speech gives ''."})
     log_text: bool = field(default=False, metadata={"help": "Put transcripts in the request log lines."})
 

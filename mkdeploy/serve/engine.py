@@ -36,9 +36,11 @@ class Engine:
             kw = {"variant": c.variant} if c.variant else {}
             tr = WhisperTranscriber.from_pretrained(c.model, backend=c.backend, device=c.device, **kw)
             # The first calls allocate and (ORT) optimise; a warm-up keeps that out of the first user's latency.
+            buckets = tuple(c.encoder_buckets) if c.encoder_buckets else None
             clips = [audio for audio, _ in reference_clips()]
-            tr.transcribe_arrays(clips, TranscriptionOptions(return_timestamps=False, batch_size=len(clips)))
-            tr.transcribe_arrays(clips[:1], TranscriptionOptions(return_timestamps=True))
+            warm = TranscriptionOptions(return_timestamps=False, batch_size=len(clips), encoder_buckets=buckets)
+            tr.transcribe_arrays(clips, warm)  # also checks that an export takes the windows asked for
+            tr.transcribe_arrays(clips[:1], TranscriptionOptions(return_timestamps=True, encoder_buckets=buckets))
         except Exception as exc:  # reported by /health and the log; the process stays up to say so
             self.error = f"{c.model}: {exc}"
             logger.error("model failed to load: %s", self.error)

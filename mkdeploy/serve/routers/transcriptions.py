@@ -120,6 +120,7 @@ def _options(state, language: str | None, prompt: str | None, fmt: str, temperat
         temperatures=ladder,
         initial_prompt=prompt or None,
         vad_filter=state.config.vad,
+        encoder_buckets=tuple(state.config.encoder_buckets) if state.config.encoder_buckets else None,
     )
 
 

@@ -1,0 +1,115 @@
+"""A closed-loop load generator for an OpenAI-compatible transcription server (`mkd serve` or any other).
+
+``concurrency`` callers each send a request, wait for the answer, and send the next, until ``requests``
+have been answered: throughput and latency as a fixed population of clients sees them.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+from mkdeploy.audio import SAMPLE_RATE
+
+
+@dataclass
+class LoadResult:
+    """What one load level measured.
+
+    Attributes:
+        concurrency: callers in flight.
+        requests: requests answered.
+        errors: answers other than 200.
+        wall_s: from the first request to the last answer.
+        requests_per_s: answered requests per second of wall time.
+        audio_s_per_s: seconds of audio transcribed per second of wall time.
+        p50_ms, p95_ms: request latency percentiles.
+    """
+
+    concurrency: int
+    requests: int
+    errors: int
+    wall_s: float
+    requests_per_s: float
+    audio_s_per_s: float
+    p50_ms: float
+    p95_ms: float
+
+
+def wav_bytes(audio: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, SAMPLE_RATE, format="WAV")
+    return buf.getvalue()
+
+
+def run_load(
+    url: str, clips: Sequence[np.ndarray], concurrency: int, requests: int, model: str = "whisper-1", api_key: str = ""
+) -> LoadResult:
+    """Drive ``url`` (the server's root) with ``concurrency`` closed-loop callers.
+
+    Args:
+        url: e.g. ``http://127.0.0.1:8000``.
+        clips: 16 kHz clips sent in turn.
+        concurrency: callers.
+        requests: total requests (bounded: this is a benchmark, not a flood).
+        model: the ``model`` field sent.
+        api_key: sent as a bearer token when given.
+
+    Returns:
+        a :class:`LoadResult`.
+    """
+    bodies = [(wav_bytes(c), len(c) / SAMPLE_RATE) for c in clips]
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    audio_s = 0.0
+    errors = 0
+
+    def caller() -> None:
+        nonlocal audio_s, errors
+        with httpx.Client(timeout=600) as client:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                body, seconds = bodies[i % len(bodies)]
+                t0 = time.perf_counter()
+                r = client.post(
+                    f"{url}/v1/audio/transcriptions",
+                    files={"file": (f"{i}.wav", body)},
+                    data={"model": model},
+                    headers=headers,
+                )
+                with lock:
+                    latencies.append(time.perf_counter() - t0)
+                    if r.status_code == 200:
+                        audio_s += seconds
+                    else:
+                        errors += 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(caller) for _ in range(concurrency)]:
+            f.result()
+    wall = time.perf_counter() - t0
+    ms = np.array(latencies) * 1000
+    return LoadResult(
+        concurrency,
+        len(latencies),
+        errors,
+        round(wall, 2),
+        round(len(latencies) / wall, 3),
+        round(audio_s / wall, 2),
+        round(float(np.percentile(ms, 50)), 1),
+        round(float(np.percentile(ms, 95)), 1),
+    )
