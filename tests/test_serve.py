@@ -178,9 +178,9 @@ def test_noise_hum_and_silence_give_empty_text(base_server):
 
 @pytest.fixture(scope="module")
 def small_server(tiny_en_teacher, tmp_path_factory):
-    """tiny.en, one request at a time, two accepted at most, 3 s per request."""
+    """tiny.en, one request at a time, two accepted at most, 6 s per request."""
     s = Server(
-        tiny_en_teacher, "--max-batch", "1", "--max-queue", "2", "--request-timeout", "3",
+        tiny_en_teacher, "--max-batch", "1", "--max-queue", "2", "--request-timeout", "6",
         log=tmp_path_factory.mktemp("serve") / "small.log",
     )  # fmt: skip
     yield s

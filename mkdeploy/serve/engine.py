@@ -38,7 +38,9 @@ class Engine:
             # The first calls allocate and (ORT) optimise; a warm-up keeps that out of the first user's latency.
             buckets = tuple(c.encoder_buckets) if c.encoder_buckets else None
             clips = [audio for audio, _ in reference_clips()]
-            warm = TranscriptionOptions(return_timestamps=False, batch_size=len(clips), encoder_buckets=buckets)
+            warm = TranscriptionOptions(
+                return_timestamps=False, batch_size=len(clips), encoder_buckets=buckets, vad_filter=c.vad
+            )  # the VAD loads its ONNX session on first use: in the warm-up, not in a user's request
             tr.transcribe_arrays(clips, warm)  # also checks that an export takes the windows asked for
             tr.transcribe_arrays(clips[:1], TranscriptionOptions(return_timestamps=True, encoder_buckets=buckets))
         except Exception as exc:  # reported by /health and the log; the process stays up to say so
