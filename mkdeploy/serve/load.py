@@ -50,6 +50,27 @@ def wav_bytes(audio: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+class _Tally:
+    """Latencies and counts shared by the caller threads."""
+
+    def __init__(self, requests: int):
+        self.ids = iter(range(requests))
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.audio_s = 0.0
+        self.errors = 0
+
+    def next_id(self) -> int | None:
+        with self.lock:
+            return next(self.ids, None)
+
+    def add(self, seconds: float, ok: bool, audio_s: float) -> None:
+        with self.lock:
+            self.latencies.append(seconds)
+            self.audio_s += audio_s if ok else 0.0
+            self.errors += 0 if ok else 1
+
+
 def run_load(
     url: str, clips: Sequence[np.ndarray], concurrency: int, requests: int, model: str = "whisper-1", api_key: str = ""
 ) -> LoadResult:
@@ -68,20 +89,11 @@ def run_load(
     """
     bodies = [(wav_bytes(c), len(c) / SAMPLE_RATE) for c in clips]
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    counter = iter(range(requests))
-    lock = threading.Lock()
-    latencies: list[float] = []
-    audio_s = 0.0
-    errors = 0
+    tally = _Tally(requests)
 
     def caller() -> None:
-        nonlocal audio_s, errors
         with httpx.Client(timeout=600) as client:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
+            while (i := tally.next_id()) is not None:
                 body, seconds = bodies[i % len(bodies)]
                 t0 = time.perf_counter()
                 r = client.post(
@@ -90,26 +102,21 @@ def run_load(
                     data={"model": model},
                     headers=headers,
                 )
-                with lock:
-                    latencies.append(time.perf_counter() - t0)
-                    if r.status_code == 200:
-                        audio_s += seconds
-                    else:
-                        errors += 1
+                tally.add(time.perf_counter() - t0, r.status_code == 200, seconds)
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         for f in [pool.submit(caller) for _ in range(concurrency)]:
             f.result()
     wall = time.perf_counter() - t0
-    ms = np.array(latencies) * 1000
+    ms = np.array(tally.latencies) * 1000
     return LoadResult(
         concurrency,
-        len(latencies),
-        errors,
+        len(ms),
+        tally.errors,
         round(wall, 2),
-        round(len(latencies) / wall, 3),
-        round(audio_s / wall, 2),
+        round(len(ms) / wall, 3),
+        round(tally.audio_s / wall, 2),
         round(float(np.percentile(ms, 50)), 1),
         round(float(np.percentile(ms, 95)), 1),
     )
