@@ -69,14 +69,12 @@ def main() -> None:
     common = ["--device", args.device, "--max-queue", "256"]
     common += ["--variant", args.variant] if args.variant else []
     common += ["--encoder-buckets", args.encoder_buckets] if args.encoder_buckets else []
-    modes = {
-        "off": ["--max-batch", "1"],
-        "on": ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)],
-    }
+    on = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    modes = {"off": ["--max-batch", "1"], "on": on, "on, packed": [*on, "--pack"]}
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, list[LoadResult]] = {}
     for mode, flags in modes.items():
-        proc, url = _serve(args.model, common + flags, Path(f"/tmp/serve_load_{mode}.log"))
+        proc, url = _serve(args.model, common + flags, Path(f"/tmp/serve_load_{mode.replace(', ', '_')}.log"))
         try:
             run_load(url, clips, 2, 4)  # warm the connection path and the batch shapes
             results[mode] = []
@@ -96,7 +94,8 @@ def main() -> None:
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; model {args.model}"
             f"{' (' + args.variant + ')' if args.variant else ''} on {args.device}; {len(clips)} clips of "
             f"{seconds:.1f} s on average; closed-loop callers, max(8, {args.per_caller} x concurrency) requests per "
-            f"level; on = --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms:g}; VAD on (the default).\n\n"
+            f"level; on = --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms:g}, packed adds --pack; "
+            "VAD on (the default).\n\n"
         )
         args.out.write_text(head + table + "\n")
 
@@ -107,9 +106,10 @@ def _table(results: dict[str, list[LoadResult]], levels: list[int]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, c in enumerate(levels):
-        off, on = results["off"][i], results["on"][i]
-        for mode, r in (("off", off), ("on", on)):
-            ratio = f"{on.requests_per_s / off.requests_per_s:.2f}x" if mode == "on" else ""
+        off = results["off"][i]
+        for mode in results:
+            r = results[mode][i]
+            ratio = f"{r.requests_per_s / off.requests_per_s:.2f}x" if mode != "off" else ""
             rows.append(
                 f"| {c} | {mode} | {r.requests} | {r.errors} | {r.requests_per_s:.2f} | {r.audio_s_per_s:.2f} "
                 f"| {r.p50_ms:.0f} | {r.p95_ms:.0f} | {ratio} |"

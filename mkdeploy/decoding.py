@@ -114,6 +114,72 @@ def greedy_decode(
     return results
 
 
+def _timestamp_rules(logits: torch.Tensor, seqs: list[list[int]], ts_begin: int, eos: int, first: bool) -> None:
+    """openai/whisper's ``ApplyTimestampRules`` (its decoding.py), in place: timestamps come in pairs except
+    before end-of-text, never go back, a segment has nonzero length, the first token is a timestamp of at
+    most 1.0 s, and a timestamp is forced when timestamps together outweigh the best text token."""
+    if first:
+        logits[:, :ts_begin] = -math.inf
+        logits[:, ts_begin + 50 + 1 :] = -math.inf  # max_initial_timestamp 1.0 s = 50 steps of 0.02 s
+    for k, seq in enumerate(seqs):
+        last = len(seq) >= 1 and seq[-1] >= ts_begin
+        penultimate = len(seq) < 2 or seq[-2] >= ts_begin
+        if last:
+            if penultimate:
+                logits[k, ts_begin:] = -math.inf
+            else:
+                logits[k, :eos] = -math.inf
+        stamps = [t for t in seq if t >= ts_begin]
+        if stamps:
+            floor = stamps[-1] if (last and not penultimate) else stamps[-1] + 1
+            logits[k, ts_begin:floor] = -math.inf
+    logp = logits.log_softmax(-1)
+    force = logp[:, ts_begin:].logsumexp(-1) > logp[:, :ts_begin].max(-1).values
+    logits[force, :ts_begin] = -math.inf
+
+
+def greedy_decode_timestamps(
+    step: StepFn,
+    batch: int,
+    prompt: list[int],
+    generation_config,
+    max_new_tokens: int,
+    ts_begin: int,
+    device: str | torch.device = "cpu",
+) -> list[list[int]]:
+    """Greedy decoding with timestamp tokens (the prompt ends without ``<|notimestamps|>``), one pass, no
+    fallback: what ``generate(return_timestamps=True)`` decodes for a single window, without its
+    segment-by-segment seeking.
+
+    Returns:
+        per clip, the generated tokens (timestamps included, end-of-text excluded).
+    """
+    eos = generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    suppress = list(generation_config.suppress_tokens or []) + [ts_begin - 1]  # and <|notimestamps|>
+    ids = torch.tensor([prompt] * batch, dtype=torch.long, device=device)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    finished = [False] * batch
+    past = None
+    for i in range(max_new_tokens):
+        logits, past = step(ids, past)
+        logits = logits.float()
+        logits[:, suppress] = -math.inf
+        _timestamp_rules(logits, out, ts_begin, eos, first=i == 0)
+        nxt = logits.argmax(-1).tolist()
+        for b, t in enumerate(nxt):
+            if finished[b]:
+                nxt[b] = eos
+            elif t == eos:
+                finished[b] = True
+            else:
+                out[b].append(t)
+        if all(finished):
+            break
+        ids = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]
+    return out
+
+
 #: logits_fn(input_ids [B, S]) -> logits of every position [B, S, V], the encoder states closed over
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 

@@ -36,6 +36,10 @@ class ServeConfig:
         default=None,
         metadata={"help": "Encoder windows in seconds, e.g. 10,30 (default: the model's own; see mkd transcribe)."},
     )
+    pack: bool = field(
+        default=False,
+        metadata={"help": "Pack short requests of a batch into shared 30 s windows (one encoder pass for many)."},
+    )
     vad: bool = field(default=True, metadata={"help": "Silero VAD before decoding: no speech gives ''."})
     log_text: bool = field(default=False, metadata={"help": "Put transcripts in the request log lines."})
 

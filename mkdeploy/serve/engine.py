@@ -7,6 +7,7 @@ import threading
 import time
 
 from mkdeploy.audio import reference_clips
+from mkdeploy.packing import transcribe_packed
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 from mkdeploy.serve.config import ServeConfig
 
@@ -53,4 +54,11 @@ class Engine:
 
     def decode(self, audios, options: TranscriptionOptions):
         assert self.transcriber is not None, "decode before the model was loaded"
+        if self.config.pack and len(audios) > 1:
+            results, redone = transcribe_packed(self.transcriber, audios, options)
+            if redone:
+                logger.info(
+                    "packing: %d of %d clips decoded again unpacked (unattributable segments)", redone, len(audios)
+                )
+            return results
         return self.transcriber.transcribe_arrays(audios, options)
