@@ -7,9 +7,10 @@ one window, separated by silence, decodes the window once with timestamps, and g
 segments that fall inside its own stretch of the window. Whisper is trained on 30 s windows that hold
 several utterances, so a packed window is the kind of input it knows.
 
-Safety first: a segment whose time span reaches into a second clip's audio, or a clip left without a
-segment, means the words cannot be attributed with certainty, so the whole window is decoded again clip by
-clip (as the unpacked path would): a caller never receives words spoken in another caller's audio.
+Safety first: a segment whose time span reaches into a second clip's audio cannot be attributed with
+certainty, so the clips it touches are decoded again on their own (as the unpacked path would); a clip left
+without any segment (its words went into a neighbour's, or nowhere) is decoded again with both neighbours.
+A caller never receives words spoken in another caller's audio.
 """
 
 from __future__ import annotations
@@ -80,26 +81,37 @@ def pack(audios: Sequence[np.ndarray], members: list[int], gap_s: float = GAP_S)
 
 def assign_segments(
     segments: Sequence[Segment], spans: Sequence[tuple[float, float]], max_overlap_s: float = MAX_OVERLAP_S
-) -> list[list[Segment]] | None:
+) -> tuple[list[list[Segment]], set[int]]:
     """Each segment to the clip whose stretch holds its midpoint (stretches meet in the middle of each gap),
     re-timed to that clip's start.
 
     Whisper's timestamps are coarse (tiny.en int8 gives whole seconds, and a segment starts where the last
-    one ended), so the edges are not trusted; the overlap is. Returns None, meaning "decode these clips
-    apart", when a segment reaches more than ``max_overlap_s`` into another clip's audio (it may hold that
-    clip's words), or when a clip gets no segment (its words went into a neighbour's, or nowhere).
+    one ended), so the edges are not trusted; the overlap is. A segment reaching more than ``max_overlap_s``
+    into another clip's audio may hold that clip's words: every clip it touches is marked for decoding
+    apart, and the segment is dropped.
+
+    Returns:
+        (segments per clip, the clips to decode apart). A clip that got no segment is decoded apart with
+        both its neighbours.
     """
     out: list[list[Segment]] = [[] for _ in spans]
+    redo: set[int] = set()
     bounds = [(spans[k][1] + spans[k + 1][0]) / 2 for k in range(len(spans) - 1)]
     for s in segments:
         k = sum((s.start + s.end) / 2 > b for b in bounds)
-        others = (min(s.end, b) - max(s.start, a) for j, (a, b) in enumerate(spans) if j != k)
-        if max(others, default=0.0) > max_overlap_s:
-            return None
+        touched = {j for j, (a, b) in enumerate(spans) if j != k and min(s.end, b) - max(s.start, a) > max_overlap_s}
+        if touched:
+            redo |= touched | {k}
+            continue
         a, b = spans[k]
         start, end = max(0.0, s.start - a), min(b - a, max(0.0, s.end - a))
         out[k].append(Segment(round(start, 3), round(end, 3), s.text, s.tokens))
-    return None if any(not segs for segs in out) else out
+    for k, segs in enumerate(out):
+        if not segs:
+            # its words went nowhere or into a neighbour's segment (a segment further away would have reached
+            # across the neighbour's audio and been caught above): both neighbours are decoded apart as well
+            redo |= {j for j in (k - 1, k, k + 1) if 0 <= j < len(spans)}
+    return out, redo
 
 
 def transcribe_packed(
@@ -123,18 +135,19 @@ def transcribe_packed(
     plans = [[live[k] for k in w] for w in plan_windows([len(audios[i]) / SAMPLE_RATE for i in live])]
     singles = [w[0] for w in plans if len(w) == 1]
     windows = [pack(audios, w) for w in plans if len(w) > 1]
+    redone = 0
     if windows:
         decoded = tr.decode_timestamped([w.audio for w in windows], options)
         for w, segments in zip(windows, decoded):
-            parts = assign_segments(segments, w.spans)
-            if parts is None:
-                singles += w.members  # cannot attribute every word safely: decode these clips alone
-                continue
-            for i, segs in zip(w.members, parts):
+            parts, redo = assign_segments(segments, w.spans)
+            for k, (i, segs) in enumerate(zip(w.members, parts)):
+                if k in redo:
+                    singles.append(i)
+                    redone += 1
+                    continue
                 text = " ".join(s.text for s in segs).strip()
                 tokens = [t for s in segs for t in s.tokens]
                 results[i] = Transcription("", text, segs, len(audios[i]) / SAMPLE_RATE, tokens)
-    redone = sum(len(w.members) for w in windows if any(i in singles for i in w.members))
     if singles:
         singles.sort()
         alone = replace(options, vad_filter=False)  # already checked above

@@ -31,17 +31,26 @@ def _seg(start, end, text):
 def test_segments_go_to_the_clip_holding_their_midpoint_retimed():
     spans = [(0.0, 5.0), (6.0, 10.2), (11.2, 14.1)]
     # whole-second timestamps, each segment starting where the last ended, as tiny.en int8 writes them
-    parts = assign_segments([_seg(0, 5, "a"), _seg(5, 10, "b"), _seg(10, 14, "c")], spans)
-    assert [[s.text for s in p] for p in parts] == [["a"], ["b"], ["c"]]
+    parts, redo = assign_segments([_seg(0, 5, "a"), _seg(5, 10, "b"), _seg(10, 14, "c")], spans)
+    assert [[s.text for s in p] for p in parts] == [["a"], ["b"], ["c"]] and redo == set()
     assert (parts[1][0].start, parts[1][0].end) == (0.0, 4.0)  # 5-10 s in the window = 0-4 s of clip 1
     assert (parts[2][0].start, parts[2][0].end) == (0.0, 2.8)  # 10-14 s, clip 2 starts at 11.2 s
 
 
-def test_a_segment_reaching_into_another_clip_or_a_clip_without_words_means_redo():
-    spans = [(0.0, 5.0), (6.0, 10.2)]
-    assert assign_segments([_seg(0, 8, "a b"), _seg(8, 10, "c")], spans) is None  # 2 s into clip 1
-    assert assign_segments([_seg(0, 5, "a")], spans) is None  # clip 1 got nothing
-    assert assign_segments([_seg(0.0, 5.4, "a"), _seg(5.6, 10, "b")], spans) is not None  # 0.4 s is edge noise
+def test_a_segment_reaching_into_another_clip_sends_both_clips_back():
+    spans = [(0.0, 5.0), (6.0, 10.2), (11.2, 14.1)]
+    # 0-8 s holds clip 0's and part of clip 1's words: both are redone, clip 2 keeps its segment
+    parts, redo = assign_segments([_seg(0, 8, "a b"), _seg(8, 10, "c"), _seg(11, 14, "d")], spans)
+    assert redo == {0, 1} and [s.text for s in parts[2]] == ["d"]
+    _, redo = assign_segments([_seg(0.0, 5.4, "a"), _seg(5.6, 10, "b"), _seg(11, 14, "c")], spans)
+    assert redo == set()  # 0.4 s into the gap and the next clip is timestamp noise
+
+
+def test_a_clip_without_words_is_redone_with_its_neighbours():
+    spans = [(0.0, 3.0), (4.0, 7.0), (8.0, 11.0), (12.0, 15.0)]
+    # clip 1 got nothing: its words may sit in clip 0's or clip 2's segment; clip 3 is beyond reach
+    parts, redo = assign_segments([_seg(0, 3, "a"), _seg(8, 11, "c"), _seg(12, 15, "d")], spans)
+    assert redo == {0, 1, 2} and [s.text for s in parts[3]] == ["d"]
 
 
 @pytest.mark.integration
