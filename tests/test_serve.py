@@ -289,3 +289,23 @@ def test_200_mixed_requests_each_get_the_status_they_should(tiny_en_teacher, cli
         assert s.metric("mkd_requests_total") == 200
     finally:
         assert s.stop() == 0
+
+
+def test_packed_batches_give_each_caller_its_own_words(tiny_en_teacher, clips, tmp_path):
+    """--pack: eight callers' clips share encoder windows; each still gets its own sentence."""
+    s = Server(tiny_en_teacher, "--pack", "--max-batch", "8", "--max-wait-ms", "300", log=tmp_path / "pack.log")
+    try:
+        client = s.client()
+
+        def call(i: int) -> str:
+            return client.audio.transcriptions.create(file=(f"{i}.wav", clips[i][0]), model="whisper-1").text
+
+        with ThreadPoolExecutor(8) as pool:
+            texts = list(pool.map(call, range(8)))
+        assert s.metric("mkd_batch_size_sum") - s.metric("mkd_batch_size_count") > 0  # some batch held several
+    finally:
+        assert s.stop() == 0
+    refs = [t for _, t in clips]
+    assert error_rates(refs, texts).wer <= 0.1
+    for i, hyp in enumerate(texts):
+        assert min(range(8), key=lambda j: error_rates([refs[j]], [hyp]).wer) == i
