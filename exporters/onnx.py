@@ -333,6 +333,70 @@ def _windowed_encoder_onnx_config(model_dir: Path):
     ).with_behavior("encoder")
 
 
+def _optimum_export(model_dir: Path, raw: Path, options: ExportOptions) -> None:
+    """optimum's export into ``raw``, its failures as one-line :class:`ExportError`."""
+    import warnings
+
+    import torch
+    from optimum.exporters.onnx import main_export
+
+    from mkdeploy.models.window import windowed_encoder_class
+
+    try:
+        with warnings.catch_warnings():
+            # tracing Whisper emits TracerWarnings about shape checks it folds; they are expected
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # the encoder is traced through the windowed forward, so its frame axis stays dynamic and
+            # one graph serves every encoder bucket (models/window.py); at 30 s it computes what
+            # Hugging Face's forward does, which optimum's output check confirms
+            with windowed_encoder_class():
+                main_export(
+                    str(model_dir),
+                    raw,
+                    task=TASK,
+                    opset=options.opset,
+                    atol=options.atol,
+                    do_validation=options.validate,
+                    local_files_only=True,
+                    library_name="transformers",
+                    custom_onnx_configs={"encoder_model": _windowed_encoder_onnx_config(model_dir)},
+                )
+    except Exception as exc:  # optimum raises ValueError / AtolError / its own export errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{model_dir}: ONNX export failed ({first})") from None
+
+
+def _make_variants(raw: Path, tmp: Path, options: ExportOptions) -> dict[str, Path]:
+    """fp32 (the export itself), then int8 and fp16 when asked for."""
+    variants = {"fp32": tmp}
+    if options.quantize == "int8":
+        quantize_int8(tmp, tmp / "int8")
+        variants["int8"] = tmp / "int8"
+    if options.fp16:
+        convert_fp16(raw, tmp / "fp16", tmp)
+        variants["fp16"] = tmp / "fp16"
+    return variants
+
+
+def _check_variants(manifest: ExportManifest, model_dir: Path, variants: dict[str, Path], samples, device: str) -> None:
+    """Token parity of every variant against PyTorch, recorded in the manifest; an fp32 export that differs
+    is refused (nothing is written)."""
+    audios, what = _sample_audio(samples)
+    manifest.sample_audio = f"{len(audios)} clips, {what}"
+    reference = None
+    for name, d in variants.items():
+        if name == "fp16" and device != "cuda":
+            manifest.parity.append({"variant": "fp16", "skipped": "fp16 is checked on CUDA only"})
+            continue
+        parity, reference = check_parity(model_dir, d, name, audios, reference, device=device)
+        manifest.parity.append(asdict(parity))
+        if name == "fp32" and parity.identical != parity.clips:
+            raise ExportError(
+                f"{model_dir}: fp32 ONNX greedy tokens differ from PyTorch on "
+                f"{parity.clips - parity.identical} of {parity.clips} clips; nothing written"
+            )
+
+
 def export_onnx(
     model_dir: str | Path,
     out: str | Path,
@@ -357,10 +421,8 @@ def export_onnx(
     Raises:
         ExportError: optimum's output check or the fp32 token check failed.
     """
-    from optimum.exporters.onnx import main_export
-
     from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
-    from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR, windowed_encoder_class
+    from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR
 
     options = options or ExportOptions()
     model_dir = check_model_dir(model_dir)
@@ -371,32 +433,7 @@ def export_onnx(
     t0 = time.perf_counter()
     with atomic_output_dir(out, force=force) as tmp:
         raw = tmp / ".optimum"
-        try:
-            import warnings
-
-            import torch
-
-            with warnings.catch_warnings():
-                # tracing Whisper emits TracerWarnings about shape checks it folds; they are expected
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                # the encoder is traced through the windowed forward, so its frame axis stays dynamic and
-                # one graph serves every encoder bucket (models/window.py); at 30 s it computes what
-                # Hugging Face's forward does, which optimum's output check confirms
-                with windowed_encoder_class():
-                    main_export(
-                        str(model_dir),
-                        raw,
-                        task=TASK,
-                        opset=options.opset,
-                        atol=options.atol,
-                        do_validation=options.validate,
-                        local_files_only=True,
-                        library_name="transformers",
-                        custom_onnx_configs={"encoder_model": _windowed_encoder_onnx_config(model_dir)},
-                    )
-        except Exception as exc:  # optimum raises ValueError / AtolError / its own export errors
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"{model_dir}: ONNX export failed ({first})") from None
+        _optimum_export(model_dir, raw, options)
         for name in ONNX_FILES:
             shutil.move(raw / name, tmp / name)
         untie_output_projection(tmp / "decoder_model_merged.onnx")
@@ -410,13 +447,7 @@ def export_onnx(
             opset=_opset_of(tmp / "encoder_model.onnx"),
             task=TASK,
         )
-        variants = {"fp32": tmp}
-        if options.quantize == "int8":
-            quantize_int8(tmp, tmp / "int8")
-            variants["int8"] = tmp / "int8"
-        if options.fp16:
-            convert_fp16(raw, tmp / "fp16", tmp)
-            variants["fp16"] = tmp / "fp16"
+        variants = _make_variants(raw, tmp, options)
         shutil.rmtree(raw)  # the unmerged pair optimum also wrote (kept until the fp16 variant was made)
         for name, d in variants.items():
             manifest.variants[name] = {
@@ -424,20 +455,7 @@ def export_onnx(
                 "bytes": sum(f.stat().st_size for f in d.iterdir() if f.suffix == ".onnx"),
             }
         if options.validate:
-            audios, what = _sample_audio(samples)
-            manifest.sample_audio = f"{len(audios)} clips, {what}"
-            reference = None
-            for name, d in variants.items():
-                if name == "fp16" and device != "cuda":
-                    manifest.parity.append({"variant": "fp16", "skipped": "fp16 is checked on CUDA only"})
-                    continue
-                parity, reference = check_parity(model_dir, d, name, audios, reference, device=device)
-                manifest.parity.append(asdict(parity))
-                if name == "fp32" and parity.identical != parity.clips:
-                    raise ExportError(
-                        f"{model_dir}: fp32 ONNX greedy tokens differ from PyTorch on "
-                        f"{parity.clips - parity.identical} of {parity.clips} clips; nothing written"
-                    )
+            _check_variants(manifest, model_dir, variants, samples, device)
         manifest.seconds = round(time.perf_counter() - t0, 1)
         (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest

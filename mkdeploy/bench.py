@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mkdeploy.audio import SAMPLE_RATE, load_audio
+from mkdeploy.data import load_manifest
 from mkdeploy.errors import MkdError, ModelError
-
-SAMPLE_RATE = 16000
+from mkdeploy.evaluate import error_rates
 
 
 @dataclass
@@ -342,10 +343,7 @@ def run_bench(
     Returns:
         the report (write it with :func:`write_report`).
     """
-    from mkdeploy.audio import load_audio
-    from mkdeploy.data import load_manifest
-    from mkdeploy.evaluate import error_rates
-
+    progress = on_progress or (lambda _: None)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise MkdError(f"--model names must be unique (got {', '.join(names)})")
@@ -356,88 +354,103 @@ def run_bench(
     audios = [load_audio(r.audio) for r in rows]
     audio_seconds = sum(len(a) for a in audios) / SAMPLE_RATE
     env = environment(device)
+    loaded = {s.name: _load(s, device, language, max_new_tokens, audios[0], warmup, progress) for s in specs}
+    timed = _time_runs({n: run for n, (run, _, _) in loaded.items()}, audios, repeats, progress)
 
-    runners: dict[str, Runner] = {}
-    rss: dict[str, float] = {}
-    load_s: dict[str, float] = {}
-    gpu_peak: dict[str, float | None] = {}
+    refs = [r.text for r in rows]
+    report = BenchReport(str(manifest), reference, repeats, warmup, round(audio_seconds, 2), env)
     for s in specs:
-        if on_progress:
-            on_progress(f"loading {s.name}")
-        before, t0 = _rss_mb(), time.perf_counter()
-        r = load_runner(s, device, language, max_new_tokens)
-        for _ in range(warmup):
-            r.transcribe(audios[0])
-        load_s[s.name] = time.perf_counter() - t0
-        rss[s.name] = _rss_mb() - before
-        runners[s.name] = r
+        run, load_s, rss = loaded[s.name]
+        texts = timed.texts[s.name]
+        rates = error_rates([t or "" for t in refs], texts) if all(t is not None for t in refs) else None
+        vs = error_rates(timed.texts[reference], texts)
+        report.models.append(_model_result(s, run, timed, audio_seconds, load_s, rss, rates, vs))
+        report.transcripts[s.name] = texts
+    ref_p50 = next(m.latency_p50 for m in report.models if m.name == reference)
+    for m in report.models:
+        m.speedup = ref_p50 / m.latency_p50
+    return report
 
-    import torch
+
+def _load(spec: ModelSpec, device: str, language: str, max_new_tokens, first, warmup: int, progress):
+    """(runner, load + warm-up seconds, resident memory it added in MB)."""
+    progress(f"loading {spec.name}")
+    before, t0 = _rss_mb(), time.perf_counter()
+    runner = load_runner(spec, device, language, max_new_tokens)
+    for _ in range(warmup):
+        runner.transcribe(first)
+    return runner, time.perf_counter() - t0, _rss_mb() - before
+
+
+@dataclass
+class _Timings:
+    """Per model: seconds per clip per repeat, the last transcript and token count of each clip, and the
+    peak GPU memory (PyTorch on CUDA only)."""
+
+    latencies: dict[str, list[list[float]]]
+    texts: dict[str, list[str]]
+    tokens: dict[str, list[int]]
+    gpu_peak: dict[str, float | None]
+
+
+def _time_runs(runners: dict[str, Runner], audios, repeats: int, progress) -> _Timings:
+    """Every clip through every model, ``repeats`` times; the model order rotates each round so no model is
+    always first on a clip (caches, turbo clocks)."""
+    import torch  # heavy; loaded once the models are (the runners imported it already)
 
     cuda = torch.cuda.is_available()
-    lat: dict[str, list[list[float]]] = {n: [[] for _ in audios] for n in names}
-    texts = {n: [""] * len(audios) for n in names}
-    ntok = {n: [0] * len(audios) for n in names}
+    names = list(runners)
+    t = _Timings({n: [[] for _ in audios] for n in names}, {n: [""] * len(audios) for n in names},
+                 {n: [0] * len(audios) for n in names}, {})  # fmt: skip
     for rep in range(repeats):
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for i, audio in enumerate(audios):
             for n in order:
                 r = runners[n]
-                if cuda and r.backend == "torch":
+                on_gpu = cuda and r.backend == "torch" and r.device == "cuda"
+                if on_gpu:
                     torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
-                text, k = r.transcribe(audio)
+                t.texts[n][i], t.tokens[n][i] = r.transcribe(audio)
                 if cuda and r.device == "cuda":
                     torch.cuda.synchronize()
-                lat[n][i].append(time.perf_counter() - t0)
-                if cuda and r.backend == "torch" and r.device == "cuda":
-                    gpu_peak[n] = max(gpu_peak.get(n) or 0.0, torch.cuda.max_memory_allocated() / 1e6)
-                texts[n][i], ntok[n][i] = text, k
-            if on_progress:
-                on_progress(f"round {rep + 1}/{repeats}, clip {i + 1}/{len(audios)}")
+                t.latencies[n][i].append(time.perf_counter() - t0)
+                if on_gpu:
+                    t.gpu_peak[n] = max(t.gpu_peak.get(n) or 0.0, torch.cuda.max_memory_allocated() / 1e6)
+            progress(f"round {rep + 1}/{repeats}, clip {i + 1}/{len(audios)}")
+    return t
 
-    refs = [r.text for r in rows]
-    has_refs = all(t is not None for t in refs)
-    report = BenchReport(str(manifest), reference, repeats, warmup, round(audio_seconds, 2), env)
-    for s in specs:
-        n, r = s.name, runners[s.name]
-        per_clip = [float(np.median(x)) for x in lat[n]]  # each clip's median over the repeats
-        total = sum(per_clip)
-        rates = error_rates([t or "" for t in refs], texts[n]) if has_refs else None
-        vs = error_rates(texts[reference], texts[n])
-        report.models.append(
-            ModelResult(
-                name=n,
-                path=str(s.path),
-                backend=r.backend,
-                variant=r.variant,
-                device=r.device,
-                provider=r.provider,
-                params=r.params(),
-                size_mb=round(dir_size_mb(s.path), 1),
-                clips=len(audios),
-                latency_p50=_percentile(per_clip, 50),
-                latency_p90=_percentile(per_clip, 90),
-                latency_p99=_percentile(per_clip, 99),
-                latency_mean=total / len(audios),
-                rtf=total / audio_seconds,
-                audio_s_per_s=audio_seconds / total,
-                tokens_per_s=sum(ntok[n]) / total,
-                rss_mb=round(rss[n], 1),
-                gpu_mem_mb=gpu_peak.get(n),
-                wer=rates.wer if rates else None,
-                cer=rates.cer if rates else None,
-                wer_vs_reference=vs.wer,
-                cer_vs_reference=vs.cer,
-                load_s=round(load_s[n], 2),
-                windows=r.windows,
-            )
-        )
-        report.transcripts[n] = texts[n]
-    ref_p50 = next(m.latency_p50 for m in report.models if m.name == reference)
-    for m in report.models:
-        m.speedup = ref_p50 / m.latency_p50
-    return report
+
+def _model_result(spec: ModelSpec, r: Runner, t: _Timings, audio_seconds: float, load_s: float, rss: float, rates, vs):
+    n = spec.name
+    per_clip = [float(np.median(x)) for x in t.latencies[n]]  # each clip's median over the repeats
+    total = sum(per_clip)
+    return ModelResult(
+        name=n,
+        path=str(spec.path),
+        backend=r.backend,
+        variant=r.variant,
+        device=r.device,
+        provider=r.provider,
+        params=r.params(),
+        size_mb=round(dir_size_mb(spec.path), 1),
+        clips=len(per_clip),
+        latency_p50=_percentile(per_clip, 50),
+        latency_p90=_percentile(per_clip, 90),
+        latency_p99=_percentile(per_clip, 99),
+        latency_mean=total / len(per_clip),
+        rtf=total / audio_seconds,
+        audio_s_per_s=audio_seconds / total,
+        tokens_per_s=sum(t.tokens[n]) / total,
+        rss_mb=round(rss, 1),
+        gpu_mem_mb=t.gpu_peak.get(n),
+        wer=rates.wer if rates else None,
+        cer=rates.cer if rates else None,
+        wer_vs_reference=vs.wer,
+        cer_vs_reference=vs.cer,
+        load_s=round(load_s, 2),
+        windows=r.windows,
+    )
 
 
 # -- writing ----------------------------------------------------------------------------------------
