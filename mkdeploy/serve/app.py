@@ -71,9 +71,8 @@ class UploadLimit:
         while (await receive()).get("more_body", False):
             pass
         scope.setdefault("state", {})["error_kind"] = "too_large"
-        mb = self.limit / 1024 / 1024
-        msg = f"file: {int(length) / 1e6:.1f} MB is over this server's {mb:g} MB limit; split the audio or raise --max-upload-mb"
-        await _send_json(send, 413, error_body(msg, "invalid_request_error", "file_too_large", "file"))
+        err = transcriptions.too_large(int(length), self.limit / 1024 / 1024)
+        await _send_json(send, err.status, error_body(err.message, err.type, err.code, err.param))
 
 
 class RequestLog:
