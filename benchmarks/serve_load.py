@@ -15,40 +15,12 @@ import argparse
 import os
 import platform
 import shlex
-import socket
-import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-import httpx
-
 from mkdeploy.audio import expand_audio_paths, load_audio, reference_clips
-from mkdeploy.serve.load import LoadResult, run_load
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(model: str, flags: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "mkdeploy.cli.main", "serve", model, "--port", str(port), *flags]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: see {log}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"server not ready: see {log}")
+from mkdeploy.serve.load import LoadResult, ServerProcess, run_load
 
 
 def main() -> None:
@@ -74,7 +46,8 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, list[LoadResult]] = {}
     for mode, flags in modes.items():
-        proc, url = _serve(args.model, common + flags, Path(f"/tmp/serve_load_{mode.replace(', ', '_')}.log"))
+        server = ServerProcess(args.model, *common, *flags, log=Path(f"/tmp/serve_load_{mode.replace(', ', '_')}.log"))
+        url = server.url
         try:
             run_load(url, clips, 2, 4)  # warm the connection path and the batch shapes
             results[mode] = []
@@ -83,8 +56,7 @@ def main() -> None:
                 results[mode].append(r)
                 print(mode, asdict(r), flush=True)
         finally:
-            proc.terminate()
-            proc.wait(60)
+            server.stop()
     table = _table(results, levels)
     print(table)
     if args.out:

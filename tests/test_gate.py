@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from signals import noise_clips
 
 from mkdeploy.decoding import score_speech
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
@@ -70,23 +71,12 @@ def test_digital_silence_is_never_decoded(tiny_model_dir):
     assert r.silent and r.gate == "silence" and r.text == ""
 
 
-def _noises() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    t = np.arange(3 * 16000) / 16000
-    brown = np.cumsum(rng.standard_normal(t.size))
-    return {
-        "white": (rng.standard_normal(t.size) * 0.1).astype(np.float32),
-        "brown": (brown / np.abs(brown).max() * 0.3).astype(np.float32),
-        "hum": (0.2 * np.sin(2 * np.pi * 50 * t) + 0.05 * np.sin(2 * np.pi * 150 * t)).astype(np.float32),
-    }
-
-
 def test_vad_rejects_noise_and_hum_but_keeps_quiet_speech():
     pytest.importorskip("silero_vad", reason="the [serve] extra")  # installed by make test
     from mkdeploy.audio import reference_clips
     from mkdeploy.vad import has_speech, speech_seconds
 
-    for name, noise in _noises().items():
+    for name, noise in noise_clips().items():
         assert not has_speech(noise), name
     speech = reference_clips()[0][0]
     quiet = speech * (10 ** (-30 / 20) / np.abs(speech).max())  # peak at -30 dBFS
@@ -102,7 +92,7 @@ def test_real_model_gates_noise_and_passes_quiet_speech(tiny_en_teacher):
     tr = WhisperTranscriber.from_pretrained(tiny_en_teacher, device="cpu")
     speech, text = reference_clips()[0]
     quiet = speech * (10 ** (-30 / 20) / np.abs(speech).max())
-    noises = _noises()
+    noises = noise_clips()
     opts = TranscriptionOptions(return_timestamps=False, vad_filter=True)
     results = tr.transcribe_arrays([quiet, *noises.values()], opts)
     assert error_rates([text], [results[0].text]).wer <= 0.1 and results[0].gate == ""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from signals import noise_clips
 
 pytest.importorskip("fastapi", reason="the [serve] extra")
 openai = pytest.importorskip("openai", reason="the [test] extra")
 httpx = pytest.importorskip("httpx")
 
 from mkdeploy.evaluate import error_rates  # noqa: E402
+from mkdeploy.serve.load import ServerProcess, wav_bytes  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -36,31 +37,8 @@ MORE_SENTENCES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A `mkd serve` subprocess on 127.0.0.1, ready once /health says ok."""
-
-    def __init__(self, model: Path, *flags: str, log: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "mkdeploy.cli.main", "serve", str(model), "--port", str(self.port), *flags]
-        self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited early:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"server not ready:\n{log.read_text()[-3000:]}")
+class Server(ServerProcess):
+    """A `mkd serve` subprocess on 127.0.0.1 with the SDK client and metrics the tests read."""
 
     def client(self, key: str = KEY, **kw) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=120, **kw)
@@ -68,17 +46,6 @@ class Server:
     def metric(self, name: str) -> float:
         text = httpx.get(f"{self.url}/metrics").text
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
-
-
-def _wav(audio: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, audio, 16000, format="WAV")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +55,14 @@ def clips(speech_clips) -> list[tuple[bytes, str]]:
     from mkdeploy.demo.synthesis import Voice, synthesize
 
     out = [(p.read_bytes(), t) for p, t in speech_clips if "shells" not in t]
-    out += [(_wav(synthesize(t, Voice("piper", "joe"))), t) for t in MORE_SENTENCES]
+    out += [(wav_bytes(synthesize(t, Voice("piper", "joe"))), t) for t in MORE_SENTENCES]
     return out
 
 
 def _noises() -> dict[str, bytes]:
-    rng = np.random.default_rng(3)
-    t = np.arange(3 * 16000) / 16000
-    brown = np.cumsum(rng.standard_normal(t.size))
     return {
-        "white": _wav((rng.standard_normal(t.size) * 0.1).astype(np.float32)),
-        "brown": _wav((brown / np.abs(brown).max() * 0.3).astype(np.float32)),
-        "hum": _wav((0.2 * np.sin(2 * np.pi * 50 * t) + 0.05 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)),
-        "silence": _wav(np.zeros(t.size, np.float32)),
+        **{k: wav_bytes(v) for k, v in noise_clips().items()},
+        "silence": wav_bytes(np.zeros(3 * 16000, np.float32)),
     }
 
 
@@ -208,7 +170,7 @@ def test_full_queue_gets_503_with_retry_after(small_server, clips):
 def test_request_over_the_timeout_gets_504(small_server, clips):
     long = np.concatenate([sf.read(io.BytesIO(a), dtype="float32")[0] for a, _ in clips] * 3)  # ~80 s
     batches = small_server.metric("mkd_batch_inference_seconds_count")
-    r = _post(small_server.url, _wav(long))
+    r = _post(small_server.url, wav_bytes(long))
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
     # a decode already under way runs to its end (nothing preempts it); then the server goes on serving
     deadline = time.monotonic() + 120

@@ -7,17 +7,74 @@ have been answered: throughput and latency as a fixed population of clients sees
 from __future__ import annotations
 
 import io
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
 import soundfile as sf
 
 from mkdeploy.audio import SAMPLE_RATE
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`mkd serve MODEL` in a subprocess on 127.0.0.1 and a free port, ready once /health answers 200.
+
+    For load runs and tests that need the real server: the process is the one users start, not an app
+    object inside the caller (whose event loop and GIL would share the measurement).
+
+    Args:
+        model: what ``mkd serve`` accepts.
+        flags: further ``mkd serve`` options.
+        log: file that receives the server's output.
+        ready_timeout: seconds to wait for /health.
+
+    Raises:
+        RuntimeError: the server exited or was not ready in time (the message ends with its log's tail).
+    """
+
+    def __init__(self, model: str | Path, *flags: str, log: Path, ready_timeout: float = 300.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = [sys.executable, "-m", "mkdeploy.cli.main", "serve", str(model), "--port", str(self.port), *flags]
+        self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early ({self.proc.returncode}):\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server not ready in {ready_timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text()[-chars:] if self.log.exists() else ""
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (the server drains in-flight requests), then the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
 
 
 @dataclass
