@@ -41,7 +41,7 @@ def test_manifold_run_writes_metrics_checkpoints_and_counts(
             tiny_model_dir,
             speech_manifest,
             run,
-            cfg={"max_steps": 3},
+            cfg={"max_steps": 3, "encoder_lora_layers": 2},
             eval_manifest=speech_manifest,
         ),
         log=logs.append,
@@ -351,7 +351,11 @@ def test_timestamp_mode_clips_train_with_cross_entropy_only(
     logs = []
     train(
         _args(
-            tiny_multilingual_teacher, tiny_model_dir, speech_manifest, run, cfg={"max_steps": 2, "timestamp_prob": 1.0}
+            tiny_multilingual_teacher,
+            tiny_model_dir,
+            speech_manifest,
+            run,
+            cfg={"max_steps": 2, "timestamp_prob": 1.0, "encoder_lora_layers": 2},
         ),
         log=logs.append,
     )
@@ -365,3 +369,48 @@ def test_timestamp_mode_clips_train_with_cross_entropy_only(
     assert timed and all(0.0 <= g[0] <= g[1] <= 30.0 and g[2] for r in timed for g in r["segments"])
     with pytest.raises(MkdError, match="timestamp_prob"):
         RecipeConfig(timestamp_prob=2.0).validate()
+
+
+def test_frozen_encoder_states_are_cached_and_give_the_same_losses(
+    tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path
+):
+    """Without encoder LoRA the student's encoder states are computed once per clip; the losses from the
+    cached states equal those from the features, and the cache is not used when the encoder trains."""
+    from mkdeploy.distill.trainer import Trainer
+
+    args = _args(
+        tiny_multilingual_teacher,
+        tiny_model_dir,
+        speech_manifest,
+        tmp_path / "frozen",
+        cfg={"max_steps": 1, "lora_dropout": 0.0},
+    )
+    t = Trainer(args, log=lambda _: None)
+    t.build()
+    assert t.frozen_encoder and not t.enc_pairs and t.dec_pairs
+    t.module.eval()
+    idx = [0, 1]
+    cached = t.make_batch(idx)
+    assert cached["encoded"] is not None and cached["features"] is None and set(t._encoded) == set(idx)
+    first = t._encoded[0]
+    t.make_batch([1, 0])
+    assert t._encoded[0] is first  # computed once
+    t.frozen_encoder = False
+    fresh = t.make_batch(idx)
+    assert fresh["encoded"] is None and fresh["features"] is not None
+    torch.manual_seed(0)
+    a = t.compute_losses(cached)
+    torch.manual_seed(0)
+    b = t.compute_losses(fresh)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+    trains = Trainer(
+        _args(
+            tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path / "enc", cfg={"encoder_lora_layers": 1}
+        ),
+        lambda _: None,
+    )
+    trains.build()
+    assert not trains.frozen_encoder  # encoder LoRA trains the encoder: nothing to cache

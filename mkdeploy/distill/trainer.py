@@ -286,6 +286,11 @@ class Trainer:
         )
 
         self.samples, self.stats, self.shared = samples, stats, shared
+        # A student whose encoder does not train (no encoder LoRA, no encoder alignment, Whisper's own 30 s
+        # window) encodes each clip to the same states every epoch: they are computed once and kept in memory,
+        # which leaves the decoder's forward and backward as a step's whole cost.
+        self.frozen_encoder = not trainable_enc and not enc_pairs and self.windows is None
+        self._encoded: dict[int, torch.Tensor] = {}
         self.eval_rows, self.s_proc = eval_rows, s_proc
         self.enc_pairs, self.dec_pairs = enc_pairs, dec_pairs
         self.module = DistillModule(student, heads)
@@ -429,16 +434,21 @@ class Trainer:
         fe = self.s_proc.feature_extractor
         samples = [self.samples[i] for i in idx]
         window = self.batch_window(samples, step)
+        encoded = self.encoded(idx) if self.frozen_encoder else None
         # frame t of the student's window is frame t of the teacher's 30 s window: the cached teacher
         # states (valid frames only) align with the first frames of any window that holds the clip
-        feats = fe(
-            [s.audio for s in samples],
-            sampling_rate=16000,
-            return_tensors="pt",
-            padding="max_length",
-            max_length=window * SAMPLE_RATE,
-            truncation=True,
-        ).input_features
+        feats = (
+            None
+            if encoded is not None
+            else fe(
+                [s.audio for s in samples],
+                sampling_rate=SAMPLE_RATE,
+                return_tensors="pt",
+                padding="max_length",
+                max_length=window * SAMPLE_RATE,
+                truncation=True,
+            ).input_features
+        )
         eot = self.s_proc.tokenizer.convert_tokens_to_ids("<|endoftext|>")
         width = max(len(s.student.input_ids) for s in samples)
         ids = torch.full((len(samples), width), eot, dtype=torch.long)
@@ -457,6 +467,7 @@ class Trainer:
         ]
         return {
             "features": feats,
+            "encoded": encoded,
             "ids": ids,
             "labels": labels,
             "mask": mask,
@@ -465,12 +476,33 @@ class Trainer:
             "window": window,
         }
 
+    def encoded(self, idx: list[int]) -> torch.Tensor:
+        """The frozen encoder's last states for samples ``idx`` (computed on first use, then kept)."""
+        todo = sorted({i for i in idx if i not in self._encoded})
+        if todo:
+            student = self._unwrapped().student
+            base = student.get_base_model() if hasattr(student, "get_base_model") else student
+            feats = self.s_proc.feature_extractor(
+                [self.samples[i].audio for i in todo], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+            ).input_features
+            with torch.no_grad():
+                states = base.model.encoder(feats.to(self.acc.device)).last_hidden_state.float().cpu()
+            self._encoded.update(zip(todo, states))
+        return torch.stack([self._encoded[i] for i in idx])
+
+    def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The student's encoder input: cached encoder states when the encoder is frozen, else features."""
+        dev = self.acc.device
+        if batch.get("encoded") is not None:
+            return {"encoder_outputs": (batch["encoded"].to(dev),)}
+        return {"input_features": batch["features"].to(dev)}
+
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         cfg, dev = self.config, self.acc.device
         module = self.module
         heads = self._unwrapped().heads
         out = module(
-            input_features=batch["features"].to(dev),
+            **self._inputs(batch),
             decoder_input_ids=batch["ids"].to(dev),
             decoder_attention_mask=batch["mask"].to(dev),
             output_hidden_states=cfg.uses_heads,
@@ -532,15 +564,16 @@ class Trainer:
         """KL from the starting student's predictions to the student's, at every labelled position."""
         dev = self.acc.device
         student = self._unwrapped().student
-        feats = batch["features"]
+        inputs = self._inputs(batch)
         if batch["window"] != FULL_WINDOW_S:
             # A windowed student starts from a model trained on Whisper's 30 s window: its predictions there,
             # not on the trimmed window it is learning, are what to keep.
             feats = self.s_proc.feature_extractor(
                 [s.audio for s in batch["samples"]], sampling_rate=SAMPLE_RATE, return_tensors="pt"
             ).input_features
+            inputs = {"input_features": feats.to(dev)}
         kw = {
-            "input_features": feats.to(dev),
+            **inputs,
             "decoder_input_ids": batch["ids"].to(dev),
             "decoder_attention_mask": batch["mask"].to(dev),
         }
