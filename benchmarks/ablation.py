@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/ablation.py --workdir work/ablation --from-demo work/demo
 
 With --from-demo the ablation uses a finished demo's corpus, models and teacher pass, and its run as the
-manifold row (the demo trains exactly that recipe, same steps and data).
+row of the demo's recipe (same steps, data, dev schedule and interpolation points as the others).
 
 Each recipe (ce, kd, fitnet, manifold) trains with the defaults of RecipeConfig (retention toward the
 starting student included), chooses its checkpoint and merge scale on the dev split, and is scored
@@ -24,7 +24,7 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("work/ablation"))
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--recipes", default="manifold,kd,ce,fitnet")
     ap.add_argument("--from-demo", type=Path, help="a finished `mkd demo` workdir to share corpus, models and run")
@@ -35,7 +35,7 @@ def main() -> None:
 
     quiet_libraries()
     from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec, build_corpus
-    from mkdeploy.demo.pipeline import TITLES, distil, score
+    from mkdeploy.demo.pipeline import TITLES, DemoOptions, distil, score
     from mkdeploy.demo.weights import import_package
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.merge import merge_run
@@ -60,10 +60,18 @@ def main() -> None:
         {"row": "teacher base", **wers("teacher", teacher)},
         {"row": "tiny.en untrained", **wers("untrained-torch", student)},
     ]
+    demo = DemoOptions()
+    demo_recipe = json.loads((src / "run" / "config.json").read_text())["recipe"] if a.from_demo else None
     for recipe in a.recipes.split(","):
-        run = src / "run" if a.from_demo and recipe == "manifold" else w / "runs" / recipe
+        run = src / "run" if recipe == demo_recipe else w / "runs" / recipe
         cfg = RecipeConfig(
-            recipe=recipe, max_steps=a.steps, batch_size=a.batch_size, eval_every=15, save_every=15, **extra
+            recipe=recipe,
+            max_steps=a.steps,
+            batch_size=a.batch_size,
+            eval_every=demo.eval_every,
+            save_every=demo.eval_every,
+            select_alphas=list(demo.select_alphas),
+            **extra,
         ).validate()
         t0 = time.time()
         distil(run, teacher, student, corpus, cfg, log=lambda s: None, cache_dir=cache)

@@ -50,9 +50,9 @@ def transcribe(
     force: bool = typer.Option(False, "--force", help="Overwrite existing transcripts."),
 ) -> None:
     """Transcribe audio files; bad files are listed and the rest still transcribed."""
+    # imported on use, as in every command module: `mkd --help` stays fast
     from mkdeploy.audio import expand_audio_paths
     from mkdeploy.errors import MkdError
-    from mkdeploy.fsutil import check_writable
     from mkdeploy.models.window import parse_buckets
     from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
     from mkdeploy.writers import WRITERS, get_writer
@@ -71,19 +71,13 @@ def transcribe(
         kw = {"variant": variant} if variant else {}
         tr = WhisperTranscriber.from_pretrained(model, backend=backend, device=device, **kw)
         console.print(f"model {model} on {tr.backend}/{tr.device}" + (f" ({tr.provider})" if tr.provider else ""))
-        for p in paths:
-            for w in writers:
-                stem = Path(p).stem
-                target = w.output_dir / f"{stem}.{w.extension}"
-                if not force:
-                    check_writable(target, force)
-        buckets = parse_buckets(encoder_buckets) if encoder_buckets else None
+        _check_targets(paths, writers, force)
         opts = TranscriptionOptions(
             language=language,
             task=task,
             batch_size=batch_size,
             return_timestamps=timestamps,
-            encoder_buckets=buckets,
+            encoder_buckets=parse_buckets(encoder_buckets) if encoder_buckets else None,
             vad_filter=vad,
             no_speech_threshold=None if no_speech_threshold >= 1.0 else no_speech_threshold,
         )
@@ -96,14 +90,29 @@ def transcribe(
         with progress(disable=len(paths) < 2) as bar:
             job = bar.add_task("transcribing", total=len(paths))
             results, failures = tr.transcribe_files(paths, opts, on_progress=lambda n: bar.advance(job, n))
-        for r in results:
-            for w in writers:
-                w(r, force=True)
-            note = GATE_NOTES.get(r.gate, "")
-            out.print(f"{r.path}: {r.text}{note}", highlight=False, soft_wrap=True)
-        out.print(f"{len(results)} transcribed -> {output_dir}")
-        if failures:
-            console.print(f"[bold red]{len(failures)} file(s) failed:[/]")
-            for f in failures:
-                console.print(f"  {f.reason}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1)
+        _write_and_print(results, failures, writers, output_dir)
+
+
+def _check_targets(paths, writers, force: bool) -> None:
+    """Refuse before decoding anything when a transcript would overwrite one without --force."""
+    from mkdeploy.fsutil import check_writable  # imported on use: `mkd --help` stays fast
+
+    if force:
+        return
+    for p in paths:
+        for w in writers:
+            check_writable(w.output_dir / f"{Path(p).stem}.{w.extension}", force)
+
+
+def _write_and_print(results, failures, writers, output_dir: Path) -> None:
+    for r in results:
+        for w in writers:
+            w(r, force=True)
+        note = GATE_NOTES.get(r.gate, "")
+        out.print(f"{r.path}: {r.text}{note}", highlight=False, soft_wrap=True)
+    out.print(f"{len(results)} transcribed -> {output_dir}")
+    if failures:
+        console.print(f"[bold red]{len(failures)} file(s) failed:[/]")
+        for f in failures:
+            console.print(f"  {f.reason}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)

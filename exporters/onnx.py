@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,8 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from mkdeploy.audio import reference_clips
+from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.fsutil import atomic_output_dir
+from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
+from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR, windowed_encoder_class
+from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +111,7 @@ def hash_model_dir(path: Path) -> str:
 
 
 def _opset_of(path: Path) -> int:
-    import onnx
+    import onnx  # heavy; only export needs it
 
     m = onnx.load(str(path), load_external_data=False)
     return max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
@@ -124,7 +129,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
     Without ``EnableSubgraph`` the merged decoder's two branches (where all its MatMuls live) stay fp32
     (README, Troubleshooting).
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy; only export needs it
 
     dst.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
@@ -161,22 +166,13 @@ def untie_output_projection(path: Path) -> bool:
     Returns:
         True when a tied table was found and rewritten.
     """
-    import onnx
-    from onnx import helper, numpy_helper
+    import onnx  # heavy; only export needs it
+    from onnx import numpy_helper  # heavy; only export needs it
 
     model = onnx.load(str(path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    nodes: list[tuple] = []
-
-    def walk(g) -> None:
-        for n in g.node:
-            nodes.append((g, n))
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    walk(a.g)
-
-    walk(graph)
+    nodes = _all_nodes(graph)
     tables = {
         n.input[0]
         for _, n in nodes
@@ -192,24 +188,9 @@ def untie_output_projection(path: Path) -> bool:
             if name not in n.input:
                 continue
             if n.op_type == "Transpose":
-                old = n.output[0]
-                g.node.remove(n)
-                for _, other in nodes:
-                    for k, x in enumerate(other.input):
-                        if x == old:
-                            other.input[k] = transposed.name
+                _bypass(g, n, transposed.name, nodes)
             elif n.op_type == "Gather" and all(a.name != "axis" or a.i == 0 for a in n.attribute):
-                pos = list(g.node).index(n)
-                rows = helper.make_node(
-                    "Gather", [transposed.name, n.input[1]], [n.output[0] + "_cols"], axis=1, name=n.name + "_cols"
-                )
-                # ids [batch, seq] -> Gather axis 1: [d_model, batch, seq] -> [batch, seq, d_model]
-                back = helper.make_node(
-                    "Transpose", [n.output[0] + "_cols"], [n.output[0]], perm=[1, 2, 0], name=n.name + "_rows"
-                )
-                g.node.remove(n)
-                g.node.insert(pos, back)
-                g.node.insert(pos, rows)
+                _gather_columns(g, n, transposed.name)
             else:
                 raise ExportError(
                     f"{path}: the tied table {name} has an unexpected reader ({n.op_type}); export without --quantize"
@@ -217,6 +198,47 @@ def untie_output_projection(path: Path) -> bool:
     if tables:
         onnx.save(model, str(path))
     return bool(tables)
+
+
+def _all_nodes(graph) -> list[tuple]:
+    """(owning graph, node) for every node, subgraphs (the merged decoder's If branches) included."""
+    import onnx  # heavy; only export needs it
+
+    nodes: list[tuple] = []
+
+    def walk(g) -> None:
+        for n in g.node:
+            nodes.append((g, n))
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+
+    walk(graph)
+    return nodes
+
+
+def _bypass(g, transpose, table: str, nodes: list[tuple]) -> None:
+    """Drop a Transpose of the tied table; its readers read the pre-transposed table instead."""
+    old = transpose.output[0]
+    g.node.remove(transpose)
+    for _, other in nodes:
+        for k, x in enumerate(other.input):
+            if x == old:
+                other.input[k] = table
+
+
+def _gather_columns(g, gather, table: str) -> None:
+    """An embedding Gather (axis 0) on the table becomes a Gather of columns of the transposed table."""
+    from onnx import helper  # heavy; only export needs it
+
+    pos = list(g.node).index(gather)
+    out = gather.output[0]
+    cols = helper.make_node("Gather", [table, gather.input[1]], [out + "_cols"], axis=1, name=gather.name + "_cols")
+    # ids [batch, seq] -> Gather axis 1: [d_model, batch, seq] -> [batch, seq, d_model]
+    back = helper.make_node("Transpose", [out + "_cols"], [out], perm=[1, 2, 0], name=gather.name + "_rows")
+    g.node.remove(gather)
+    g.node.insert(pos, back)
+    g.node.insert(pos, cols)
 
 
 FP16_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
@@ -230,8 +252,8 @@ def convert_fp16(src: Path, dst: Path, side_files: Path) -> None:
     branch returning an outer-scope value directly, which ONNX Runtime refuses to load (seen on an H100).
     ``ORTModelForSpeechSeq2Seq`` loads the pair when no merged decoder is present.
     """
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    import onnx  # heavy; only export needs it
+    from onnxruntime.transformers.float16 import convert_float_to_float16  # heavy; only export needs it
 
     dst.mkdir(parents=True, exist_ok=True)
     for name in FP16_FILES:
@@ -249,7 +271,7 @@ def _sample_audio(samples: Sequence[np.ndarray] | None) -> tuple[list[np.ndarray
 
 
 def _first_step_logits(model, features, start_ids):
-    import torch
+    import torch  # heavy; only export needs it
 
     # Inputs must live where the model runs: with IOBinding on CUDA a host tensor is bound as is and
     # cuDNN fails on it (seen on an H100: CUDNN_BACKEND_API_FAILED in the first Conv).
@@ -275,9 +297,7 @@ def check_parity(
     Returns:
         (parity, PyTorch's tokens) so later variants reuse the reference.
     """
-    import torch
-
-    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+    import torch  # heavy; only export needs it
 
     greedy = TranscriptionOptions(return_timestamps=False, num_beams=1, batch_size=len(audios))
     pt = WhisperTranscriber.from_pretrained(source, backend="torch", device="cpu")
@@ -288,7 +308,9 @@ def check_parity(
     identical = sum(a == b for a, b in zip(ours, reference))
     total = sum(len(r) for r in reference) or 1
     agree = sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(ours, reference)) / total
-    feats = pt.processor.feature_extractor(list(audios[:1]), sampling_rate=16000, return_tensors="pt").input_features
+    feats = pt.processor.feature_extractor(
+        list(audios[:1]), sampling_rate=SAMPLE_RATE, return_tensors="pt"
+    ).input_features
     start = torch.tensor([[pt.model.generation_config.decoder_start_token_id]])
     diff = float(np.abs(_first_step_logits(pt.model, feats, start) - _first_step_logits(ort.model, feats, start)).max())
     return VariantParity(variant, len(audios), identical, round(agree, 4), diff, ort.provider or ""), reference
@@ -300,9 +322,9 @@ def _windowed_encoder_onnx_config(model_dir: Path):
     optimum pins the encoder's input to 3000 mel frames and its output to 1500 ("Remove unnecessary dynamic
     axis"); encoder buckets need both free, named so optimum's IOBinding can size the output buffer.
     """
-    from optimum.exporters.onnx.base import ConfigBehavior
-    from optimum.exporters.onnx.model_configs import WhisperOnnxConfig
-    from transformers import AutoConfig
+    from optimum.exporters.onnx.base import ConfigBehavior  # heavy; only export needs it
+    from optimum.exporters.onnx.model_configs import WhisperOnnxConfig  # heavy; only export needs it
+    from transformers import AutoConfig  # heavy; only export needs it
 
     def free(axes: dict, name: str, dims: dict, behavior) -> dict:
         if behavior is ConfigBehavior.ENCODER:
@@ -335,12 +357,8 @@ def _windowed_encoder_onnx_config(model_dir: Path):
 
 def _optimum_export(model_dir: Path, raw: Path, options: ExportOptions) -> None:
     """optimum's export into ``raw``, its failures as one-line :class:`ExportError`."""
-    import warnings
-
-    import torch
-    from optimum.exporters.onnx import main_export
-
-    from mkdeploy.models.window import windowed_encoder_class
+    import torch  # heavy; only export needs it
+    from optimum.exporters.onnx import main_export  # heavy; only export needs it
 
     try:
         with warnings.catch_warnings():
@@ -397,6 +415,18 @@ def _check_variants(manifest: ExportManifest, model_dir: Path, variants: dict[st
             )
 
 
+def _export_fp32(model_dir: Path, raw: Path, tmp: Path, options: ExportOptions) -> None:
+    """optimum's export into ``raw``; the fp32 graphs (output projection untied) and side files into ``tmp``."""
+    _optimum_export(model_dir, raw, options)
+    for name in ONNX_FILES:
+        shutil.move(raw / name, tmp / name)
+    untie_output_projection(tmp / "decoder_model_merged.onnx")
+    config = json.loads((raw / "config.json").read_text())
+    config[ONNX_DYNAMIC_FRAMES_ATTR] = True
+    (raw / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    _copy_side_files(raw, tmp)
+
+
 def export_onnx(
     model_dir: str | Path,
     out: str | Path,
@@ -421,9 +451,6 @@ def export_onnx(
     Raises:
         ExportError: optimum's output check or the fp32 token check failed.
     """
-    from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
-    from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR
-
     options = options or ExportOptions()
     model_dir = check_model_dir(model_dir)
     if is_onnx_dir(model_dir):
@@ -433,14 +460,7 @@ def export_onnx(
     t0 = time.perf_counter()
     with atomic_output_dir(out, force=force) as tmp:
         raw = tmp / ".optimum"
-        _optimum_export(model_dir, raw, options)
-        for name in ONNX_FILES:
-            shutil.move(raw / name, tmp / name)
-        untie_output_projection(tmp / "decoder_model_merged.onnx")
-        config = json.loads((raw / "config.json").read_text())
-        config[ONNX_DYNAMIC_FRAMES_ATTR] = True
-        (raw / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        _copy_side_files(raw, tmp)
+        _export_fp32(model_dir, raw, tmp, options)
         manifest = ExportManifest(
             source=str(model_dir.resolve()),
             source_sha256=hash_model_dir(model_dir),

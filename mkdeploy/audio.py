@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.errors import AudioError
 
-SAMPLE_RATE = 16000
 #: Extensions looked for when a folder is given instead of files.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
 #: Peak amplitude under which a clip counts as silent (about -80 dBFS).

@@ -130,7 +130,7 @@ def load_ort_model(
     os.environ.setdefault("ORT_LOG_SEVERITY_LEVEL", "3")
     # "Found multiple ONNX files": the variant folders under an export's root; the pick is checked below.
     logging.getLogger("optimum.onnxruntime.modeling").setLevel(logging.ERROR)
-    from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
+    from optimum.onnxruntime import ORTModelForSpeechSeq2Seq  # heavy; only the ONNX backend needs it
     from transformers import AutoProcessor
 
     path = resolve_variant_dir(path, variant)
@@ -153,13 +153,7 @@ def load_ort_model(
         raise ModelError(
             f"{path}: cannot load the ONNX export ({first}); re-export with `mkd export --force`"
         ) from None
-    for part in (model.encoder, model.decoder):
-        # optimum globs **/*.onnx; the root's files come first, but a wrong pick must never go unnoticed.
-        if Path(part.path).parent.resolve() != path.resolve():
-            raise ModelError(
-                f"{path}: optimum loaded {part.path} instead of this folder's graph; load the variant "
-                "folder itself (e.g. OUT/int8)"
-            )
+    _check_graph_paths(model, path)
     provider = active_provider(model)
     if cuda and provider != "CUDAExecutionProvider":
         # The silent fallback: CUDA was requested and listed, but its libraries failed to load.
@@ -171,3 +165,13 @@ def load_ort_model(
         # Reload on CPU: a session created for CUDA never gets the CPU spinning settings or binding right.
         return load_ort_model(path, "cpu", None, options)
     return model, processor, provider
+
+
+def _check_graph_paths(model, path: Path) -> None:
+    """optimum globs **/*.onnx; the root's files come first, but a wrong pick must never go unnoticed."""
+    for part in (model.encoder, model.decoder):
+        if Path(part.path).parent.resolve() != path.resolve():
+            raise ModelError(
+                f"{path}: optimum loaded {part.path} instead of this folder's graph; load the variant "
+                "folder itself (e.g. OUT/int8)"
+            )

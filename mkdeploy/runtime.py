@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
 from mkdeploy.audio import SAMPLE_RATE, SILENCE_PEAK, load_audio_with_info
+from mkdeploy.constants import TIME_PRECISION_S
 from mkdeploy.errors import AudioError, MkdError, ModelError
 from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
 from mkdeploy.results import Segment, Transcription
@@ -530,7 +531,7 @@ def _timestamp_segments(ids: list[int], ts_begin: int, special: set[int], tok) -
     text: list[int] = []
     for t in ids:
         if t >= ts_begin:
-            time_s = round((t - ts_begin) * 0.02, 3)
+            time_s = round((t - ts_begin) * TIME_PRECISION_S, 3)
             if start is None:
                 start = time_s
             else:

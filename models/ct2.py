@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mkdeploy.constants import CHUNK_S, TIME_PRECISION_S
 from mkdeploy.errors import ModelError
 from mkdeploy.fsutil import atomic_output_dir
 
@@ -150,105 +151,104 @@ def ct2_to_hf_state_dict(model: CT2Model) -> tuple[dict[str, np.ndarray], dict]:
     if model.spec != "WhisperSpec":
         raise ModelError(f"CTranslate2 spec is {model.spec!r}, not WhisperSpec: only Whisper models are imported")
     g = model.get
-    sd: dict[str, np.ndarray] = {}
-    emb = g("decoder/embeddings/weight")
-    vocab, d_model = emb.shape
-    conv1 = g("encoder/conv1/weight")
-    enc_layers = _count_layers(model, "encoder")
-    dec_layers = _count_layers(model, "decoder")
-    ffn = g("encoder/layer_0/ffn/linear_0/weight").shape[0]
+    dims = _whisper_dims(model)
     enc_pos = g("encoder/position_encodings/encodings")
-    dec_pos = g("decoder/position_encodings/encodings")
+    # Whisper's encoder positions are fixed sinusoids; a table that is not is not a Whisper encoder.
+    if not np.allclose(enc_pos.astype(np.float32), sinusoids(*enc_pos.shape), atol=2e-3):
+        raise ModelError("encoder position table is not Whisper's sinusoids: unsupported model")
+    m = _Mapper(model)
+    for k in ("conv1", "conv2"):
+        m.linear(f"model.encoder.{k}", f"encoder/{k}")
+    m.sd["model.encoder.embed_positions.weight"] = enc_pos
+    for i in range(dims["encoder_layers"]):
+        m.layer(f"encoder/layer_{i}", f"model.encoder.layers.{i}", cross=False)
+    m.norm("model.encoder.layer_norm", "encoder/layer_norm")
+    emb = g("decoder/embeddings/weight")
+    m.sd["model.decoder.embed_tokens.weight"] = emb
+    m.sd["model.decoder.embed_positions.weight"] = g("decoder/position_encodings/encodings")
+    for i in range(dims["decoder_layers"]):
+        m.layer(f"decoder/layer_{i}", f"model.decoder.layers.{i}", cross=True)
+    m.norm("model.decoder.layer_norm", "decoder/layer_norm")
+
+    proj = model.aliases.get("decoder/projection/weight")
+    if proj is None and "decoder/projection/weight" in model.variables:
+        if not np.array_equal(model.variables["decoder/projection/weight"], emb):
+            raise ModelError("decoder projection is not tied to the embeddings: unsupported model")
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in m.sd.items()}, dims
+
+
+def _whisper_dims(model: CT2Model) -> dict:
+    """ModelDimensions-style sizes read off the variables' shapes."""
+    g = model.get
+    vocab, d_model = g("decoder/embeddings/weight").shape
+    enc_layers, dec_layers = _count_layers(model, "encoder"), _count_layers(model, "decoder")
+    ffn = g("encoder/layer_0/ffn/linear_0/weight").shape[0]
 
     def heads(prefix: str) -> int:
         if f"{prefix}/num_heads" in model.variables:
             return int(g(f"{prefix}/num_heads"))
         return max(1, d_model // 64)  # Whisper uses 64-wide heads throughout
 
-    # Whisper's encoder positions are fixed sinusoids; a table that is not is not a Whisper encoder.
-    if not np.allclose(enc_pos.astype(np.float32), sinusoids(*enc_pos.shape), atol=2e-3):
-        raise ModelError("encoder position table is not Whisper's sinusoids: unsupported model")
-
-    def linear(dst: str, src: str, bias: bool = True) -> None:
-        sd[f"{dst}.weight"] = g(f"{src}/weight")
-        if bias:
-            sd[f"{dst}.bias"] = g(f"{src}/bias")
-
-    def norm(dst: str, src: str) -> None:
-        sd[f"{dst}.weight"] = g(f"{src}/gamma")
-        sd[f"{dst}.bias"] = g(f"{src}/beta")
-
-    def fused(dsts: list[str], src: str, key_index: int | None) -> None:
-        ws = _split_rows(g(f"{src}/weight"), len(dsts))
-        bs = _split_rows(g(f"{src}/bias"), len(dsts))
-        for i, (dst, w, b) in enumerate(zip(dsts, ws, bs)):
-            sd[f"{dst}.weight"] = w
-            if i == key_index:
-                # HF's k_proj has no bias; CTranslate2 stores zeros there. Dropping a non-zero bias
-                # would silently change the model, so check first.
-                if np.abs(b.astype(np.float32)).max() > 1e-6:
-                    raise ModelError(f"{src}: non-zero key bias, cannot map to HF's bias-free k_proj")
-                continue
-            sd[f"{dst}.bias"] = b
-
-    sd["model.encoder.conv1.weight"] = conv1
-    sd["model.encoder.conv1.bias"] = g("encoder/conv1/bias")
-    sd["model.encoder.conv2.weight"] = g("encoder/conv2/weight")
-    sd["model.encoder.conv2.bias"] = g("encoder/conv2/bias")
-    sd["model.encoder.embed_positions.weight"] = enc_pos
-    for i in range(enc_layers):
-        s, d = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        norm(f"{d}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
-        fused(
-            [f"{d}.self_attn.q_proj", f"{d}.self_attn.k_proj", f"{d}.self_attn.v_proj"],
-            f"{s}/self_attention/linear_0",
-            key_index=1,
-        )
-        linear(f"{d}.self_attn.out_proj", f"{s}/self_attention/linear_1")
-        norm(f"{d}.final_layer_norm", f"{s}/ffn/layer_norm")
-        linear(f"{d}.fc1", f"{s}/ffn/linear_0")
-        linear(f"{d}.fc2", f"{s}/ffn/linear_1")
-    norm("model.encoder.layer_norm", "encoder/layer_norm")
-
-    sd["model.decoder.embed_tokens.weight"] = emb
-    sd["model.decoder.embed_positions.weight"] = dec_pos
-    for i in range(dec_layers):
-        s, d = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        norm(f"{d}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
-        fused(
-            [f"{d}.self_attn.q_proj", f"{d}.self_attn.k_proj", f"{d}.self_attn.v_proj"],
-            f"{s}/self_attention/linear_0",
-            key_index=1,
-        )
-        linear(f"{d}.self_attn.out_proj", f"{s}/self_attention/linear_1")
-        norm(f"{d}.encoder_attn_layer_norm", f"{s}/attention/layer_norm")
-        linear(f"{d}.encoder_attn.q_proj", f"{s}/attention/linear_0")
-        fused([f"{d}.encoder_attn.k_proj", f"{d}.encoder_attn.v_proj"], f"{s}/attention/linear_1", key_index=0)
-        linear(f"{d}.encoder_attn.out_proj", f"{s}/attention/linear_2")
-        norm(f"{d}.final_layer_norm", f"{s}/ffn/layer_norm")
-        linear(f"{d}.fc1", f"{s}/ffn/linear_0")
-        linear(f"{d}.fc2", f"{s}/ffn/linear_1")
-    norm("model.decoder.layer_norm", "decoder/layer_norm")
-
-    proj = model.aliases.get("decoder/projection/weight")
-    if proj is None and "decoder/projection/weight" in model.variables:
-        if not np.array_equal(model.variables["decoder/projection/weight"], emb):
-            raise ModelError("decoder projection is not tied to the embeddings: unsupported model")
-
-    dims = dict(
+    return dict(
         d_model=d_model,
         vocab_size=vocab,
-        num_mel_bins=conv1.shape[1],
+        num_mel_bins=g("encoder/conv1/weight").shape[1],
         encoder_layers=enc_layers,
         decoder_layers=dec_layers,
         encoder_attention_heads=heads("encoder"),
         decoder_attention_heads=heads("decoder"),
         encoder_ffn_dim=ffn,
         decoder_ffn_dim=g("decoder/layer_0/ffn/linear_0/weight").shape[0] if dec_layers else ffn,
-        max_source_positions=enc_pos.shape[0],
-        max_target_positions=dec_pos.shape[0],
+        max_source_positions=g("encoder/position_encodings/encodings").shape[0],
+        max_target_positions=g("decoder/position_encodings/encodings").shape[0],
     )
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}, dims
+
+
+class _Mapper:
+    """Copies CTranslate2 variables into an HF state dict under HF's names."""
+
+    def __init__(self, model: CT2Model):
+        self.get = model.get
+        self.sd: dict[str, np.ndarray] = {}
+
+    def linear(self, dst: str, src: str, bias: bool = True) -> None:
+        self.sd[f"{dst}.weight"] = self.get(f"{src}/weight")
+        if bias:
+            self.sd[f"{dst}.bias"] = self.get(f"{src}/bias")
+
+    def norm(self, dst: str, src: str) -> None:
+        self.sd[f"{dst}.weight"] = self.get(f"{src}/gamma")
+        self.sd[f"{dst}.bias"] = self.get(f"{src}/beta")
+
+    def fused(self, dsts: list[str], src: str, key_index: int | None) -> None:
+        """One fused CTranslate2 projection split into HF's separate ones (row blocks, in order)."""
+        ws = _split_rows(self.get(f"{src}/weight"), len(dsts))
+        bs = _split_rows(self.get(f"{src}/bias"), len(dsts))
+        for i, (dst, w, b) in enumerate(zip(dsts, ws, bs)):
+            self.sd[f"{dst}.weight"] = w
+            if i == key_index:
+                # HF's k_proj has no bias; CTranslate2 stores zeros there. Dropping a non-zero bias
+                # would silently change the model, so check first.
+                if np.abs(b.astype(np.float32)).max() > 1e-6:
+                    raise ModelError(f"{src}: non-zero key bias, cannot map to HF's bias-free k_proj")
+                continue
+            self.sd[f"{dst}.bias"] = b
+
+    def layer(self, s: str, d: str, cross: bool) -> None:
+        """One transformer layer: self-attention, cross-attention (decoder), MLP."""
+        self.norm(f"{d}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
+        qkv = [f"{d}.self_attn.q_proj", f"{d}.self_attn.k_proj", f"{d}.self_attn.v_proj"]
+        self.fused(qkv, f"{s}/self_attention/linear_0", key_index=1)
+        self.linear(f"{d}.self_attn.out_proj", f"{s}/self_attention/linear_1")
+        if cross:
+            self.norm(f"{d}.encoder_attn_layer_norm", f"{s}/attention/layer_norm")
+            self.linear(f"{d}.encoder_attn.q_proj", f"{s}/attention/linear_0")
+            kv = [f"{d}.encoder_attn.k_proj", f"{d}.encoder_attn.v_proj"]
+            self.fused(kv, f"{s}/attention/linear_1", key_index=0)
+            self.linear(f"{d}.encoder_attn.out_proj", f"{s}/attention/linear_2")
+        self.norm(f"{d}.final_layer_norm", f"{s}/ffn/layer_norm")
+        self.linear(f"{d}.fc1", f"{s}/ffn/linear_0")
+        self.linear(f"{d}.fc2", f"{s}/ffn/linear_1")
 
 
 def repair_bpe_merges(spec: dict) -> list[tuple[str, str]]:
@@ -288,7 +288,7 @@ def repair_bpe_merges(spec: dict) -> list[tuple[str, str]]:
 
 def _build_tokenizer(src: Path, vocab_size: int):
     """HF WhisperTokenizerFast from CT2's tokenizer.json plus Whisper's 1501 timestamp tokens."""
-    from tokenizers import AddedToken, Tokenizer
+    from tokenizers import AddedToken, Tokenizer  # heavy, as in import_ct2
     from transformers import WhisperTokenizerFast
 
     tok_path = src / "tokenizer.json"
@@ -305,7 +305,8 @@ def _build_tokenizer(src: Path, vocab_size: int):
     if n_missing not in (0, 1501):
         raise ModelError(f"{tok_path}: {tok.get_vocab_size()} tokens do not fit the embedding's {vocab_size} rows")
     if n_missing:
-        tok.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", special=False, normalized=False) for i in range(1501)])
+        stamps = [f"<|{i * TIME_PRECISION_S:.2f}|>" for i in range(round(CHUNK_S / TIME_PRECISION_S) + 1)]
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in stamps])
     specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
     hf_tok = WhisperTokenizerFast(
         tokenizer_object=tok,
@@ -321,7 +322,7 @@ def _build_tokenizer(src: Path, vocab_size: int):
 
 
 def _generation_config(ct2_cfg: dict, tokenizer, dims: dict):
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # heavy, as in import_ct2
 
     ids = tokenizer.convert_tokens_to_ids
     eot = ids("<|endoftext|>")
@@ -369,6 +370,32 @@ def assemble_model_bin(dirs: list[Path], tmp: Path) -> Path:
     return out
 
 
+def _hf_model(state: dict[str, np.ndarray], dims: dict, gen):
+    """A ``WhisperForConditionalGeneration`` holding ``state`` (built on the meta device: no random init)."""
+    import torch  # heavy, as in import_ct2
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig(
+        **dims,
+        pad_token_id=gen.pad_token_id,
+        bos_token_id=gen.bos_token_id,
+        eos_token_id=gen.eos_token_id,
+        decoder_start_token_id=gen.decoder_start_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    # copy: arrays read from a memory map are read-only, which torch warns about
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    missing = [m for m in missing if m != "proj_out.weight"]  # tied to the embeddings
+    if missing or unexpected:
+        raise ModelError(f"weight mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.tie_weights()
+    model.generation_config = gen
+    return model
+
+
 def import_ct2(src: str | Path | list[Path], out: str | Path, force: bool = False) -> Path:
     """Convert a CTranslate2 Whisper directory into a Hugging Face Whisper directory.
 
@@ -382,8 +409,8 @@ def import_ct2(src: str | Path | list[Path], out: str | Path, force: bool = Fals
         The output directory, loadable by ``WhisperForConditionalGeneration.from_pretrained`` and
         ``AutoProcessor.from_pretrained`` offline.
     """
-    import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
+    # heavy: reading a CTranslate2 file needs numpy only (the PyPI package lookup and tests use that part)
+    from transformers import WhisperFeatureExtractor, WhisperProcessor
 
     dirs = [Path(p) for p in src] if isinstance(src, list) else [Path(src)]
     for d in dirs:
@@ -400,31 +427,10 @@ def import_ct2(src: str | Path | list[Path], out: str | Path, force: bool = Fals
         ct2_cfg_path = next((d / "config.json" for d in dirs if (d / "config.json").exists()), None)
         ct2_cfg = json.loads(ct2_cfg_path.read_text()) if ct2_cfg_path else {}
         state, dims = ct2_to_hf_state_dict(ct2)
-        tokenizer = _build_tokenizer(
-            next(d for d in dirs if (d / "tokenizer.json").exists())
-            if any((d / "tokenizer.json").exists() for d in dirs)
-            else dirs[0],
-            dims["vocab_size"],
-        )
+        with_tokenizer = [d for d in dirs if (d / "tokenizer.json").exists()]
+        tokenizer = _build_tokenizer(with_tokenizer[0] if with_tokenizer else dirs[0], dims["vocab_size"])
         gen = _generation_config(ct2_cfg, tokenizer, dims)
-        config = WhisperConfig(
-            **dims,
-            pad_token_id=gen.pad_token_id,
-            bos_token_id=gen.bos_token_id,
-            eos_token_id=gen.eos_token_id,
-            decoder_start_token_id=gen.decoder_start_token_id,
-            tie_word_embeddings=True,
-        )
-        with torch.device("meta"):
-            model = WhisperForConditionalGeneration(config)
-        # copy: arrays read from a memory map are read-only, which torch warns about
-        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-        missing = [m for m in missing if m != "proj_out.weight"]  # tied to the embeddings
-        if missing or unexpected:
-            raise ModelError(f"weight mapping incomplete: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        model.tie_weights()
-        model.generation_config = gen
+        model = _hf_model(state, dims, gen)
         model.save_pretrained(tmp)
         fe = WhisperFeatureExtractor(feature_size=dims["num_mel_bins"])
         processor = WhisperProcessor(feature_extractor=fe, tokenizer=tokenizer)

@@ -25,6 +25,7 @@ import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mkdeploy.constants import CHUNK_S, MEL_FRAMES_PER_S
 from mkdeploy.errors import MkdError
 
 #: config.json key of a windowed student's buckets (seconds).
@@ -34,9 +35,7 @@ ONNX_DYNAMIC_FRAMES_ATTR = "mkdeploy_onnx_dynamic_frames"
 #: The windows a student serves when none are given.
 DEFAULT_BUCKETS: tuple[int, ...] = (5, 10, 20, 30)
 #: Whisper's window: the largest bucket, and the one long-form audio always uses.
-FULL_WINDOW_S = 30
-#: Mel frames per second (hop 160 at 16 kHz); the encoder halves them (conv stride 2).
-MEL_FRAMES_PER_S = 100
+FULL_WINDOW_S = CHUNK_S
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.demo.augment import AugmentSpec, augment
 from mkdeploy.demo.synthesis import TRAIN_VOICES, UNSEEN_VOICES, Voice, check_engines, synthesize
 from mkdeploy.demo.text import everyday_sentences, fortunes
@@ -136,7 +137,7 @@ def _make_clip(plan: dict, path: Path, spec: CorpusSpec) -> None:
     audio = synthesize(plan["text"], Voice(plan["engine"], plan["voice"], plan["rate"]))
     audio = augment(audio, plan["augment_seed"], spec.augment)
     tmp = path.with_name(f".{path.name}.tmp.wav")
-    sf.write(tmp, audio, 16000, subtype="PCM_16")
+    sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16")
     tmp.replace(path)
 
 

@@ -13,17 +13,18 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
 from mkdeploy.audio import SAMPLE_RATE, load_audio
+from mkdeploy.constants import CHUNK_S, COMPRESSION_RATIO_MAX, SAMPLES_PER_FRAME
 from mkdeploy.data import Utterance
 from mkdeploy.distill.tokens import ForcedSequence, SharedVocab, force, force_segments, pair_positions, prompt_ids
 from mkdeploy.errors import DataError
-
-#: Audio samples per encoder frame (hop 160, conv stride 2).
-SAMPLES_PER_FRAME = 320
+from mkdeploy.evaluate import error_rates
 
 
 def compression_ratio(text: str) -> float:
@@ -108,187 +109,247 @@ def pseudo_label_and_cache(
     Returns:
         (samples, stats: rows kept and dropped, share of positions paired).
     """
-    from mkdeploy.evaluate import error_rates
-
-    data_dir = run_dir / "data"
-    cache_dir = data_dir / "teacher"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fp = _fingerprint(
-        [str(r.audio) for r in rows],
-        [r.text for r in rows],
-        needs.key(),
-        pseudo_label,
-        wer_threshold,
-        str(getattr(teacher, "name_or_path", "")),
-        str(getattr(student_processor.tokenizer, "name_or_path", "")),
-        teacher.config.to_dict().get("d_model"),
-        len(shared),
-        language,
+    tp = TeacherPass(
+        teacher, teacher_processor, student_processor, student_generation_config, shared, needs, run_dir, language
     )
-    labels_path = data_dir / "labels.jsonl"
-    done: dict[str, dict] = {}
-    if labels_path.exists():
-        for line in labels_path.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("fp") == fp:
-                done[rec["id"]] = rec
-
-    tok_s, tok_t = student_processor.tokenizer, teacher_processor.tokenizer
-    prompt_s = prompt_ids(tok_s, student_generation_config, language)
-    prompt_t = prompt_ids(tok_t, teacher.generation_config, language)
-    device = next(teacher.parameters()).device
+    fp = tp.fingerprint(rows, pseudo_label, wer_threshold)
+    done = tp.read_log(fp)
     todo = [r for r in rows if r.id not in done]
-    gen_kw = (
-        {"language": language, "task": "transcribe"} if getattr(teacher.generation_config, "lang_to_id", None) else {}
-    )
-    with open(labels_path, "a", encoding="utf-8") as log:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            audios = [load_audio(r.audio) for r in batch]
-            feats = teacher_processor.feature_extractor(
-                audios, sampling_rate=SAMPLE_RATE, return_tensors="pt"
-            ).input_features
-            with torch.inference_mode():
-                enc = teacher.model.encoder(feats.to(device), output_hidden_states=True)
-                need_label = [pseudo_label == "all" or r.text is None or wer_threshold is not None for r in batch]
-                teacher_text = [None] * len(batch)
-                if any(need_label):
-                    out = teacher.generate(
-                        encoder_outputs=enc, return_timestamps=False, max_new_tokens=_token_cap(audios), **gen_kw
-                    )
-                    teacher_text = tok_t.batch_decode(out, skip_special_tokens=True)
-                for k, (r, audio) in enumerate(zip(batch, audios)):
-                    rec = {
-                        "id": r.id,
-                        "fp": fp,
-                        "reference": r.text,
-                        "teacher": (teacher_text[k] or "").strip() or None,
-                    }
-                    if wer_threshold is not None and r.text is not None:
-                        rec["teacher_wer"] = error_rates([r.text], [rec["teacher"] or ""]).wer
-                        if rec["teacher_wer"] > wer_threshold:
-                            rec["dropped"] = f"teacher WER {rec['teacher_wer']:.2f} > {wer_threshold}"
-                    text = rec["teacher"] if (pseudo_label == "all" or r.text is None) else r.text
-                    if not text:
-                        rec["dropped"] = rec.get("dropped", "empty transcript")
-                    elif compression_ratio(text) > 2.4:
-                        # openai/whisper's threshold: a repetition loop, not a transcript
-                        rec["dropped"] = rec.get(
-                            "dropped", f"repetitive transcript (ratio {compression_ratio(text):.1f})"
-                        )
-                    rec["text"] = text
-                    if "dropped" not in rec:
-                        s_seq, t_seq = force(tok_s, prompt_s, text), force(tok_t, prompt_t, text)
-                        s_pos, t_pos = pair_positions(s_seq, t_seq)
-                        payload = {}
-                        n_valid = valid_frames(len(audio))
-                        for j in needs.encoder_layers:
-                            payload[f"enc_{j}"] = enc.hidden_states[j + 1][k, :n_valid].to(torch.float16).cpu()
-                        if needs.decoder_layers or needs.logits:
-                            ids = torch.tensor([t_seq.input_ids], device=device)
-                            dec = teacher.model.decoder(
-                                input_ids=ids,
-                                encoder_hidden_states=enc.last_hidden_state[k : k + 1],
-                                output_hidden_states=True,
-                            )
-                            tp = torch.tensor(t_pos, device=device)
-                            for j in needs.decoder_layers:
-                                payload[f"dec_{j}"] = dec.hidden_states[j + 1][0, tp].to(torch.float16).cpu()
-                            if needs.logits:
-                                logits = teacher.proj_out(dec.last_hidden_state[0, tp])
-                                payload["logits"] = logits[:, shared.teacher_ids.to(device)].to(torch.float16).cpu()
-                        name = f"{fp}_{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt"
-                        torch.save(payload, cache_dir / f".{name}.tmp")
-                        (cache_dir / f".{name}.tmp").replace(cache_dir / name)
-                        rec.update(
-                            cache=name,
-                            student_pos=s_pos,
-                            n_student=len(s_seq.input_ids) - len(prompt_s) + 1,
-                            n_teacher=len(t_seq.input_ids) - len(prompt_t) + 1,
-                        )
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    done[r.id] = rec
-            if on_progress:
-                on_progress(len(batch))
 
-    # The teacher's timed segments for the clips taught in timestamp mode, generated once and logged like
-    # the labels (a later line for the same clip wins when the log is read back).
-    todo = [
-        r
-        for r in rows
-        if "dropped" not in done[r.id] and "segments" not in done[r.id] and timestamp_mode(r.id, timestamp_prob, seed)
-    ]
-    if todo:
-        ts_begin = tok_t.convert_tokens_to_ids("<|notimestamps|>") + 1
-        with open(labels_path, "a", encoding="utf-8") as log:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start : start + batch_size]
-                audios = [load_audio(r.audio) for r in batch]
-                feats = teacher_processor.feature_extractor(
-                    audios, sampling_rate=SAMPLE_RATE, return_tensors="pt"
-                ).input_features
-                with torch.inference_mode():
-                    out = teacher.generate(
-                        feats.to(device),
-                        return_timestamps=True,
-                        return_segments=True,
-                        max_new_tokens=_token_cap(audios),
-                        **gen_kw,
-                    )
-                for r, segs in zip(batch, out["segments"]):
-                    rec = done[r.id]
-                    found = [
-                        (
-                            round(float(g["start"]), 2),
-                            round(float(g["end"]), 2),
-                            tok_t.decode(
-                                [int(t) for t in g["tokens"] if int(t) < ts_begin], skip_special_tokens=True
-                            ).strip(),
-                        )
-                        for g in segs
-                    ]
-                    # inside the window; a segment without text or ending before it starts is dropped
-                    rec["segments"] = [[min(30.0, max(0.0, a)), min(30.0, b), t] for a, b, t in found if t and b >= a]
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
+    def timed(r: Utterance) -> bool:
+        return timestamp_mode(r.id, timestamp_prob, seed)
 
-    samples, dropped, paired, total, timed = [], 0, 0, 0, 0
-    for r in rows:
-        rec = done[r.id]
-        if "dropped" in rec:
-            dropped += 1
-            continue
-        audio = load_audio(r.audio)
-        if timestamp_mode(r.id, timestamp_prob, seed) and rec.get("segments"):
-            # taught in timestamp mode on the teacher's segments, cross-entropy only: no position pairs
-            # with the cached teacher rows
-            s_seq = force_segments(tok_s, prompt_s[:-1], [tuple(g) for g in rec["segments"]])
-            samples.append(
-                Sample(
-                    r.id, audio, " ".join(g[2] for g in rec["segments"]), s_seq, [], cache_dir / rec["cache"], 0, True
-                )
-            )
-            timed += 1
-            continue
-        s_seq = force(tok_s, prompt_s, rec["text"])
-        samples.append(
-            Sample(
-                r.id, audio, rec["text"], s_seq, rec["student_pos"], cache_dir / rec["cache"], len(rec["student_pos"])
-            )
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        done.update(tp.label(batch, fp, pseudo_label, wer_threshold, timed))
+        if on_progress:
+            on_progress(len(batch))
+    # Timed segments still missing (a pass labelled before timestamp_prob was raised): generated now and
+    # logged like the labels (a later line for the same clip wins when the log is read back).
+    missing = [r for r in rows if "dropped" not in done[r.id] and "segments" not in done[r.id] and timed(r)]
+    for start in range(0, len(missing), batch_size):
+        tp.segments(missing[start : start + batch_size], done)
+    return tp.samples(rows, done, timed)
+
+
+class TeacherPass:
+    """The teacher's one pass over the training rows: transcripts where needed, the cached outputs the
+    recipe reads (:class:`TeacherNeeds`), the position pairing, and the timed segments of timestamp-mode
+    clips. Every finished row is a line of ``run_dir/data/labels.jsonl``, so a killed pass resumes."""
+
+    def __init__(
+        self,
+        teacher,
+        teacher_processor,
+        student_processor,
+        student_generation_config,
+        shared: SharedVocab,
+        needs: TeacherNeeds,
+        run_dir: Path,
+        language: str,
+    ):
+        self.teacher, self.t_proc, self.s_proc = teacher, teacher_processor, student_processor
+        self.shared, self.needs, self.language = shared, needs, language
+        self.data_dir = run_dir / "data"
+        self.cache_dir = self.data_dir / "teacher"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.labels_path = self.data_dir / "labels.jsonl"
+        self.tok_s, self.tok_t = student_processor.tokenizer, teacher_processor.tokenizer
+        self.prompt_s = prompt_ids(self.tok_s, student_generation_config, language)
+        self.prompt_t = prompt_ids(self.tok_t, teacher.generation_config, language)
+        self.device = next(teacher.parameters()).device
+        self.gen_kw = (
+            {"language": language, "task": "transcribe"}
+            if getattr(teacher.generation_config, "lang_to_id", None)
+            else {}
         )
-        paired += len(rec["student_pos"])
-        total += rec["n_student"]
-    if not samples:
-        raise DataError(f"no training rows left ({dropped} dropped by --wer-threshold or empty transcripts)")
-    stats = {
-        "rows": len(rows),
-        "kept": len(samples),
-        "dropped": dropped,
-        "timestamped": timed,
-        "paired_share": paired / total if total else 1.0,
-    }
-    return samples, stats
+
+    def fingerprint(self, rows: list[Utterance], pseudo_label: str, wer_threshold: float | None) -> str:
+        """What the labels and cache depend on: a changed input starts them afresh."""
+        return _fingerprint(
+            [str(r.audio) for r in rows],
+            [r.text for r in rows],
+            self.needs.key(),
+            pseudo_label,
+            wer_threshold,
+            str(getattr(self.teacher, "name_or_path", "")),
+            str(getattr(self.tok_s, "name_or_path", "")),
+            self.teacher.config.to_dict().get("d_model"),
+            len(self.shared),
+            self.language,
+        )
+
+    def read_log(self, fp: str) -> dict[str, dict]:
+        """Rows already labelled under this fingerprint (the last line of a row wins)."""
+        done: dict[str, dict] = {}
+        if self.labels_path.exists():
+            for line in self.labels_path.read_text().splitlines():
+                rec = json.loads(line)
+                if rec.get("fp") == fp:
+                    done[rec["id"]] = rec
+        return done
+
+    def _log(self, rec: dict) -> None:
+        with open(self.labels_path, "a", encoding="utf-8") as log:
+            log.write(json.dumps(rec) + "\n")
+
+    def _features(self, audios: list[np.ndarray]) -> torch.Tensor:
+        return self.t_proc.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+
+    def label(
+        self,
+        batch: list[Utterance],
+        fp: str,
+        pseudo_label: str,
+        wer_threshold: float | None,
+        timed: Callable[[Utterance], bool] = lambda r: False,
+    ) -> dict[str, dict]:
+        """One encoder pass serves the transcript (when one is needed), every cached output and the timed
+        segments of the clips taught in timestamp mode."""
+        audios = [load_audio(r.audio) for r in batch]
+        out: dict[str, dict] = {}
+        with torch.inference_mode():
+            enc = self.teacher.model.encoder(self._features(audios).to(self.device), output_hidden_states=True)
+            teacher_text: list[str | None] = [None] * len(batch)
+            if any(pseudo_label == "all" or r.text is None or wer_threshold is not None for r in batch):
+                ids = self.teacher.generate(
+                    encoder_outputs=enc, return_timestamps=False, max_new_tokens=_token_cap(audios), **self.gen_kw
+                )
+                teacher_text = self.tok_t.batch_decode(ids, skip_special_tokens=True)
+            for k, (r, audio) in enumerate(zip(batch, audios)):
+                rec = _judge(r, fp, teacher_text[k], pseudo_label, wer_threshold)
+                if "dropped" not in rec:
+                    rec.update(self._cache(r, rec["text"], enc, k, len(audio), fp))
+                out[r.id] = rec
+            rows = [k for k, r in enumerate(batch) if "dropped" not in out[r.id] and timed(r)]
+            for k in rows:
+                # the timed segments from the same encoder states, no second encoder pass; one clip at a
+                # time, as transformers' segment loop cuts a finished row out of input_features, which
+                # encoder_outputs leaves unset
+                states = BaseModelOutput(last_hidden_state=enc.last_hidden_state[k : k + 1])
+                out[batch[k].id]["segments"] = self._generate_segments(states, [audios[k]])[0]
+        for r in batch:
+            self._log(out[r.id])
+        return out
+
+    def _generate_segments(self, encoder_outputs, audios: list[np.ndarray]) -> list[list]:
+        """The teacher's timed segments [start, end, text], inside the 30 s window, empty ones dropped."""
+        ts_begin = self.tok_t.convert_tokens_to_ids("<|notimestamps|>") + 1
+        out = self.teacher.generate(
+            encoder_outputs=encoder_outputs,
+            return_timestamps=True,
+            return_segments=True,
+            max_new_tokens=_token_cap(audios),
+            **self.gen_kw,
+        )
+        result = []
+        for segs in out["segments"]:
+            found = [
+                (
+                    round(float(g["start"]), 2),
+                    round(float(g["end"]), 2),
+                    self.tok_t.decode(
+                        [int(t) for t in g["tokens"] if int(t) < ts_begin], skip_special_tokens=True
+                    ).strip(),
+                )
+                for g in segs
+            ]
+            result.append([[min(CHUNK_S, max(0.0, a)), min(CHUNK_S, b), t] for a, b, t in found if t and b >= a])
+        return result
+
+    def _cache(self, r: Utterance, text: str, enc, k: int, n_samples: int, fp: str) -> dict:
+        """Write the teacher's outputs for row ``k`` of the batch at the paired positions; returns the
+        record's pairing fields."""
+        s_seq, t_seq = force(self.tok_s, self.prompt_s, text), force(self.tok_t, self.prompt_t, text)
+        s_pos, t_pos = pair_positions(s_seq, t_seq)
+        payload = {}
+        n_valid = valid_frames(n_samples)
+        for j in self.needs.encoder_layers:
+            payload[f"enc_{j}"] = enc.hidden_states[j + 1][k, :n_valid].to(torch.float16).cpu()
+        if self.needs.decoder_layers or self.needs.logits:
+            dec = self.teacher.model.decoder(
+                input_ids=torch.tensor([t_seq.input_ids], device=self.device),
+                encoder_hidden_states=enc.last_hidden_state[k : k + 1],
+                output_hidden_states=True,
+            )
+            tp = torch.tensor(t_pos, device=self.device)
+            for j in self.needs.decoder_layers:
+                payload[f"dec_{j}"] = dec.hidden_states[j + 1][0, tp].to(torch.float16).cpu()
+            if self.needs.logits:
+                logits = self.teacher.proj_out(dec.last_hidden_state[0, tp])
+                payload["logits"] = logits[:, self.shared.teacher_ids.to(self.device)].to(torch.float16).cpu()
+        name = f"{fp}_{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt"
+        torch.save(payload, self.cache_dir / f".{name}.tmp")
+        (self.cache_dir / f".{name}.tmp").replace(self.cache_dir / name)
+        return {
+            "cache": name,
+            "student_pos": s_pos,
+            "n_student": len(s_seq.input_ids) - len(self.prompt_s) + 1,
+            "n_teacher": len(t_seq.input_ids) - len(self.prompt_t) + 1,
+        }
+
+    def segments(self, batch: list[Utterance], done: dict[str, dict]) -> None:
+        """The teacher's timed segments of ``batch`` (timestamp-mode clips), added to their records."""
+        audios = [load_audio(r.audio) for r in batch]
+        with torch.inference_mode():
+            enc = self.teacher.model.encoder(self._features(audios).to(self.device))
+            found = self._generate_segments(enc, audios)
+        for r, segs in zip(batch, found):
+            done[r.id]["segments"] = segs
+            self._log(done[r.id])
+
+    def samples(
+        self, rows: list[Utterance], done: dict[str, dict], timed: Callable[[Utterance], bool]
+    ) -> tuple[list[Sample], dict]:
+        """The kept rows as training samples, and the pass's statistics."""
+        samples, dropped, paired, total, n_timed = [], 0, 0, 0, 0
+        for r in rows:
+            rec = done[r.id]
+            if "dropped" in rec:
+                dropped += 1
+                continue
+            audio = load_audio(r.audio)
+            cache = self.cache_dir / rec["cache"]
+            if timed(r) and rec.get("segments"):
+                # taught in timestamp mode on the teacher's segments, cross-entropy only: no position pairs
+                # with the cached teacher rows
+                s_seq = force_segments(self.tok_s, self.prompt_s[:-1], [tuple(g) for g in rec["segments"]])
+                text = " ".join(g[2] for g in rec["segments"])
+                samples.append(Sample(r.id, audio, text, s_seq, [], cache, 0, True))
+                n_timed += 1
+                continue
+            s_seq = force(self.tok_s, self.prompt_s, rec["text"])
+            samples.append(Sample(r.id, audio, rec["text"], s_seq, rec["student_pos"], cache, len(rec["student_pos"])))
+            paired += len(rec["student_pos"])
+            total += rec["n_student"]
+        if not samples:
+            raise DataError(f"no training rows left ({dropped} dropped by --wer-threshold or empty transcripts)")
+        stats = {
+            "rows": len(rows),
+            "kept": len(samples),
+            "dropped": dropped,
+            "timestamped": n_timed,
+            "paired_share": paired / total if total else 1.0,
+        }
+        return samples, stats
+
+
+def _judge(r: Utterance, fp: str, teacher_text: str | None, pseudo_label: str, wer_threshold: float | None) -> dict:
+    """A row's label record: the text it trains on, or why it is dropped (teacher too far from the
+    reference, empty, or a repetition loop)."""
+    rec: dict[str, Any] = {"id": r.id, "fp": fp, "reference": r.text, "teacher": (teacher_text or "").strip() or None}
+    if wer_threshold is not None and r.text is not None:
+        rec["teacher_wer"] = error_rates([r.text], [rec["teacher"] or ""]).wer
+        if rec["teacher_wer"] > wer_threshold:
+            rec["dropped"] = f"teacher WER {rec['teacher_wer']:.2f} > {wer_threshold}"
+    text = rec["teacher"] if (pseudo_label == "all" or r.text is None) else r.text
+    if not text:
+        rec["dropped"] = rec.get("dropped", "empty transcript")
+    elif compression_ratio(text) > COMPRESSION_RATIO_MAX:
+        # openai/whisper's threshold: a repetition loop, not a transcript
+        rec["dropped"] = rec.get("dropped", f"repetitive transcript (ratio {compression_ratio(text):.1f})")
+    rec["text"] = text
+    return rec
 
 
 def _token_cap(audios) -> int:

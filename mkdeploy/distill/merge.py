@@ -14,11 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from mkdeploy.distill.select import Selection, interpolate_state, set_lora_scale
 from mkdeploy.distill.trainer import latest_checkpoint
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.fsutil import atomic_output_dir
+from mkdeploy.models.student import load_whisper
 
 
 @dataclass
@@ -88,7 +90,6 @@ def merge_run(
     Returns:
         a :class:`MergeResult`; its ``warnings`` say when training did not help on dev.
     """
-    from mkdeploy.models.student import load_whisper
 
     run = Path(run)
     if not (run / "run.json").exists():
@@ -107,18 +108,7 @@ def merge_run(
     model.eval()
     step = json.loads((ck / "state.json").read_text())["step"] if ck else 0
     merged, before = _apply_checkpoint(model, ck, alpha)
-    bad = [n for n, p in merged.state_dict().items() if not torch.isfinite(p).all()]
-    if bad:
-        raise MkdError(
-            f"{ck}: merged weights hold NaN or inf ({bad[0]} and {len(bad) - 1} more); nothing written — "
-            "resume from an earlier checkpoint or train with a lower --lr"
-        )
-    after = _probe(merged)
-    diff = float((before - after).abs().max())
-    if diff > atol:
-        raise MkdError(f"{ck}: merged logits differ from the adapter model's by {diff:.2e} > {atol}; nothing written")
-    if any("lora_" in n for n, _ in merged.named_parameters()):
-        raise MkdError("peft modules remained after merge_and_unload")
+    diff = _check_merged(merged, before, ck, atol)
     merged.config.mkdeploy_distilled = {
         "run": str(run.resolve()),
         "checkpoint": ck.name if ck else None,
@@ -139,15 +129,29 @@ def merge_run(
     return MergeResult(Path(out), ck, step, diff, alpha, reason, warnings)
 
 
+def _check_merged(merged, before: torch.Tensor, ck: Path | None, atol: float) -> float:
+    """Refuse a merge with non-finite weights, logits that moved, or adapters left; returns the logit gap."""
+    bad = [n for n, p in merged.state_dict().items() if not torch.isfinite(p).all()]
+    if bad:
+        raise MkdError(
+            f"{ck}: merged weights hold NaN or inf ({bad[0]} and {len(bad) - 1} more); nothing written — "
+            "resume from an earlier checkpoint or train with a lower --lr"
+        )
+    diff = float((before - _probe(merged)).abs().max())
+    if diff > atol:
+        raise MkdError(f"{ck}: merged logits differ from the adapter model's by {diff:.2e} > {atol}; nothing written")
+    if any("lora_" in n for n, _ in merged.named_parameters()):
+        raise MkdError("peft modules remained after merge_and_unload")
+    return diff
+
+
 def _apply_checkpoint(model, ck: Path | None, alpha: float):
     """The student with ``alpha`` of the checkpoint's change applied, and its probe logits before merging."""
-    from safetensors.torch import load_file
-
     if ck is None:  # the untrained student
         return model, _probe(model)
     state = json.loads((ck / "state.json").read_text())
     if state["train_mode"] == "lora":
-        from peft import PeftModel
+        from peft import PeftModel  # heavy; only LoRA runs need it
 
         peft_model = PeftModel.from_pretrained(model, ck / "adapter").eval()
         set_lora_scale(peft_model, alpha)

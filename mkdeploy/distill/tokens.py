@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mkdeploy.constants import CHUNK_S, TIME_PRECISION_S
+
 
 @dataclass
 class ForcedSequence:
@@ -66,7 +68,8 @@ def force_segments(
     """
 
     def stamp(t: float) -> int:
-        return tokenizer.convert_tokens_to_ids(f"<|{round(min(30.0, max(0.0, t)) / 0.02) * 0.02:.2f}|>")
+        step = round(min(CHUNK_S, max(0.0, t)) / TIME_PRECISION_S)
+        return tokenizer.convert_tokens_to_ids(f"<|{step * TIME_PRECISION_S:.2f}|>")
 
     ids: list[int] = []
     for start, end, text in segments:

@@ -29,18 +29,39 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mkdeploy.audio import SAMPLE_RATE
+from mkdeploy.data import load_manifest
 from mkdeploy.distill.config import RecipeConfig
+from mkdeploy.distill.data import TeacherNeeds, pseudo_label_and_cache
 from mkdeploy.distill.losses import FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss, RetentionLoss
 from mkdeploy.distill.select import Candidate, Selection, best, choose, interpolate_state, set_lora_scale
+from mkdeploy.distill.tokens import shared_vocab
 from mkdeploy.errors import MkdError, ModelError, OutputExistsError
-from mkdeploy.models.window import FULL_WINDOW_S, WindowConfig
+from mkdeploy.evaluate import error_rates, wer_by_group
+from mkdeploy.models.heads import ProjectionHeads, layer_map
+from mkdeploy.models.student import (
+    apply_lora,
+    count_parameters,
+    freeze_all_but_decoder,
+    is_pruned,
+    load_whisper,
+)
+from mkdeploy.models.window import (
+    FULL_WINDOW_S,
+    WindowConfig,
+    enable_encoder_windows,
+    model_buckets,
+    set_model_buckets,
+)
+from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 LATEST = "LATEST"
 
@@ -100,8 +121,6 @@ def lr_lambda(config: RecipeConfig) -> Callable[[int], float]:
 
 
 def _layer_pairs(explicit, n_student: int, n_teacher: int, only: set[int] | None = None) -> list[tuple[int, int]]:
-    from mkdeploy.models.heads import layer_map
-
     pairs = [tuple(p) for p in explicit] if explicit else layer_map(n_student, n_teacher)
     for i, j in pairs:
         if not (0 <= i < n_student and 0 <= j < n_teacher):
@@ -113,7 +132,7 @@ class Trainer:
     """Builds everything from TrainArgs and runs the loop (see :func:`train`)."""
 
     def __init__(self, args: TrainArgs, log: Callable[[str], None] = print):
-        from accelerate import Accelerator
+        from accelerate import Accelerator  # heavy (imports its launchers); only a run needs it
 
         self.args, self.log = args, log
         cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
@@ -148,29 +167,16 @@ class Trainer:
         return config
 
     def build(self) -> None:
-        from mkdeploy.data import load_manifest
-        from mkdeploy.distill.data import TeacherNeeds, pseudo_label_and_cache
-        from mkdeploy.distill.tokens import shared_vocab
-        from mkdeploy.models.heads import ProjectionHeads
-        from mkdeploy.models.student import (
-            apply_lora,
-            count_parameters,
-            freeze_all_but_decoder,
-            is_pruned,
-            load_whisper,
-        )
-        from mkdeploy.models.window import WindowConfig, enable_encoder_windows, model_buckets, set_model_buckets
-
+        """Load teacher and student, wrap what trains, run the teacher's pass, make the optimiser."""
         args = self.args
         self.config = cfg = self.prepare_run_dir()
+        # both manifests are read before the models: a bad file fails in seconds, not after the teacher's pass
+        train_rows = load_manifest(args.train_manifest)
+        eval_rows = load_manifest(args.eval_manifest, require_text=True) if args.eval_manifest else []
+        self.eval_rows = eval_rows[: args.eval_limit] if eval_rows and args.eval_limit else eval_rows
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        train_rows = load_manifest(args.train_manifest)
-        eval_rows = load_manifest(args.eval_manifest, require_text=True) if args.eval_manifest else []
-        if eval_rows and args.eval_limit:
-            eval_rows = eval_rows[: args.eval_limit]
-
         teacher, t_proc = load_whisper(args.teacher)
         student, s_proc = load_whisper(args.student)
         if args.teacher.resolve() == args.student.resolve():
@@ -179,11 +185,36 @@ class Trainer:
                 "with `mkd student init`"
             )
         teacher.eval().requires_grad_(False)
-        n_teacher = count_parameters(teacher)
         pruned = is_pruned(student)
+        self._set_windows(student)
+        student, trainable_enc = self._trainable(student, pruned)
+        base = student.get_base_model() if hasattr(student, "get_base_model") else student
         tc, sc = teacher.config, student.config
-        # Encoder windows: the recipe's buckets, else the student's own (`mkd student init --encoder-buckets`).
-        # They go into the student's config, so the merged model, its export and the runtime use them.
+        # Only layers that train get aligned: a frozen encoder layer's states can't move (and a pruned
+        # student's copied encoder equals the teacher's: nothing to align).
+        full_enc = _layer_pairs(
+            cfg.encoder_pairs, sc.encoder_layers, tc.encoder_layers, None if cfg.encoder_pairs else trainable_enc
+        )
+        full_dec = _layer_pairs(cfg.decoder_pairs, sc.decoder_layers, tc.decoder_layers)
+        self.enc_pairs, self.dec_pairs = (full_enc, full_dec) if cfg.uses_heads else ([], [])
+        heads = self._heads(sc.d_model, tc.d_model)
+        self._count(count_parameters(teacher), base, student, heads)
+        self.s_proc = s_proc
+        self.samples, self.stats = self._teacher_pass(train_rows, teacher, t_proc, base, full_enc, full_dec)
+        del teacher  # the cache holds all the loop needs
+        # A student whose encoder does not train (no encoder LoRA, no encoder alignment, Whisper's own 30 s
+        # window) encodes each clip to the same states every epoch: they are computed once and kept in memory,
+        # which leaves the decoder's forward and backward as a step's whole cost.
+        self.frozen_encoder = not trainable_enc and not self.enc_pairs and self.windows is None
+        self._encoded: dict[int, torch.Tensor] = {}
+        self._optimise(DistillModule(student, heads))
+        if self.acc.is_main_process:
+            self._write_run_info(pruned)
+
+    def _set_windows(self, student) -> None:
+        """Encoder windows: the recipe's buckets, else the student's own (`mkd student init --encoder-buckets`).
+        They go into the student's config, so the merged model, its export and the runtime use them."""
+        cfg, sc = self.config, student.config
         own = model_buckets(sc)
         buckets = cfg.encoder_buckets or (list(own) if own else None)
         self.windows = WindowConfig(tuple(buckets)) if buckets else None
@@ -195,7 +226,11 @@ class Trainer:
                 f"({100 * cfg.full_window_prob:.0f}% of batches at 30 s)"
             )
 
-        # What trains: LoRA (+ heads), or the decoder in full for pruned students.
+    def _trainable(self, student, pruned: bool):
+        """What trains: LoRA (+ heads), or the decoder in full for pruned students. Returns the student and
+        the indices of its encoder layers that train. Keeps what the retention term and the interpolation
+        toward the start need (LoRA needs no copy: with its adapters disabled the student is its start)."""
+        cfg, sc = self.config, student.config
         if cfg.train_mode == "lora":
             student = apply_lora(
                 student, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.encoder_lora_layers
@@ -209,8 +244,6 @@ class Trainer:
         else:
             freeze_all_but_decoder(student)
             trainable_enc = set()
-        # The starting decoder, for the retention term and the interpolation toward the start. LoRA needs no
-        # copy: with its adapters disabled the student is its starting self.
         self.start_decoder = (
             None
             if cfg.train_mode == "lora"
@@ -219,18 +252,17 @@ class Trainer:
         self.reference = None
         if cfg.train_mode != "lora" and cfg.w_retain > 0:
             self.reference = copy.deepcopy(student).eval().requires_grad_(False)
-        base = student.get_base_model() if hasattr(student, "get_base_model") else student
+        return student, trainable_enc
 
-        # Only layers that train get aligned: a frozen encoder layer's states can't move (and a pruned
-        # student's copied encoder equals the teacher's: nothing to align).
-        full_enc = _layer_pairs(
-            cfg.encoder_pairs, sc.encoder_layers, tc.encoder_layers, None if cfg.encoder_pairs else trainable_enc
+    def _heads(self, d_student: int, d_teacher: int):
+        cfg = self.config
+        return ProjectionHeads(
+            d_student, d_teacher, self.enc_pairs, self.dec_pairs, cfg.head_rank, cfg.proj_dim, cfg.teacher_map, cfg.seed
         )
-        full_dec = _layer_pairs(cfg.decoder_pairs, sc.decoder_layers, tc.decoder_layers)
-        enc_pairs, dec_pairs = (full_enc, full_dec) if cfg.uses_heads else ([], [])
-        heads = ProjectionHeads(
-            sc.d_model, tc.d_model, enc_pairs, dec_pairs, cfg.head_rank, cfg.proj_dim, cfg.teacher_map, cfg.seed
-        )
+
+    def _count(self, n_teacher: int, base, student, heads) -> None:
+        """Parameter counts; refuses a LoRA run above ``max_trainable`` of the teacher."""
+        cfg = self.config
         n_trainable = count_parameters(student, trainable_only=True) + heads.trainable_parameters()
         ratio = n_trainable / n_teacher
         self.counts = {
@@ -251,20 +283,21 @@ class Trainer:
                 f"{100 * cfg.max_trainable:.2f}%; lower --lora-r or --encoder-lora-layers, or raise the bound"
             )
 
-        shared = shared_vocab(s_proc.tokenizer, t_proc.tokenizer)
+    def _teacher_pass(self, rows, teacher, t_proc, base, full_enc, full_dec) -> tuple[list, dict]:
+        """Pseudo-labels and the teacher's cached outputs (rank 0 computes, the others read the cache)."""
+        args, cfg = self.args, self.config
+        self.shared = shared = shared_vocab(self.s_proc.tokenizer, t_proc.tokenizer)
         # The cache always holds what the full recipe reads (all aligned layers and the logits), so runs of
         # different recipes on the same data can share one cache (--cache-dir): the ablation's teacher cost
         # is paid once.
         needs = TeacherNeeds(sorted({j for _, j in full_enc}), sorted({j for _, j in full_dec}), True)
-        device = self.acc.device
-        teacher.to(device)
+        teacher.to(self.acc.device)
         with self.acc.main_process_first():
-            # rank 0 labels and caches; the others then find everything on disk
             samples, stats = pseudo_label_and_cache(
-                train_rows,
+                rows,
                 teacher,
                 t_proc,
-                s_proc,
+                self.s_proc,
                 base.generation_config,
                 shared,
                 needs,
@@ -273,31 +306,24 @@ class Trainer:
                 pseudo_label=args.pseudo_label,
                 wer_threshold=args.wer_threshold,
                 batch_size=cfg.batch_size,
-                on_progress=self._label_progress(len(train_rows)),
+                on_progress=self._label_progress(len(rows)),
                 timestamp_prob=cfg.timestamp_prob,
                 seed=cfg.seed,
             )
         teacher.to("cpu")
-        del teacher  # the cache holds all the loop needs
         self.log(
             f"data: {stats['kept']} clips ({stats['dropped']} dropped, {stats['timestamped']} taught in timestamp "
             f"mode), {100 * stats['paired_share']:.1f}% of token positions paired across tokenizers "
             f"({'identical' if shared.identical else len(shared)} shared vocabulary)"
         )
+        return samples, stats
 
-        self.samples, self.stats, self.shared = samples, stats, shared
-        # A student whose encoder does not train (no encoder LoRA, no encoder alignment, Whisper's own 30 s
-        # window) encodes each clip to the same states every epoch: they are computed once and kept in memory,
-        # which leaves the decoder's forward and backward as a step's whole cost.
-        self.frozen_encoder = not trainable_enc and not enc_pairs and self.windows is None
-        self._encoded: dict[int, torch.Tensor] = {}
-        self.eval_rows, self.s_proc = eval_rows, s_proc
-        self.enc_pairs, self.dec_pairs = enc_pairs, dec_pairs
-        self.module = DistillModule(student, heads)
-        params = [p for p in self.module.parameters() if p.requires_grad]
+    def _optimise(self, module: DistillModule) -> None:
+        cfg = self.config
+        params = [p for p in module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        self.module, self.optimizer, self.scheduler = self.acc.prepare(self.module, self.optimizer, self.scheduler)
+        self.module, self.optimizer, self.scheduler = self.acc.prepare(module, self.optimizer, self.scheduler)
         self.losses = {
             "kd": LogitKDLoss(cfg.tau_kd),
             "geo": GeodesicLoss(),
@@ -307,20 +333,22 @@ class Trainer:
         }
         self.step = 0
         self.candidates: list[Candidate] = []
-        if self.acc.is_main_process:
-            info = {
-                "teacher": str(args.teacher.resolve()),
-                "student": str(args.student.resolve()),
-                "train_manifest": str(args.train_manifest),
-                "eval_manifest": str(args.eval_manifest or ""),
-                "pruned_student": pruned,
-                "encoder_pairs": enc_pairs,
-                "decoder_pairs": dec_pairs,
-                "parameters": self.counts,
-                "data": stats,
-                "world_size": self.acc.num_processes,
-            }
-            (self.run / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def _write_run_info(self, pruned: bool) -> None:
+        args = self.args
+        info = {
+            "teacher": str(args.teacher.resolve()),
+            "student": str(args.student.resolve()),
+            "train_manifest": str(args.train_manifest),
+            "eval_manifest": str(args.eval_manifest or ""),
+            "pruned_student": pruned,
+            "encoder_pairs": self.enc_pairs,
+            "decoder_pairs": self.dec_pairs,
+            "parameters": self.counts,
+            "data": self.stats,
+            "world_size": self.acc.num_processes,
+        }
+        (self.run / "run.json").write_text(json.dumps(info, indent=2) + "\n")
 
     def _label_progress(self, total: int) -> Callable[[int], None]:
         """Log teacher pseudo-labelling progress every ~10% (it is the longest stage before training)."""
@@ -341,8 +369,6 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Atomic: written to a hidden folder, renamed, then LATEST is replaced; two are kept."""
-        from safetensors.torch import save_file
-
         self.acc.wait_for_everyone()
         ckdir = self.run / "checkpoints"
         final = ckdir / f"step-{self.step:06d}"
@@ -380,8 +406,6 @@ class Trainer:
         return final
 
     def load_checkpoint(self) -> bool:
-        from safetensors.torch import load_file
-
         ck = latest_checkpoint(self.run)
         if ck is None:
             return False
@@ -490,7 +514,7 @@ class Trainer:
             self._encoded.update(zip(todo, states))
         return torch.stack([self._encoded[i] for i in idx])
 
-    def _inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+    def _inputs(self, batch: dict) -> dict[str, Any]:
         """The student's encoder input: cached encoder states when the encoder is frozen, else features."""
         dev = self.acc.device
         if batch.get("encoded") is not None:
@@ -498,10 +522,9 @@ class Trainer:
         return {"input_features": batch["features"].to(dev)}
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Every loss term of the recipe on one batch (weights are applied in :meth:`total`)."""
         cfg, dev = self.config, self.acc.device
-        module = self.module
-        heads = self._unwrapped().heads
-        out = module(
+        out = self.module(
             **self._inputs(batch),
             decoder_input_ids=batch["ids"].to(dev),
             decoder_attention_mask=batch["mask"].to(dev),
@@ -532,32 +555,40 @@ class Trainer:
             else:
                 terms["kd"] = zero
         if cfg.uses_heads:
-            Q = heads.teacher
-            geo, nce = [], []
-            points = []
-            for i, j in self.dec_pairs if len(rows) else []:
-                a = heads.heads[f"dec_{i}"](out.decoder_hidden_states[i + 1][rows, cols])
-                b = Q(torch.cat([c[f"dec_{j}"] for c in cache]).to(dev).float())
-                points.append((a, b))
-            for i, j in self.enc_pairs:
-                hs = out.encoder_hidden_states[i + 1]
-                a = heads.heads[f"enc_{i}"](torch.cat([hs[b, : len(c[f"enc_{j}"])] for b, c in enumerate(cache)]))
-                b = Q(torch.cat([c[f"enc_{j}"] for c in cache]).to(dev).float())
-                points.append((a, b))
-            for a, b in points:
-                if cfg.recipe == "fitnet":
-                    geo.append(self.losses["fit"](a, b))
-                else:
-                    geo.append(self.losses["geo"](a, b))
-                    k = min(cfg.nce_samples, len(a))
-                    pick = torch.randperm(len(a), device=a.device)[:k]
-                    nce.append(self.losses["nce"](a[pick], b[pick]))
-            anchor = zero + sum(p.sum() * 0.0 for p in heads.parameters() if p.requires_grad)
-            terms["geo"] = torch.stack(geo).sum() + anchor if geo else anchor
-            if nce:
-                terms["nce"] = torch.stack(nce).sum()
-            elif cfg.recipe == "manifold":
-                terms["nce"] = anchor
+            terms.update(self.alignment(out, cache, rows, cols, zero))
+        return terms
+
+    def alignment(self, out, cache: list[dict], rows: torch.Tensor, cols: torch.Tensor, zero: torch.Tensor) -> dict:
+        """The projection heads' terms: geodesic (or FitNets' MSE) and InfoNCE between each paired layer's
+        projected student points and the teacher's cached points under its frozen map."""
+        cfg, dev = self.config, self.acc.device
+        heads = self._unwrapped().heads
+        Q = heads.teacher
+        points = []
+        for i, j in self.dec_pairs if len(rows) else []:
+            a = heads.heads[f"dec_{i}"](out.decoder_hidden_states[i + 1][rows, cols])
+            b = Q(torch.cat([c[f"dec_{j}"] for c in cache]).to(dev).float())
+            points.append((a, b))
+        for i, j in self.enc_pairs:
+            hs = out.encoder_hidden_states[i + 1]
+            a = heads.heads[f"enc_{i}"](torch.cat([hs[b, : len(c[f"enc_{j}"])] for b, c in enumerate(cache)]))
+            b = Q(torch.cat([c[f"enc_{j}"] for c in cache]).to(dev).float())
+            points.append((a, b))
+        geo, nce = [], []
+        for a, b in points:
+            if cfg.recipe == "fitnet":
+                geo.append(self.losses["fit"](a, b))
+            else:
+                geo.append(self.losses["geo"](a, b))
+                k = min(cfg.nce_samples, len(a))
+                pick = torch.randperm(len(a), device=a.device)[:k]
+                nce.append(self.losses["nce"](a[pick], b[pick]))
+        anchor = zero + sum(p.sum() * 0.0 for p in heads.parameters() if p.requires_grad)
+        terms = {"geo": torch.stack(geo).sum() + anchor if geo else anchor}
+        if nce:
+            terms["nce"] = torch.stack(nce).sum()
+        elif cfg.recipe == "manifold":
+            terms["nce"] = anchor
         return terms
 
     def retention(self, batch: dict, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -608,8 +639,6 @@ class Trainer:
         """Dev WER of the student as it is now; recorded in eval.jsonl and as a selection candidate."""
         if not self.eval_rows or not self.acc.is_main_process:
             return None
-        from mkdeploy.evaluate import error_rates, wer_by_group
-        from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
         m = self._unwrapped()
         base = m.student.get_base_model() if hasattr(m.student, "get_base_model") else m.student
@@ -661,7 +690,9 @@ class Trainer:
         self.log("stop requested: finishing this step, saving a checkpoint")
 
     def fit(self, on_step: Callable[[int, dict], None] | None = None) -> dict:
-        cfg, acc = self.config, self.acc
+        """The loop: score dev at step 0, then step, log, checkpoint and score dev until ``max_steps`` or a
+        stop signal; at the end choose what merge ships (:meth:`select`)."""
+        cfg = self.config
         if self.args.resume:
             self.load_checkpoint()
             self.candidates = self._recorded_candidates()
@@ -672,40 +703,12 @@ class Trainer:
             if first_wer is not None:
                 self.log(f"held-out WER before training: {100 * first_wer:.2f}%{self._bucket_line()}")
                 first_buckets = self.last_eval.get("by_bucket")
-        world, rank = acc.num_processes, acc.process_index
-        global_batch = cfg.batch_size * world
         t_start = time.time()
         self.module.train()
         interrupted = False
         try:
             while self.step < cfg.max_steps:
-                t0 = time.perf_counter()
-                idx = self.step_indices(self.step, global_batch)[rank::world]
-                batch = self.make_batch(idx, self.step)
-                with acc.autocast():
-                    terms = self.compute_losses(batch)
-                    loss = self.total(terms)
-                if not torch.isfinite(loss):
-                    raise MkdError(f"step {self.step}: loss is {loss.item()}; lower --lr (now {cfg.lr})")
-                acc.backward(loss)
-                acc.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], cfg.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                dt = time.perf_counter() - t0
-                rec = {
-                    "step": self.step,
-                    "loss": loss.item(),
-                    **{k: v.item() for k, v in terms.items()},
-                    "w_nce": cfg.w_nce(self.step - 1),
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "samples_per_s": global_batch / dt,
-                    "window_s": batch["window"],
-                }
-                if acc.is_main_process:
-                    with open(self.run / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                rec = self.train_step()
                 if on_step:
                     on_step(self.step, rec)
                 eval_now = bool(cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps)
@@ -734,32 +737,70 @@ class Trainer:
             "parameters": self.counts,
             "data": self.stats,
         }
-        if not interrupted:
-            final_wer = self.evaluate()
-            summary.update(wer_before=first_wer, wer_after=final_wer)
-            if self.windows and final_wer is not None:
-                summary.update(
-                    encoder_buckets=list(self.windows.buckets),
-                    wer_by_bucket_before=first_buckets,
-                    wer_by_bucket_after=self.last_eval.get("by_bucket"),
+        if interrupted:
+            if self.acc.is_main_process and first_wer is not None:
+                (self.run / "summary.json").write_text(
+                    json.dumps({"wer_before": first_wer, "interrupted": True, "wer_by_bucket_before": first_buckets})
+                    + "\n"
                 )
-                self.log(f"held-out WER after training: {100 * final_wer:.2f}%{self._bucket_line()}")
-            selection = self.select()
-            if selection is not None:
-                summary.update(selected=asdict(selection.chosen), selection_reason=selection.reason())
-            self._write_rank_checksum()
-            if acc.is_main_process:
-                prev = {}
-                if (self.run / "summary.json").exists():
-                    prev = json.loads((self.run / "summary.json").read_text())
-                for key in ("wer_before", "wer_by_bucket_before"):
-                    if summary.get(key) is None and prev.get(key) is not None:
-                        summary[key] = prev[key]
-                (self.run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        elif acc.is_main_process and first_wer is not None:
-            (self.run / "summary.json").write_text(
-                json.dumps({"wer_before": first_wer, "interrupted": True, "wer_by_bucket_before": first_buckets}) + "\n"
+            return summary
+        return self._finish(summary, first_wer, first_buckets)
+
+    def train_step(self) -> dict:
+        """One optimiser step on this rank's slice of the step's global batch; returns its metrics record."""
+        cfg, acc = self.config, self.acc
+        world, rank = acc.num_processes, acc.process_index
+        global_batch = cfg.batch_size * world
+        t0 = time.perf_counter()
+        batch = self.make_batch(self.step_indices(self.step, global_batch)[rank::world], self.step)
+        with acc.autocast():
+            terms = self.compute_losses(batch)
+            loss = self.total(terms)
+        if not torch.isfinite(loss):
+            raise MkdError(f"step {self.step}: loss is {loss.item()}; lower --lr (now {cfg.lr})")
+        acc.backward(loss)
+        acc.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        rec = {
+            "step": self.step,
+            "loss": loss.item(),
+            **{k: v.item() for k, v in terms.items()},
+            "w_nce": cfg.w_nce(self.step - 1),
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_per_s": global_batch / (time.perf_counter() - t0),
+            "window_s": batch["window"],
+        }
+        if acc.is_main_process:
+            with open(self.run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        return rec
+
+    def _finish(self, summary: dict, first_wer: float | None, first_buckets: dict | None) -> dict:
+        """After the last step: final dev score, the selection, rank checksums, summary.json."""
+        final_wer = self.evaluate()
+        summary.update(wer_before=first_wer, wer_after=final_wer)
+        if self.windows and final_wer is not None:
+            summary.update(
+                encoder_buckets=list(self.windows.buckets),
+                wer_by_bucket_before=first_buckets,
+                wer_by_bucket_after=self.last_eval.get("by_bucket"),
             )
+            self.log(f"held-out WER after training: {100 * final_wer:.2f}%{self._bucket_line()}")
+        selection = self.select()
+        if selection is not None:
+            summary.update(selected=asdict(selection.chosen), selection_reason=selection.reason())
+        self._write_rank_checksum()
+        if self.acc.is_main_process:
+            prev = {}
+            if (self.run / "summary.json").exists():
+                prev = json.loads((self.run / "summary.json").read_text())
+            for key in ("wer_before", "wer_by_bucket_before"):
+                if summary.get(key) is None and prev.get(key) is not None:
+                    summary[key] = prev[key]
+            (self.run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _recorded_candidates(self) -> list[Candidate]:
@@ -812,10 +853,8 @@ class Trainer:
         return selection
 
     def _load_weights(self, ck: Path, m: DistillModule) -> None:
-        from safetensors.torch import load_file
-
         if self.config.train_mode == "lora":
-            from peft import set_peft_model_state_dict
+            from peft import set_peft_model_state_dict  # heavy; only LoRA runs need it
             from peft.utils import load_peft_weights
 
             set_peft_model_state_dict(m.student, load_peft_weights(str(ck / "adapter"), device="cpu"))
