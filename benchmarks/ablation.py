@@ -24,7 +24,7 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("work/ablation"))
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--recipes", default="manifold,kd,ce,fitnet")
     ap.add_argument("--from-demo", type=Path, help="a finished `mkd demo` workdir to share corpus, models and run")

@@ -11,17 +11,23 @@ from mkdeploy.cli.common import cli_errors, console, out, quiet_libraries
 
 def demo_cmd(
     workdir: Path = typer.Option(Path("work/demo"), "--workdir", help="Where models, corpus, run and report go."),
-    steps: int = typer.Option(60, "--steps", min=1, help="Training steps."),
-    train_clips: int = typer.Option(240, "--train-clips", min=8),
-    test_clips: int = typer.Option(50, "--test-clips", min=4, help="Clips in each of the three test sets."),
+    # None: the library's defaults (DemoOptions, CorpusSpec), so they are written in one place
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps [default: the demo's]."),
+    train_clips: int | None = typer.Option(None, "--train-clips", min=8, help="[default: the demo's]"),
+    test_clips: int | None = typer.Option(
+        None, "--test-clips", min=4, help="Clips in each of the three test sets [default: the demo's]."
+    ),
 ) -> None:
     """Import base and tiny.en, synthesise the corpus, distil, merge, export, score on unseen speech, bench."""
-    from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec
+    from mkdeploy.demo.corpus import TEST_SPLITS
     from mkdeploy.demo.pipeline import TITLES, DemoOptions, run_demo
 
     quiet_libraries()
     with cli_errors():
-        opts = DemoOptions(workdir=workdir, steps=steps, corpus=CorpusSpec(n_train=train_clips, n_test=test_clips))
+        opts = DemoOptions(workdir=workdir)
+        opts.steps = steps or opts.steps
+        opts.corpus.n_train = train_clips or opts.corpus.n_train
+        opts.corpus.n_test = test_clips or opts.corpus.n_test
         head = run_demo(opts, log=lambda s: console.print(s, highlight=False))
     out.print("")
     out.print(f"report: {head.report}")

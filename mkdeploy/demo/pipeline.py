@@ -42,8 +42,7 @@ class DemoOptions:
 
     workdir: Path = Path("work/demo")
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
-    # the best dev checkpoint was step 20 in 60- and 120-step runs (kd, τ = 1): 40 steps hold it with room
-    steps: int = 40
+    steps: int = 60
     batch_size: int = 8
     eval_every: int = 20
     # one interpolation point: each costs a dev pass (~30 s here)
