@@ -30,7 +30,15 @@ def bench_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ) -> None:
     """Benchmark models on the same clips: latency percentiles, RTF, throughput, memory, size, WER."""
-    from mkdeploy.bench import markdown_table, parse_model_spec, run_bench, write_report
+    # imported on use, so `mkd --help` stays fast
+    from mkdeploy.bench import (
+        markdown_table,
+        parse_model_spec,
+        run_bench,
+        write_report,
+    )
+
+    # imported on use, so `mkd --help` stays fast
     from mkdeploy.fsutil import check_writable
 
     quiet_libraries()

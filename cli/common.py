@@ -27,16 +27,19 @@ out = Console(soft_wrap=True)
 def quiet_libraries() -> None:
     """Silence transformers' advisory warnings: users see our messages, not library chatter."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # imported on use, so `mkd --help` stays fast
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     logging.getLogger("optimum").setLevel(logging.ERROR)
     try:  # optimum keeps its own library root logger (it resets the level set above on first use)
+        # imported on use, so `mkd --help` stays fast
         from optimum.utils import logging as optimum_logging
 
         optimum_logging.set_verbosity_error()
     except ImportError:
         pass
+    # imported on use, so `mkd --help` stays fast
     import warnings
 
     warnings.filterwarnings("ignore", category=UserWarning)

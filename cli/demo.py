@@ -19,6 +19,7 @@ def demo_cmd(
     ),
 ) -> None:
     """Import base and tiny.en, synthesise the corpus, distil, merge, export, score on unseen speech, bench."""
+    # imported on use, so `mkd --help` stays fast
     from mkdeploy.demo.corpus import TEST_SPLITS
     from mkdeploy.demo.pipeline import TITLES, DemoOptions, run_demo
 

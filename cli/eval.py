@@ -22,6 +22,7 @@ def eval_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite --output."),
 ) -> None:
     """Score a model's transcripts against references (Whisper's English normaliser, then jiwer)."""
+    # imported on use, so `mkd --help` stays fast
     from mkdeploy.data import load_manifest
     from mkdeploy.evaluate import evaluate_manifest
     from mkdeploy.fsutil import atomic_write_text, check_writable

@@ -25,6 +25,7 @@ def export_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing export."),
 ) -> None:
     """Export to ONNX with optimum (encoder + merged decoder with past key values) and check parity."""
+    # imported on use, so `mkd --help` stays fast
     from mkdeploy.audio import load_audio
     from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 

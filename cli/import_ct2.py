@@ -20,6 +20,7 @@ def import_ct2(
     force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it exists."),
 ) -> None:
     """Import a CTranslate2 (faster-whisper) Whisper model as a Hugging Face directory."""
+    # imported on use, so `mkd --help` stays fast
     from mkdeploy.errors import MkdError
     from mkdeploy.models.ct2 import import_ct2 as do_import
 
@@ -31,6 +32,7 @@ def import_ct2(
             if target is None or (out_dir is not None and src is not None):
                 raise MkdError("usage: mkd import-ct2 --from-package PKG OUT_DIR")
             # the weight packages are the demo's (the [demo] extra): imported only when asked for
+            # imported on use, so `mkd --help` stays fast
             from mkdeploy.demo.weights import import_package
 
             path = import_package(from_package, target, force=force)

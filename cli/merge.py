@@ -25,6 +25,7 @@ def merge_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
 ) -> None:
     """Merge the dev-selected adapters (peft merge_and_unload), drop the heads, check logits, save."""
+    # imported on use, so `mkd --help` stays fast
     from mkdeploy.distill.merge import merge_run
 
     quiet_libraries()

@@ -23,6 +23,7 @@ def serve_cmd(**options: Any) -> None:
     with cli_errors():
         try:
             # optional dependency: the [serve] extra; the core install never imports FastAPI
+            # imported on use, so `mkd --help` stays fast
             from mkdeploy.serve.app import run
         except ImportError as exc:
             raise MkdError(

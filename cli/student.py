@@ -34,8 +34,16 @@ def init_cmd(
 ) -> None:
     """A student: pruned from the teacher (--teacher, --decoder-layers) and/or with short encoder windows
     (--from MODEL --encoder-buckets 5,10,20,30)."""
+    # imported on use, so `mkd --help` stays fast
     from mkdeploy.errors import MkdError
-    from mkdeploy.models.student import count_parameters, init_pruned_student, init_windowed_student, load_whisper
+    from mkdeploy.models.student import (
+        count_parameters,
+        init_pruned_student,
+        init_windowed_student,
+        load_whisper,
+    )
+
+    # imported on use, so `mkd --help` stays fast
     from mkdeploy.models.window import model_buckets, parse_buckets
 
     quiet_libraries()

@@ -51,6 +51,7 @@ def transcribe(
 ) -> None:
     """Transcribe audio files; bad files are listed and the rest still transcribed."""
     # imported on use, as in every command module: `mkd --help` stays fast
+    # imported on use, so `mkd --help` stays fast
     from mkdeploy.audio import expand_audio_paths
     from mkdeploy.errors import MkdError
     from mkdeploy.models.window import parse_buckets
@@ -95,7 +96,8 @@ def transcribe(
 
 def _check_targets(paths, writers, force: bool) -> None:
     """Refuse before decoding anything when a transcript would overwrite one without --force."""
-    from mkdeploy.fsutil import check_writable  # imported on use: `mkd --help` stays fast
+    # imported on use, so `mkd --help` stays fast
+    from mkdeploy.fsutil import check_writable
 
     if force:
         return

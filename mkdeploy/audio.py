@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.resources import as_file, files
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> n
     """Band-limited resampling with soxr (the resampler of SoX, also used by librosa)."""
     if orig_sr == target_sr:
         return audio.astype(np.float32, copy=False)
-    import soxr
+    import soxr  # imported on use: only resampling needs it
 
     return soxr.resample(audio, orig_sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
@@ -86,7 +87,7 @@ def decode_audio_bytes(data: bytes, name: str = "upload", sr: int = SAMPLE_RATE)
 
 
 def _decode(source: str | io.BytesIO, name: str, sr: int) -> tuple[np.ndarray, AudioInfo]:
-    import soundfile as sf
+    import soundfile as sf  # imported on use: libsndfile loads on first audio read
 
     try:
         data, file_sr = sf.read(source, dtype="float32", always_2d=True)
@@ -131,7 +132,6 @@ def expand_audio_paths(inputs: Sequence[str | Path]) -> list[Path]:
 def reference_clips() -> list[tuple[np.ndarray, str]]:
     """The two committed speech clips (mkdeploy/assets/parity, Piper's joe voice) with their texts: the
     export's parity check and the server's warm-up use them, so neither needs a speech engine."""
-    from importlib.resources import as_file, files
 
     clips = []
     for stem in ("clip0", "clip1"):

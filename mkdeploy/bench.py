@@ -10,6 +10,7 @@ variant folder) and CTranslate2 directories (faster-whisper's format) sit on one
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -24,6 +25,10 @@ from mkdeploy.audio import SAMPLE_RATE, load_audio
 from mkdeploy.data import load_manifest
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.evaluate import error_rates
+from mkdeploy.fsutil import atomic_output_dir
+from mkdeploy.models.ct2 import read_ct2_model_bin
+from mkdeploy.models.window import parse_buckets
+from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 
 @dataclass
@@ -42,7 +47,6 @@ class ModelSpec:
 
 def parse_model_spec(text: str) -> ModelSpec:
     """Parse ``NAME=PATH`` with an optional ``:buckets=5,10,20,30`` suffix."""
-    from mkdeploy.models.window import parse_buckets
 
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
@@ -129,8 +133,6 @@ class WhisperRunner(Runner):
         max_new_tokens: int | None = None,
         buckets: tuple[int, ...] | None = None,
     ):
-        from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
-
         self.path = path
         self.tr = WhisperTranscriber.from_pretrained(path, device=device)
         self.backend, self.device, self.provider = self.tr.backend, self.tr.device, self.tr.provider or ""
@@ -161,13 +163,13 @@ class CT2Runner(Runner):
 
     def __init__(self, path: Path, device: str, language: str, max_new_tokens: int | None = None):
         try:
-            import ctranslate2
+            import ctranslate2  # optional peer, only `mkd bench` with a CTranslate2 spec needs it
         except ImportError:
             raise MkdError(
                 f"{path}: a CTranslate2 model, but ctranslate2 is not installed (pip install ctranslate2)"
             ) from None
-        from tokenizers import Tokenizer
-        from transformers import WhisperFeatureExtractor
+        from tokenizers import Tokenizer  # only the CTranslate2 paths need it
+        from transformers import WhisperFeatureExtractor  # heavy; imported on use so the core import stays light
 
         self.ct2 = ctranslate2
         self.path = path
@@ -199,8 +201,6 @@ class CT2Runner(Runner):
         return self.tok.decode(ids, skip_special_tokens=True).strip(), len(ids) + 1
 
     def params(self) -> int:
-        from mkdeploy.models.ct2 import read_ct2_model_bin
-
         m = read_ct2_model_bin(self.path / "model.bin")
         return int(sum(np.asarray(v).size for k, v in m.variables.items() if np.asarray(v).ndim >= 1))
 
@@ -212,7 +212,7 @@ def _onnx_variant(path: Path) -> str:
 def onnx_param_count(path: Path) -> int:
     """Weights of the encoder and merged decoder (each initializer once; the merged decoder's branches
     share theirs)."""
-    import onnx
+    import onnx  # heavy; only export and bench need it
 
     total = 0
     # an fp16 variant holds the unmerged pair; decoder_with_past repeats decoder_model's weights
@@ -258,17 +258,16 @@ def load_runner(spec: ModelSpec, device: str, language: str, max_new_tokens: int
 
 # -- measuring --------------------------------------------------------------------------------------
 def _rss_mb() -> float:
-    import psutil
+    import psutil  # only the bench's memory figures need it
 
     return psutil.Process().memory_info().rss / 1e6
 
 
 def environment(device: str) -> dict:
     """Machine and package facts stored with the figures."""
-    import importlib.metadata as md
 
-    import onnxruntime as ort
-    import torch
+    import onnxruntime as ort  # heavy; only the ONNX backend needs it
+    import torch  # heavy; imported on use so the core import stays light
 
     cpu = platform.processor()
     try:
@@ -493,10 +492,10 @@ def markdown_table(report: BenchReport) -> str:
 
 def plot(report: BenchReport, path: Path) -> None:
     """Latency (p50, ms) against WER (against references, else against the reference model)."""
-    import matplotlib
+    import matplotlib  # only `mkd bench --plot` needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only `mkd bench --plot` needs it
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     use_ref = all(m.wer is not None for m in report.models)
@@ -515,7 +514,6 @@ def plot(report: BenchReport, path: Path) -> None:
 
 def write_report(report: BenchReport, out: str | Path, force: bool = False) -> Path:
     """Write bench.json, bench.md and latency_vs_wer.png into ``out`` (atomically, as one directory)."""
-    from mkdeploy.fsutil import atomic_output_dir
 
     out = Path(out)
     with atomic_output_dir(out, force=force) as tmp:

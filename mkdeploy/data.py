@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mkdeploy.audio import AUDIO_EXTENSIONS
 from mkdeploy.errors import DataError
+from mkdeploy.fsutil import atomic_write_text
 
 
 @dataclass
@@ -76,7 +77,6 @@ def load_manifest(path: str | Path, require_text: bool = False) -> list[Utteranc
 
 def write_manifest(path: str | Path, rows: list[Utterance]) -> Path:
     """Write rows as JSONL with audio paths relative to the manifest where possible."""
-    from mkdeploy.fsutil import atomic_write_text
 
     path = Path(path)
     lines = []

@@ -244,7 +244,7 @@ def score_speech(
 
 def torch_logits(model, encoder_hidden_states: torch.Tensor) -> LogitsFn:
     """Full-sequence logits from a PyTorch ``WhisperForConditionalGeneration`` over fixed encoder states."""
-    from transformers.modeling_outputs import BaseModelOutput
+    from transformers.modeling_outputs import BaseModelOutput  # heavy; imported on use so the core import stays light
 
     enc = BaseModelOutput(last_hidden_state=encoder_hidden_states)  # type: ignore[arg-type]
     return lambda ids: model(encoder_outputs=enc, decoder_input_ids=ids, use_cache=False).logits
@@ -257,7 +257,7 @@ def ort_logits(model, encoder_hidden_states: torch.Tensor) -> LogitsFn:
 
 def torch_step(model, encoder_hidden_states: torch.Tensor) -> StepFn:
     """A step function over a PyTorch ``WhisperForConditionalGeneration`` and fixed encoder states."""
-    from transformers.modeling_outputs import BaseModelOutput
+    from transformers.modeling_outputs import BaseModelOutput  # heavy; imported on use so the core import stays light
 
     enc = BaseModelOutput(last_hidden_state=encoder_hidden_states)  # type: ignore[arg-type]
 

@@ -15,11 +15,16 @@ from pathlib import Path
 
 import jiwer
 
+from mkdeploy.data import load_manifest
+from mkdeploy.runtime import WhisperTranscriber
+
 
 @lru_cache(maxsize=1)
 def english_normalizer():
     """Whisper's English normaliser (transformers), with its spelling mapping."""
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+    from transformers.models.whisper.english_normalizer import (
+        EnglishTextNormalizer,  # heavy; imported on use so the core import stays light
+    )
 
     mapping = json.loads(resources.files("mkdeploy").joinpath("assets/english_spelling.json").read_text())
     return EnglishTextNormalizer(mapping)
@@ -141,8 +146,6 @@ def evaluate_manifest(
         (ErrorRates, transcriptions, failures). Unreadable files are listed in failures and left out of
         the rates.
     """
-    from mkdeploy.data import load_manifest
-    from mkdeploy.runtime import WhisperTranscriber
 
     rows = load_manifest(manifest, require_text=True)
     transcriber = WhisperTranscriber.from_pretrained(model_path, backend=backend, device=device)

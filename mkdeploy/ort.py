@@ -70,7 +70,7 @@ def resolve_variant_dir(path: str | Path, variant: str | None = None) -> Path:
 
 
 def _providers_for(device: str) -> list[str]:
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy; only the ONNX backend needs it
 
     available = ort.get_available_providers()
     if device == "cpu":
@@ -93,7 +93,7 @@ def _providers_for(device: str) -> list[str]:
 
 def session_options(opts: OrtOptions):
     """ONNX Runtime session options with spinning off unless asked for."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy; only the ONNX backend needs it
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -131,7 +131,7 @@ def load_ort_model(
     # "Found multiple ONNX files": the variant folders under an export's root; the pick is checked below.
     logging.getLogger("optimum.onnxruntime.modeling").setLevel(logging.ERROR)
     from optimum.onnxruntime import ORTModelForSpeechSeq2Seq  # heavy; only the ONNX backend needs it
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor  # heavy; imported on use so the core import stays light
 
     path = resolve_variant_dir(path, variant)
     options = options or OrtOptions()

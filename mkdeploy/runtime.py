@@ -22,9 +22,31 @@ if TYPE_CHECKING:
 
 from mkdeploy.audio import SAMPLE_RATE, SILENCE_PEAK, load_audio_with_info
 from mkdeploy.constants import TIME_PRECISION_S
+from mkdeploy.decoding import (
+    decoder_prompt,
+    greedy_decode,
+    greedy_decode_timestamps,
+    no_speech_token,
+    ort_logits,
+    ort_step,
+    score_speech,
+    torch_logits,
+    torch_step,
+)
 from mkdeploy.errors import AudioError, MkdError, ModelError
 from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
+from mkdeploy.models.student import load_whisper
+from mkdeploy.models.window import (
+    FULL_WINDOW_S,
+    ONNX_DYNAMIC_FRAMES_ATTR,
+    WindowConfig,
+    enable_encoder_windows,
+    model_buckets,
+    window_frames,
+)
+from mkdeploy.ort import load_ort_model
 from mkdeploy.results import Segment, Transcription
+from mkdeploy.vad import has_speech
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +121,7 @@ class FileFailure:
 
 
 def resolve_device(device: Device | str) -> str:
-    import torch
+    import torch  # heavy; imported on use so the core import stays light
 
     if device not in ("auto", "cuda", "cpu"):
         raise MkdError(f"--device {device}: choose auto, cuda or cpu")
@@ -122,8 +144,6 @@ class WhisperTranscriber:
     """
 
     def __init__(self, model, processor, backend: str, device: str, provider: str | None = None, path: str = ""):
-        from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR, enable_encoder_windows, model_buckets
-
         self.model = model
         self.processor = processor
         self.backend = backend
@@ -144,7 +164,6 @@ class WhisperTranscriber:
 
     def windows(self, options: TranscriptionOptions | None = None):
         """The :class:`~mkdeploy.models.window.WindowConfig` used with ``options``."""
-        from mkdeploy.models.window import FULL_WINDOW_S, WindowConfig
 
         buckets = (options.encoder_buckets if options else None) or self.model_buckets or (FULL_WINDOW_S,)
         win = WindowConfig(tuple(buckets))
@@ -171,8 +190,6 @@ class WhisperTranscriber:
         if backend == "auto":
             backend = "onnx" if is_onnx_dir(path) else "torch"
         if backend == "onnx":
-            from mkdeploy.ort import load_ort_model
-
             model, processor, provider = load_ort_model(path, device=device, **onnx_kwargs)
             return cls(
                 model,
@@ -182,7 +199,6 @@ class WhisperTranscriber:
                 provider,
                 path=str(path),
             )
-        from mkdeploy.models.student import load_whisper
 
         if is_onnx_dir(path) and not (path / "model.safetensors").exists():
             raise ModelError(f"{path}: an ONNX export; use --backend onnx (or auto)")
@@ -217,7 +233,7 @@ class WhisperTranscriber:
         """``model.generate`` with torch's generator seeded for the call: the temperature fallback samples,
         and a clip's transcript must not depend on what the process did before (two runs of the demo must
         agree; measured: the same dev set scored 20.83% and 20.39% in two processes before this)."""
-        import torch
+        import torch  # heavy; imported on use so the core import stays light
 
         devices = [torch.cuda.current_device()] if self.device == "cuda" and torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
@@ -273,7 +289,7 @@ class WhisperTranscriber:
 
     def encode(self, features):
         """Run the encoder alone on mel features of any window; returns a ``BaseModelOutput``."""
-        import torch
+        import torch  # heavy; imported on use so the core import stays light
 
         with torch.inference_mode():
             if self.backend == "torch":
@@ -283,9 +299,7 @@ class WhisperTranscriber:
     def _batch_inputs(self, audios: list[np.ndarray], window_s: int) -> tuple[dict, bool]:
         """Mel features (and the long-form attention mask) on the model's device; whether the batch is
         encoded in a window shorter than 30 s."""
-        import torch
-
-        from mkdeploy.models.window import FULL_WINDOW_S
+        import torch  # heavy; imported on use so the core import stays light
 
         short = window_s < FULL_WINDOW_S and max(len(a) for a in audios) <= window_s * SAMPLE_RATE
         if short:
@@ -312,9 +326,7 @@ class WhisperTranscriber:
     def _transcribe_batch(
         self, audios: list[np.ndarray], options: TranscriptionOptions, window_s: int = 30
     ) -> list[Transcription]:
-        import torch
-
-        from mkdeploy.models.window import FULL_WINDOW_S
+        import torch  # heavy; imported on use so the core import stays light
 
         longest = max(len(a) for a in audios)
         inputs, short = self._batch_inputs(audios, window_s)
@@ -357,9 +369,7 @@ class WhisperTranscriber:
         openai/whisper's timestamp rules, one pass. No temperature fallback: the caller checks the result
         (mkdeploy/packing.py decodes a window it cannot attribute again, clip by clip).
         """
-        import torch
-
-        from mkdeploy.decoding import decoder_prompt, greedy_decode_timestamps, ort_step, torch_step
+        import torch  # heavy; imported on use so the core import stays light
 
         if max(len(a) for a in audios) > WINDOW_SAMPLES:
             raise ValueError("decode_timestamped takes clips of at most 30 s")
@@ -403,7 +413,6 @@ class WhisperTranscriber:
         """openai/whisper's no-speech test (``transcribe()`` in its transcribe.py): a clip is empty when
         ``no_speech_prob > no_speech_threshold`` unless ``avg_logprob > logprob_threshold``. Scores are
         recorded on every result; the gate empties text, segments and tokens in place."""
-        from mkdeploy.decoding import decoder_prompt, no_speech_token, ort_logits, score_speech, torch_logits
 
         gen = self.model.generation_config
         tok = self.processor.tokenizer
@@ -428,9 +437,7 @@ class WhisperTranscriber:
         Returns:
             (token sequences, the encoder states, reused by the no-speech gate).
         """
-        import torch
-
-        from mkdeploy.decoding import decoder_prompt, greedy_decode, ort_step, torch_step
+        import torch  # heavy; imported on use so the core import stays light
 
         states = self.encode(inputs["input_features"]).last_hidden_state
         step = (torch_step if self.backend == "torch" else ort_step)(self.model, states)
@@ -517,8 +524,6 @@ def pre_gate(audio: np.ndarray, options: TranscriptionOptions) -> Transcription 
     if not len(audio) or float(np.abs(audio).max()) < SILENCE_PEAK:
         return Transcription("", "", [], duration, silent=True, gate="silence")
     if options.vad_filter:
-        from mkdeploy.vad import has_speech
-
         if not has_speech(audio):
             return Transcription("", "", [], duration, gate="vad")
     return None
@@ -551,7 +556,6 @@ def _segment_frames(model, window_s: int):
     mel frames (its segment length, also used by the temperature fallback and timestamps), so the config
     names the window while the call runs. The encoder's own length check reads its attribute, not the
     config (models/window.py), and the position table is untouched."""
-    from mkdeploy.models.window import window_frames
 
     config = model.config
     full = config.max_source_positions

@@ -30,7 +30,7 @@ _lock = threading.Lock()  # the ONNX wrapper keeps recurrent state between chunk
 def _model():
     try:
         # optional heavy dependency: only the VAD needs it (pip install 'mkdeploy[serve]')
-        from silero_vad import load_silero_vad
+        from silero_vad import load_silero_vad  # optional [serve] extra
     except ImportError:
         raise MkdError("the VAD needs the silero-vad package: pip install 'mkdeploy[serve]' (or drop --vad)") from None
     return load_silero_vad(onnx=True)
@@ -47,8 +47,8 @@ def speech_seconds(audio: np.ndarray, threshold: float = VAD_THRESHOLD, min_spee
     Returns:
         total duration of the detected speech stretches (0.0: no speech).
     """
-    import torch
-    from silero_vad import get_speech_timestamps
+    import torch  # heavy; imported on use so the core import stays light
+    from silero_vad import get_speech_timestamps  # optional [serve] extra
 
     model = _model()
     with _lock:

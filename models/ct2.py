@@ -289,7 +289,7 @@ def repair_bpe_merges(spec: dict) -> list[tuple[str, str]]:
 def _build_tokenizer(src: Path, vocab_size: int):
     """HF WhisperTokenizerFast from CT2's tokenizer.json plus Whisper's 1501 timestamp tokens."""
     from tokenizers import AddedToken, Tokenizer  # heavy, as in import_ct2
-    from transformers import WhisperTokenizerFast
+    from transformers import WhisperTokenizerFast  # heavy; imported on use so the core import stays light
 
     tok_path = src / "tokenizer.json"
     if not tok_path.exists():
@@ -373,7 +373,10 @@ def assemble_model_bin(dirs: list[Path], tmp: Path) -> Path:
 def _hf_model(state: dict[str, np.ndarray], dims: dict, gen):
     """A ``WhisperForConditionalGeneration`` holding ``state`` (built on the meta device: no random init)."""
     import torch  # heavy, as in import_ct2
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers import (  # heavy; imported on use so the core import stays light
+        WhisperConfig,
+        WhisperForConditionalGeneration,
+    )
 
     config = WhisperConfig(
         **dims,
@@ -410,7 +413,10 @@ def import_ct2(src: str | Path | list[Path], out: str | Path, force: bool = Fals
         ``AutoProcessor.from_pretrained`` offline.
     """
     # heavy: reading a CTranslate2 file needs numpy only (the PyPI package lookup and tests use that part)
-    from transformers import WhisperFeatureExtractor, WhisperProcessor
+    from transformers import (  # heavy; imported on use so the core import stays light
+        WhisperFeatureExtractor,
+        WhisperProcessor,
+    )
 
     dirs = [Path(p) for p in src] if isinstance(src, list) else [Path(src)]
     for d in dirs:

@@ -8,14 +8,18 @@ from pathlib import Path
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
+from mkdeploy.models.window import set_model_buckets
 
 PRUNED_MARKER = "mkdeploy_pruned_from"
 
 
 def load_whisper(path: str | Path, dtype=None):
     """(model, processor) of a HF Whisper directory, with clear errors."""
-    import torch
-    from transformers import AutoProcessor, WhisperForConditionalGeneration
+    import torch  # heavy; imported on use so the core import stays light
+    from transformers import (  # heavy; imported on use so the core import stays light
+        AutoProcessor,
+        WhisperForConditionalGeneration,
+    )
 
     path = check_model_dir(path)
     if is_onnx_dir(path) and not (path / "model.safetensors").exists():
@@ -53,7 +57,7 @@ def init_pruned_student(
         ``out``. Its config records which teacher layers were kept (the trainer warns when LoRA alone
         meets a pruned student: the kept layers need full training, README, The recipe in a paragraph).
     """
-    import torch
+    import torch  # heavy; imported on use so the core import stays light
 
     model, processor = load_whisper(teacher)
     cfg = model.config
@@ -98,7 +102,6 @@ def init_windowed_student(source: str | Path, out: str | Path, buckets, force: b
         buckets: window lengths in seconds (30 is added).
         force: replace ``out``.
     """
-    from mkdeploy.models.window import set_model_buckets
 
     model, processor = load_whisper(source)
     set_model_buckets(model.config, buckets)
@@ -129,7 +132,7 @@ def lora_target_modules(model, targets: list[str], encoder_top: int) -> list[str
 
 def apply_lora(model, r: int, alpha: int, dropout: float, targets: list[str], encoder_top: int):
     """Wrap the student with peft LoRA adapters; everything else frozen."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # heavy; only LoRA runs need it
 
     modules = lora_target_modules(model, targets, encoder_top)
     if not modules:

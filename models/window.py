@@ -125,9 +125,9 @@ def _windowed_forward(
     change is ``embed_positions.weight[:n]`` instead of the whole table. Full-length inputs go to Hugging
     Face's own forward unless traced: the ONNX export traces this path so its frame axis stays dynamic.
     """
-    import torch
-    from torch import nn
-    from transformers.modeling_outputs import BaseModelOutput
+    import torch  # heavy; imported on use so the core import stays light
+    from torch import nn  # heavy; imported on use so the core import stays light
+    from transformers.modeling_outputs import BaseModelOutput  # heavy; imported on use so the core import stays light
 
     frames = input_features.shape[-1]
     full = 2 * self.max_source_positions
@@ -189,7 +189,9 @@ class windowed_encoder_class:
     """
 
     def __enter__(self):
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+        from transformers.models.whisper.modeling_whisper import (
+            WhisperEncoder,  # heavy; imported on use so the core import stays light
+        )
 
         self._cls = WhisperEncoder
         self._orig = WhisperEncoder.forward

@@ -36,7 +36,7 @@ class AugmentSpec:
 
 def _reverb(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """Convolve with a synthetic room response: exponentially decaying noise, RT60 0.2-0.8 s."""
-    from scipy.signal import fftconvolve
+    from scipy.signal import fftconvolve  # optional [demo] extra (audiomentations' dependency)
 
     rt60 = np.random.uniform(0.2, 0.8)
     t = np.arange(int(rt60 * sample_rate)) / sample_rate
@@ -62,7 +62,7 @@ _LOCK = threading.Lock()
 
 @lru_cache(maxsize=4)
 def _chain(spec: AugmentSpec):
-    import audiomentations as A
+    import audiomentations as A  # optional [demo] extra
 
     return A.Compose(
         [

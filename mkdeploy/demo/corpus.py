@@ -130,7 +130,7 @@ def clip_plan(spec: CorpusSpec, split: str, index: int, text: str) -> dict:
 
 
 def _make_clip(plan: dict, path: Path, spec: CorpusSpec) -> None:
-    import soundfile as sf
+    import soundfile as sf  # imported on use: libsndfile loads on first audio read
 
     if path.exists():
         return

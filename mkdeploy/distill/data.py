@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,6 @@ from mkdeploy.evaluate import error_rates
 
 def compression_ratio(text: str) -> float:
     """len(text) / len(zlib(text)): high for repetition loops (openai/whisper drops above 2.4)."""
-    import zlib
 
     data = text.encode("utf-8")
     return len(data) / max(1, len(zlib.compress(data)))

@@ -151,7 +151,7 @@ def set_lora_scale(model, alpha: float) -> int:
     Returns:
         the number of LoRA layers scaled.
     """
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import LoraLayer  # heavy; only LoRA runs need it
 
     n = 0
     for module in model.modules():

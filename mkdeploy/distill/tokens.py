@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mkdeploy.constants import CHUNK_S, TIME_PRECISION_S
+from mkdeploy.decoding import decoder_prompt
 
 
 @dataclass
@@ -34,7 +35,6 @@ class ForcedSequence:
 
 def prompt_ids(tokenizer, generation_config, language: str = "en") -> list[int]:
     """<|startoftranscript|> [<|lang|> <|transcribe|>] <|notimestamps|>, as generate() builds it."""
-    from mkdeploy.decoding import decoder_prompt
 
     return decoder_prompt(tokenizer, generation_config, language)
 

@@ -855,7 +855,7 @@ class Trainer:
     def _load_weights(self, ck: Path, m: DistillModule) -> None:
         if self.config.train_mode == "lora":
             from peft import set_peft_model_state_dict  # heavy; only LoRA runs need it
-            from peft.utils import load_peft_weights
+            from peft.utils import load_peft_weights  # heavy; only LoRA runs need it
 
             set_peft_model_state_dict(m.student, load_peft_weights(str(ck / "adapter"), device="cpu"))
         else:
