@@ -59,6 +59,15 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def exit_on_failures(failures) -> None:
+    """List the files that failed (one line each) and exit 1; nothing when none failed."""
+    if failures:
+        console.print(f"[bold red]{len(failures)} file(s) failed:[/]")
+        for f in failures:
+            console.print(f"  {f.reason}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
 def progress(disable: bool = False) -> Progress:
     """A rich progress bar on stderr (hidden when stderr is not a terminal, e.g. in CI logs)."""
     return Progress(

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from mkdeploy.cli.common import cli_errors, console, out, progress, quiet_libraries
+from mkdeploy.cli.common import cli_errors, exit_on_failures, out, progress, quiet_libraries
 
 
 def eval_cmd(
@@ -51,8 +51,4 @@ def eval_cmd(
     table.add_row(str(rates.n), str(rates.ref_words), f"{100 * rates.wer:.2f}", f"{100 * rates.cer:.2f}")
     out.print(table)
     out.print(f"wrote {output}")
-    if failures:
-        console.print(f"[bold red]{len(failures)} file(s) failed:[/]")
-        for f in failures:
-            console.print(f"  {f.reason}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    exit_on_failures(failures)

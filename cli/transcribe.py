@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mkdeploy.cli.common import cli_errors, console, out, progress, quiet_libraries
+from mkdeploy.cli.common import cli_errors, console, exit_on_failures, out, progress, quiet_libraries
 
 #: why a transcript is empty, as printed after it
 GATE_NOTES = {
@@ -113,8 +113,4 @@ def _write_and_print(results, failures, writers, output_dir: Path) -> None:
         note = GATE_NOTES.get(r.gate, "")
         out.print(f"{r.path}: {r.text}{note}", highlight=False, soft_wrap=True)
     out.print(f"{len(results)} transcribed -> {output_dir}")
-    if failures:
-        console.print(f"[bold red]{len(failures)} file(s) failed:[/]")
-        for f in failures:
-            console.print(f"  {f.reason}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    exit_on_failures(failures)
