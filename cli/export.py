@@ -14,6 +14,9 @@ def export_cmd(
     model: Path = typer.Argument(..., help="HF Whisper directory (imported teacher or merged student)."),
     output: Path = typer.Argument(..., help="Export directory to create."),
     quantize: str | None = typer.Option(None, "--quantize", help="int8: add a dynamically quantised CPU variant."),
+    per_channel: bool = typer.Option(
+        True, "--per-channel/--per-tensor", help="int8 scales per output channel (default) or per tensor."
+    ),
     fp16: bool = typer.Option(False, "--fp16", help="Add an fp16 variant for GPUs."),
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: optimum's)."),
     atol: float = typer.Option(1e-3, "--atol", help="Tolerance of the output check against PyTorch."),
@@ -32,7 +35,9 @@ def export_cmd(
     quiet_libraries()
     with cli_errors():
         samples = [load_audio(p) for p in sample_audio]
-        opts = ExportOptions(quantize=quantize, fp16=fp16, opset=opset, atol=atol, validate=validate)
+        opts = ExportOptions(
+            quantize=quantize, per_channel=per_channel, fp16=fp16, opset=opset, atol=atol, validate=validate
+        )
         with console.status(f"exporting {model}"):
             manifest = export_onnx(model, output, opts, force=force, samples=samples or None, device=device)
     table = Table(title=f"{output} (opset {manifest.opset}, {manifest.seconds:.0f} s)")

@@ -1,6 +1,8 @@
 """The recipe's pieces against hand-computed values: losses, layer map, heads, tokenizer pairing, config."""
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,3 +142,32 @@ def test_timestamped_sequence_and_share(tiny_model_dir):
     share = sum(timestamp_mode(i, 0.2) for i in ids) / len(ids)
     assert 0.17 < share < 0.23 and [timestamp_mode(i, 0.2) for i in ids] == [timestamp_mode(i, 0.2) for i in ids]
     assert not any(timestamp_mode(i, 0.0) for i in ids) and all(timestamp_mode(i, 1.0) for i in ids)
+
+
+def test_teacher_cache_fingerprint_is_the_same_for_relative_and_absolute_paths(
+    tiny_model_dir, tiny_multilingual_teacher, tmp_path, monkeypatch
+):
+    """The demo passes relative paths, the ablation absolute ones: both must find the same teacher cache."""
+    from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
+
+    from mkdeploy.data import Utterance
+    from mkdeploy.distill.data import TeacherNeeds, TeacherPass
+
+    s_proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+
+    def fingerprint(teacher_path, audio):
+        teacher = WhisperForConditionalGeneration.from_pretrained(teacher_path)
+        t_proc = AutoProcessor.from_pretrained(teacher_path)
+        tp = TeacherPass(
+            teacher, t_proc, s_proc, GenerationConfig.from_pretrained(tiny_model_dir),
+            shared_vocab(s_proc.tokenizer, t_proc.tokenizer), TeacherNeeds([], [], True), tmp_path / "run", "en",
+        )  # fmt: skip
+        return tp.fingerprint([Utterance(id="a", audio=Path(audio), text="hello")], "missing", 0.3)
+
+    rel = Path(os.path.relpath(tiny_multilingual_teacher, tmp_path))
+    assert fingerprint(tiny_multilingual_teacher, clip) == fingerprint(rel, "a.wav")
+    # a different input still changes it
+    assert fingerprint(tiny_multilingual_teacher, clip) != fingerprint(tiny_model_dir, clip)

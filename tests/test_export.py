@@ -60,6 +60,11 @@ def test_int8_quantises_the_merged_decoder_subgraphs(tiny_export):
 
     dec = onnx.load(str(tiny_export / "int8" / "decoder_model_merged.onnx"))
     assert count(dec.graph, "DynamicQuantizeLinear") > 0 or count(dec.graph, "MatMulInteger") > 0
+    # per-channel by default: the weights' scales are vectors, one per output channel
+    assert json.loads((tiny_export / MANIFEST).read_text())["variants"]["int8"]["scales"] == "per-channel"
+    enc = onnx.load(str(tiny_export / "int8" / "encoder_model.onnx"))
+    scales = [i for i in enc.graph.initializer if i.name.endswith("_scale") and "MatMul" in i.name]
+    assert scales and all(len(s.dims) == 1 and s.dims[0] > 1 for s in scales)
     assert (tiny_export / "int8" / "decoder_model_merged.onnx").stat().st_size < 0.5 * (
         tiny_export / "decoder_model_merged.onnx"
     ).stat().st_size

@@ -74,6 +74,13 @@ class Sample:
     timestamped: bool = False
 
 
+def _resolved(name: str | Path) -> str:
+    """A local path as an absolute one (a hub id as given), so a run started from another directory, or
+    with a relative path, finds the same cache."""
+    p = Path(name)
+    return str(p.resolve()) if str(name) and p.exists() else str(name)
+
+
 def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -167,13 +174,13 @@ class TeacherPass:
     def fingerprint(self, rows: list[Utterance], pseudo_label: str, wer_threshold: float | None) -> str:
         """What the labels and cache depend on: a changed input starts them afresh."""
         return _fingerprint(
-            [str(r.audio) for r in rows],
+            [_resolved(r.audio) for r in rows],
             [r.text for r in rows],
             self.needs.key(),
             pseudo_label,
             wer_threshold,
-            str(getattr(self.teacher, "name_or_path", "")),
-            str(getattr(self.tok_s, "name_or_path", "")),
+            _resolved(getattr(self.teacher, "name_or_path", "")),
+            _resolved(getattr(self.tok_s, "name_or_path", "")),
             self.teacher.config.to_dict().get("d_model"),
             len(self.shared),
             self.language,
