@@ -15,8 +15,9 @@ def bench_cmd(
         ...,
         "--model",
         "-m",
-        help="NAME=PATH[:buckets=5,10,20,30]: a PyTorch, ONNX (any variant folder) "
-        "or CTranslate2 directory (repeatable); buckets set its encoder windows (30: Whisper's).",
+        help="NAME=PATH[:buckets=5,10,20,30][:compute_type=int8]: a PyTorch, ONNX (any variant folder) "
+        "or CTranslate2 directory (repeatable); buckets set its encoder windows (30: Whisper's); "
+        "compute_type is CTranslate2's (int8, int8_float16, float16, float32).",
     ),
     reference: str | None = typer.Option(
         None, "--reference", help="Model the others are compared with (default: first)."
@@ -27,12 +28,22 @@ def bench_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     language: str = typer.Option("en", "--language"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N clips."),
+    threads: int = typer.Option(
+        0, "--threads", min=0, help="CPU threads for every engine (torch, ONNX Runtime, CTranslate2); 0: defaults."
+    ),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="PyTorch weights: auto (fp16 on CUDA), float32, float16, bfloat16."
+    ),
+    batch_size: str = typer.Option(
+        "", "--batch-size", help="Also measure throughput at these batch sizes, e.g. 1,8,32 (clips/s, audio s/s)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ) -> None:
     """Benchmark models on the same clips: latency percentiles, RTF, throughput, memory, size, WER."""
     # imported on use, so `mkd --help` stays fast
     from mkdeploy.bench import (
         markdown_table,
+        parse_batch_sizes,
         parse_model_spec,
         run_bench,
         write_report,
@@ -45,6 +56,7 @@ def bench_cmd(
     with cli_errors():
         check_writable(output, force)
         specs = [parse_model_spec(m) for m in model]
+        sizes = parse_batch_sizes(batch_size)
         with console.status("benchmarking") as status:
             report = run_bench(
                 manifest,
@@ -56,6 +68,9 @@ def bench_cmd(
                 language,
                 limit,
                 on_progress=lambda s: status.update(f"benchmarking: {s}"),
+                threads=threads,
+                dtype=dtype,
+                batch_sizes=sizes,
             )
         write_report(report, output, force=force)
     typer.echo(markdown_table(report))  # plain: a Markdown table must not be re-wrapped

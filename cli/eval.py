@@ -19,6 +19,10 @@ def eval_cmd(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     backend: str = typer.Option("auto", "--backend"),
     device: str = typer.Option("auto", "--device"),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (torch and ONNX Runtime); 0: their defaults."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="PyTorch weights: auto (fp16 on CUDA), float32, float16, bfloat16."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite --output."),
 ) -> None:
     """Score a model's transcripts against references (Whisper's English normaliser, then jiwer)."""
@@ -36,8 +40,9 @@ def eval_cmd(
         with progress(disable=n < 2) as bar:
             job = bar.add_task("evaluating", total=n)
             rates, results, failures = evaluate_manifest(
-                model, manifest, backend, device, opts, on_progress=lambda k: bar.advance(job, k)
-            )
+                model, manifest, backend, device, opts, on_progress=lambda k: bar.advance(job, k),
+                threads=threads, dtype=dtype,
+            )  # fmt: skip
         payload = {
             "model": str(model),
             "manifest": str(manifest),

@@ -26,6 +26,10 @@ def transcribe(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (torch and ONNX Runtime); 0: their defaults."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="PyTorch weights: auto (fp16 on CUDA), float32, float16, bfloat16."
+    ),
     variant: str | None = typer.Option(
         None,
         "--variant",
@@ -70,7 +74,7 @@ def transcribe(
             raise MkdError(f"no audio files found in {', '.join(map(str, audio))}")
         writers = [get_writer(f, output_dir) for f in fmt]
         kw = {"variant": variant} if variant else {}
-        tr = WhisperTranscriber.from_pretrained(model, backend=backend, device=device, **kw)
+        tr = WhisperTranscriber.from_pretrained(model, backend, device, threads, dtype, **kw)
         console.print(f"model {model} on {tr.backend}/{tr.device}" + (f" ({tr.provider})" if tr.provider else ""))
         _check_targets(paths, writers, force)
         opts = TranscriptionOptions(

@@ -33,26 +33,52 @@ from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 @dataclass
 class ModelSpec:
-    """One ``--model NAME=PATH[:buckets=5,10,20,30]`` entry.
+    """One ``--model NAME=PATH[:buckets=5,10,20,30][:compute_type=int8]`` entry.
 
     Attributes:
         buckets: encoder windows in seconds for this entry (None: the model's own; ``(30,)`` for Whisper's
             30 s window), so one model can be benched with and without its buckets.
+        compute_type: CTranslate2's compute type (``int8``, ``int8_float16``, ``float16``, ``float32``;
+            None: ``default``, the type the model was saved in), so faster-whisper's fastest path is the
+            yardstick. CTranslate2 entries only.
     """
 
     name: str
     path: Path
     buckets: tuple[int, ...] | None = None
+    compute_type: str | None = None
+
+
+#: the ``:key=value`` suffixes a --model entry takes
+SPEC_KEYS = ("buckets", "compute_type")
 
 
 def parse_model_spec(text: str) -> ModelSpec:
-    """Parse ``NAME=PATH`` with an optional ``:buckets=5,10,20,30`` suffix."""
+    """Parse ``NAME=PATH`` with optional ``:buckets=5,10,20,30`` and ``:compute_type=int8`` suffixes."""
 
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
         raise MkdError(f"--model {text!r}: expected NAME=PATH, e.g. --model teacher=models/base")
-    path, _, buckets = path.partition(":buckets=")
-    return ModelSpec(name, Path(path), parse_buckets(buckets) if buckets else None)
+    path, *pairs = rest.split(":")
+    opts: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or key not in SPEC_KEYS or not value:
+            raise MkdError(f"--model {text!r}: unknown suffix {pair!r}; use :buckets=5,10,20,30 or :compute_type=int8")
+        opts[key] = value
+    buckets = parse_buckets(opts["buckets"]) if "buckets" in opts else None
+    return ModelSpec(name, Path(path), buckets, opts.get("compute_type"))
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """``"1,8,32"`` -> ``[1, 8, 32]`` (empty: no throughput runs)."""
+    try:
+        sizes = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        sizes = [0]
+    if any(b < 1 for b in sizes):
+        raise MkdError(f"--batch-size {text!r}: expected positive integers such as 1,8,32")
+    return sizes
 
 
 @dataclass
@@ -94,6 +120,24 @@ class ModelResult:
 
 
 @dataclass
+class ThroughputResult:
+    """One model decoding clips in batches of ``batch_size`` (all clips once, after one warm-up batch).
+
+    Attributes:
+        batch_p50, batch_p90: seconds per batch.
+    """
+
+    name: str
+    batch_size: int
+    clips: int
+    seconds: float
+    clips_per_s: float
+    audio_s_per_s: float
+    batch_p50: float
+    batch_p90: float
+
+
+@dataclass
 class BenchReport:
     manifest: str
     reference: str | None
@@ -103,6 +147,7 @@ class BenchReport:
     environment: dict
     models: list[ModelResult] = field(default_factory=list)
     transcripts: dict[str, list[str]] = field(default_factory=dict)
+    throughput: list[ThroughputResult] = field(default_factory=list)
 
 
 # -- runners ----------------------------------------------------------------------------------------
@@ -116,6 +161,10 @@ class Runner:
     provider = ""
 
     def transcribe(self, audio: np.ndarray) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def transcribe_batch(self, audios: list[np.ndarray]) -> list[tuple[str, int]]:
+        """Clips decoded together (the throughput figures)."""
         raise NotImplementedError
 
     def params(self) -> int:
@@ -132,9 +181,11 @@ class WhisperRunner(Runner):
         language: str,
         max_new_tokens: int | None = None,
         buckets: tuple[int, ...] | None = None,
+        threads: int = 0,
+        dtype: str = "auto",
     ):
         self.path = path
-        self.tr = WhisperTranscriber.from_pretrained(path, device=device)
+        self.tr = WhisperTranscriber.from_pretrained(path, device=device, threads=threads, dtype=dtype)
         self.backend, self.device, self.provider = self.tr.backend, self.tr.device, self.tr.provider or ""
         self.variant = _onnx_variant(path) if self.backend == "onnx" else str(self.tr.model.dtype).split(".")[-1]
         self.options = TranscriptionOptions(
@@ -150,6 +201,10 @@ class WhisperRunner(Runner):
         t = self.tr.transcribe_arrays([audio], self.options)[0]
         return t.text, len(t.tokens) + 1  # + end of text
 
+    def transcribe_batch(self, audios):
+        opts = TranscriptionOptions(**{**self.options.__dict__, "batch_size": len(audios)})
+        return [(t.text, len(t.tokens) + 1) for t in self.tr.transcribe_arrays(audios, opts)]
+
     def params(self) -> int:
         if self.backend == "torch":
             return sum(p.numel() for p in self.tr.model.parameters())
@@ -161,7 +216,15 @@ class CT2Runner(Runner):
 
     backend = "ctranslate2"
 
-    def __init__(self, path: Path, device: str, language: str, max_new_tokens: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        language: str,
+        max_new_tokens: int | None = None,
+        compute_type: str | None = None,
+        threads: int = 0,
+    ):
         try:
             import ctranslate2  # optional peer, only `mkd bench` with a CTranslate2 spec needs it
         except ImportError:
@@ -177,8 +240,13 @@ class CT2Runner(Runner):
         if device == "cuda" and dev != "cuda":
             raise MkdError("--device cuda: ctranslate2 sees no CUDA device")
         self.device = dev
-        self.model = ctranslate2.models.Whisper(str(path), device=dev, compute_type="default")
-        self.variant = "default"
+        try:
+            self.model = ctranslate2.models.Whisper(
+                str(path), device=dev, compute_type=compute_type or "default", intra_threads=threads
+            )
+        except ValueError as exc:  # an unsupported compute type on this device
+            raise MkdError(f"{path}: compute_type={compute_type}: {str(exc).splitlines()[0]}") from None
+        self.variant = compute_type or "default"
         self.provider = f"ctranslate2 {ctranslate2.__version__}"
         self.fe = WhisperFeatureExtractor(feature_size=self.model.n_mels)
         self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
@@ -190,15 +258,21 @@ class CT2Runner(Runner):
         )
 
     def transcribe(self, audio):
-        feats = self.fe([audio], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        return self.transcribe_batch([audio])[0]
+
+    def transcribe_batch(self, audios):
+        feats = self.fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
         res = self.model.generate(
             self.ct2.StorageView.from_array(np.ascontiguousarray(feats)),
-            [self.prompt],
+            [self.prompt] * len(audios),
             beam_size=1,
             max_length=self.max_length,
         )
-        ids = res[0].sequences_ids[0]
-        return self.tok.decode(ids, skip_special_tokens=True).strip(), len(ids) + 1
+        out = []
+        for r in res:
+            ids = r.sequences_ids[0]
+            out.append((self.tok.decode(ids, skip_special_tokens=True).strip(), len(ids) + 1))
+        return out
 
     def params(self) -> int:
         m = read_ct2_model_bin(self.path / "model.bin")
@@ -246,14 +320,25 @@ def dir_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def load_runner(spec: ModelSpec, device: str, language: str, max_new_tokens: int | None = None) -> Runner:
+def load_runner(
+    spec: ModelSpec,
+    device: str,
+    language: str,
+    max_new_tokens: int | None = None,
+    threads: int = 0,
+    dtype: str = "auto",
+) -> Runner:
     if not spec.path.exists():
         raise ModelError(f"--model {spec.name}={spec.path}: no such directory")
     if is_ct2_dir(spec.path):
         if spec.buckets and spec.buckets != (30,):
             raise MkdError(f"--model {spec.name}: encoder buckets need a PyTorch or ONNX model, not CTranslate2")
-        return CT2Runner(spec.path, device, language, max_new_tokens)
-    return WhisperRunner(spec.path, device, language, max_new_tokens, spec.buckets)
+        return CT2Runner(spec.path, device, language, max_new_tokens, spec.compute_type, threads)
+    if spec.compute_type:
+        raise MkdError(
+            f"--model {spec.name}: compute_type is CTranslate2's; an ONNX export's precision is its variant folder"
+        )
+    return WhisperRunner(spec.path, device, language, max_new_tokens, spec.buckets, threads, dtype)
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -263,7 +348,7 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 1e6
 
 
-def environment(device: str) -> dict:
+def environment(device: str, threads: int = 0) -> dict:
     """Machine and package facts stored with the figures."""
 
     import onnxruntime as ort  # heavy; only the ONNX backend needs it
@@ -297,6 +382,7 @@ def environment(device: str) -> dict:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "threads": threads or "engine defaults",
         "platform": platform.platform(),
         "python": platform.python_version(),
         "onnxruntime_providers": ort.get_available_providers(),
@@ -323,6 +409,9 @@ def run_bench(
     limit: int | None = None,
     max_new_tokens: int | None = None,
     on_progress: Callable[[str], None] | None = None,
+    threads: int = 0,
+    dtype: str = "auto",
+    batch_sizes: Sequence[int] = (),
 ) -> BenchReport:
     """Benchmark models on a manifest's clips.
 
@@ -338,6 +427,10 @@ def run_bench(
         limit: use only the first N clips.
         max_new_tokens: cap on generated tokens (None: the model's own limit).
         on_progress: called with a short status line.
+        threads: CPU threads for every engine alike (PyTorch, ONNX Runtime's intra-op pool, CTranslate2's
+            intra_threads); 0 leaves each its default.
+        dtype: PyTorch weights ("auto": float16 on CUDA, float32 on CPU).
+        batch_sizes: also decode all clips in batches of each size and report clips/s (throughput).
 
     Returns:
         the report (write it with :func:`write_report`).
@@ -352,9 +445,12 @@ def run_bench(
     rows = load_manifest(manifest)[:limit]
     audios = [load_audio(r.audio) for r in rows]
     audio_seconds = sum(len(a) for a in audios) / SAMPLE_RATE
-    env = environment(device)
-    loaded = {s.name: _load(s, device, language, max_new_tokens, audios[0], warmup, progress) for s in specs}
-    timed = _time_runs({n: run for n, (run, _, _) in loaded.items()}, audios, repeats, progress)
+    loaded = {
+        s.name: _load(s, device, language, max_new_tokens, threads, dtype, audios[0], warmup, progress) for s in specs
+    }
+    env = environment(device, threads)
+    runners = {n: run for n, (run, _, _) in loaded.items()}
+    timed = _time_runs(runners, audios, repeats, progress)
 
     refs = [r.text for r in rows]
     report = BenchReport(str(manifest), reference, repeats, warmup, round(audio_seconds, 2), env)
@@ -368,14 +464,15 @@ def run_bench(
     ref_p50 = next(m.latency_p50 for m in report.models if m.name == reference)
     for m in report.models:
         m.speedup = ref_p50 / m.latency_p50
+    report.throughput = [r for b in batch_sizes for r in _throughput(runners, audios, b, progress)]
     return report
 
 
-def _load(spec: ModelSpec, device: str, language: str, max_new_tokens, first, warmup: int, progress):
+def _load(spec: ModelSpec, device: str, language: str, max_new_tokens, threads, dtype, first, warmup: int, progress):
     """(runner, load + warm-up seconds, resident memory it added in MB)."""
     progress(f"loading {spec.name}")
     before, t0 = _rss_mb(), time.perf_counter()
-    runner = load_runner(spec, device, language, max_new_tokens)
+    runner = load_runner(spec, device, language, max_new_tokens, threads, dtype)
     for _ in range(warmup):
         runner.transcribe(first)
     return runner, time.perf_counter() - t0, _rss_mb() - before
@@ -418,6 +515,30 @@ def _time_runs(runners: dict[str, Runner], audios, repeats: int, progress) -> _T
                     t.gpu_peak[n] = max(t.gpu_peak.get(n) or 0.0, torch.cuda.max_memory_allocated() / 1e6)
             progress(f"round {rep + 1}/{repeats}, clip {i + 1}/{len(audios)}")
     return t
+
+
+def _throughput(runners: dict[str, Runner], audios, batch_size: int, progress) -> list[ThroughputResult]:
+    """Every model decodes the clips (repeated up to one full batch) ``batch_size`` at a time."""
+    import torch  # heavy; loaded once the models are (the runners imported it already)
+
+    clips = (audios * (batch_size // len(audios) + 1))[: max(len(audios), batch_size)]
+    batches = [clips[i : i + batch_size] for i in range(0, len(clips), batch_size)]
+    seconds = sum(len(a) for a in clips) / SAMPLE_RATE
+    out = []
+    for name, r in runners.items():
+        progress(f"throughput: {name}, batch {batch_size}")
+        r.transcribe_batch(batches[0])  # warm-up: this batch shape's first run allocates
+        times = []
+        for b in batches:
+            t0 = time.perf_counter()
+            r.transcribe_batch(b)
+            if r.device == "cuda" and torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        total = sum(times)
+        out.append(ThroughputResult(name, batch_size, len(clips), round(total, 3), len(clips) / total,
+                                    seconds / total, _percentile(times, 50), _percentile(times, 90)))  # fmt: skip
+    return out
 
 
 def _model_result(spec: ModelSpec, r: Runner, t: _Timings, audio_seconds: float, load_s: float, rss: float, rates, vs):
@@ -464,7 +585,7 @@ def markdown_table(report: BenchReport) -> str:
         f"# mkd bench: {len(report.models)} models, {report.models[0].clips if report.models else 0} clips "
         f"({report.audio_seconds:.1f} s of audio)",
         "",
-        f"{env.get('cpu')} · {env.get('torch_threads')} torch threads"
+        f"{env.get('cpu')} · threads: {env.get('threads', 'engine defaults')} ({env.get('torch_threads')} torch)"
         + (f" · {env['gpu']}" if env.get("gpu") else "")
         + f" · batch 1, greedy · {report.warmup} warm-up, {report.repeats} interleaved repeats, median per clip"
         + f" · reference: {report.reference}",
@@ -487,6 +608,19 @@ def markdown_table(report: BenchReport) -> str:
         "turn). Speed-up: reference p50 / model p50.",
         "",
     ]
+    if report.throughput:
+        lines += [
+            "## Throughput (all clips in batches, after one warm-up batch)",
+            "",
+            "| model | batch | clips | clips/s | audio s/s | batch p50 (ms) | batch p90 (ms) |",
+            "|---|--:|--:|--:|--:|--:|--:|",
+        ]
+        for t in report.throughput:
+            lines.append(
+                f"| {t.name} | {t.batch_size} | {t.clips} | {t.clips_per_s:.2f} | {t.audio_s_per_s:.1f} "
+                f"| {1000 * t.batch_p50:.0f} | {1000 * t.batch_p90:.0f} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -139,6 +139,8 @@ def evaluate_manifest(
     device: str = "auto",
     options=None,
     on_progress=None,
+    threads: int = 0,
+    dtype: str = "auto",
 ):
     """Transcribe a manifest with a model and score it.
 
@@ -148,7 +150,7 @@ def evaluate_manifest(
     """
 
     rows = load_manifest(manifest, require_text=True)
-    transcriber = WhisperTranscriber.from_pretrained(model_path, backend=backend, device=device)
+    transcriber = WhisperTranscriber.from_pretrained(model_path, backend, device, threads, dtype)
     results, failures = transcriber.transcribe_files([r.audio for r in rows], options, on_progress=on_progress)
     by_path = {t.path: t for t in results}
     kept = [r for r in rows if str(r.audio) in by_path]

@@ -44,8 +44,9 @@ from mkdeploy.models.window import (
     model_buckets,
     window_frames,
 )
-from mkdeploy.ort import load_ort_model
+from mkdeploy.ort import OrtOptions, load_ort_model
 from mkdeploy.results import Segment, Transcription
+from mkdeploy.static_decoder import StaticGreedyDecoder
 from mkdeploy.vad import has_speech
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,9 @@ class TranscriptionOptions:
             no-speech gate lets through.
         initial_prompt: text given to the decoder as previous context (``<|startofprev|>``), as
             openai/whisper's ``initial_prompt`` and the OpenAI API's ``prompt``.
+        static_decoder: greedy decoding of PyTorch models on CUDA runs the static-cache step of
+            :mod:`mkdeploy.static_decoder`, captured as a CUDA graph (same tokens, without a kernel launch
+            per operation); None: on for PyTorch on CUDA, off elsewhere (on CPU the plain loop is as fast).
     """
 
     language: str | None = "en"
@@ -110,6 +114,7 @@ class TranscriptionOptions:
     logprob_threshold: float | None = -1.0
     vad_filter: bool = False
     initial_prompt: str | None = None
+    static_decoder: bool | None = None
 
 
 @dataclass
@@ -130,6 +135,26 @@ def resolve_device(device: Device | str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise MkdError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu or auto")
     return device
+
+
+def set_torch_threads(threads: int) -> None:
+    """PyTorch's intra-op threads for this process (0 leaves its default: one per core)."""
+    if threads:
+        import torch  # heavy; imported on use so the core import stays light
+
+        torch.set_num_threads(threads)
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The PyTorch dtype for ``--dtype`` on ``device`` ("auto": float16 on CUDA, float32 on CPU)."""
+    import torch  # heavy; imported on use so the core import stays light
+
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    if dtype not in names:
+        raise MkdError(f"--dtype {dtype}: choose auto, float32, float16 or bfloat16")
+    return names[dtype]
 
 
 class WhisperTranscriber:
@@ -161,6 +186,7 @@ class WhisperTranscriber:
             # an export's encoder takes short windows only if it was traced with a dynamic frame axis
             self.short_windows = bool(getattr(model.config, ONNX_DYNAMIC_FRAMES_ATTR, False))
         self.windows()  # a windowed student whose export takes 30 s windows only fails here, not mid-batch
+        self._static: StaticGreedyDecoder | None = None
 
     def windows(self, options: TranscriptionOptions | None = None):
         """The :class:`~mkdeploy.models.window.WindowConfig` used with ``options``."""
@@ -176,7 +202,13 @@ class WhisperTranscriber:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, backend: Backend | str = "auto", device: Device | str = "auto", **onnx_kwargs
+        cls,
+        path: str | Path,
+        backend: Backend | str = "auto",
+        device: Device | str = "auto",
+        threads: int = 0,
+        dtype: str = "auto",
+        **onnx_kwargs,
     ) -> WhisperTranscriber:
         """Load a HF Whisper directory (PyTorch) or an ONNX export (ONNX Runtime).
 
@@ -184,12 +216,19 @@ class WhisperTranscriber:
             path: model directory.
             backend: "auto" picks ONNX for an export directory, PyTorch otherwise.
             device: "auto" (GPU when usable), "cuda" (fail if it cannot run there) or "cpu".
+            threads: CPU threads for PyTorch (process-wide) and ONNX Runtime's intra-op pool (0: their
+                defaults).
+            dtype: PyTorch weights: "float32", "float16", "bfloat16" or "auto" (float16 on CUDA, float32
+                on CPU). An ONNX export's precision is its variant folder.
             onnx_kwargs: passed to :func:`mkdeploy.ort.load_ort_model` (e.g. ``variant``).
         """
         path = check_model_dir(path)
+        set_torch_threads(threads)
         if backend == "auto":
             backend = "onnx" if is_onnx_dir(path) else "torch"
         if backend == "onnx":
+            if threads and "options" not in onnx_kwargs:
+                onnx_kwargs["options"] = OrtOptions(threads=threads)
             model, processor, provider = load_ort_model(path, device=device, **onnx_kwargs)
             return cls(
                 model,
@@ -204,7 +243,7 @@ class WhisperTranscriber:
             raise ModelError(f"{path}: an ONNX export; use --backend onnx (or auto)")
         dev = resolve_device(device)
         model, processor = load_whisper(path)
-        model.to(dev).eval()
+        model.to(dev, dtype=resolve_dtype(dtype, dev)).eval()
         return cls(model, processor, "torch", dev, path=str(path))
 
     # -- decoding -------------------------------------------------------------------------------
@@ -440,21 +479,32 @@ class WhisperTranscriber:
         import torch  # heavy; imported on use so the core import stays light
 
         states = self.encode(inputs["input_features"]).last_hidden_state
-        step = (torch_step if self.backend == "torch" else ort_step)(self.model, states)
         gen = self.model.generation_config
         prompt = decoder_prompt(
             self.processor.tokenizer, gen, options.language if self.multilingual else None, options.task
         )
-        results = greedy_decode(
-            step,
-            states.shape[0],
-            prompt,
-            gen,
-            kw["max_new_tokens"],
-            self.model.config.vocab_size,
-            options.compression_ratio_threshold,
-            device=states.device,
+        static = self.backend == "torch" and (
+            options.static_decoder if options.static_decoder is not None else self.device == "cuda"
         )
+        if static:
+            need = len(prompt) + kw["max_new_tokens"]
+            if self._static is None or self._static.max_len < need:
+                # one buffer length for the usual caps, so one captured graph per batch bucket serves them all
+                length = max(need, self.model.config.max_target_positions // 2 + 8)
+                self._static = StaticGreedyDecoder(self.model, gen, length)
+            results = self._static.decode(states, prompt, kw["max_new_tokens"], options.compression_ratio_threshold)
+        else:
+            step = (torch_step if self.backend == "torch" else ort_step)(self.model, states)
+            results = greedy_decode(
+                step,
+                states.shape[0],
+                prompt,
+                gen,
+                kw["max_new_tokens"],
+                self.model.config.vocab_size,
+                options.compression_ratio_threshold,
+                device=states.device,
+            )
         sequences = [torch.tensor(r.tokens, dtype=torch.long) for r in results]
         redo = [i for i, r in enumerate(results) if r.needs_fallback]
         if redo:

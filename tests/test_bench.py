@@ -98,3 +98,51 @@ def test_bench_cli_and_errors(clips_manifest, tiny_model_dir, tiny_onnx, tmp_pat
         run_bench(clips_manifest, [parse_model_spec(f"a={tiny_model_dir}")], reference="zzz")
     with pytest.raises(MkdError, match="unique"):
         run_bench(clips_manifest, [parse_model_spec(f"a={tiny_model_dir}")] * 2)
+
+
+def test_model_spec_suffixes():
+    s = parse_model_spec("ct2=/m/tiny:compute_type=int8")
+    assert (s.name, str(s.path), s.compute_type, s.buckets) == ("ct2", "/m/tiny", "int8", None)
+    s = parse_model_spec("w=/m/w:buckets=10,30:compute_type=float32")
+    assert s.buckets == (10, 30) and s.compute_type == "float32"
+    with pytest.raises(MkdError, match="unknown suffix"):
+        parse_model_spec("a=/m:beams=4")
+    from mkdeploy.bench import parse_batch_sizes
+
+    assert parse_batch_sizes("1,8, 32") == [1, 8, 32] and parse_batch_sizes("") == []
+    with pytest.raises(MkdError, match="--batch-size"):
+        parse_batch_sizes("0,x")
+
+
+def test_threads_compute_types_and_throughput(clips_manifest, tiny_model_dir, tiny_onnx, tiny_ct2_dir):
+    """--threads reaches every engine, CTranslate2 takes a compute type, and batched runs give the same
+    transcripts as batch 1 with clips/s figures."""
+    import torch
+
+    pytest.importorskip("ctranslate2")
+    before = torch.get_num_threads()
+    try:
+        specs = [
+            ModelSpec("pt", tiny_model_dir),
+            ModelSpec("int8", tiny_onnx / "int8"),
+            ModelSpec("ct2", tiny_ct2_dir, compute_type="int8"),
+        ]
+        report = run_bench(clips_manifest, specs, repeats=1, max_new_tokens=16, threads=1, batch_sizes=[1, 2])
+        assert torch.get_num_threads() == 1 and report.environment["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    by = {m.name: m for m in report.models}
+    assert by["ct2"].variant == "int8"
+    assert {(t.name, t.batch_size) for t in report.throughput} == {(n, b) for n in by for b in (1, 2)}
+    for t in report.throughput:
+        assert t.clips == 3 and t.clips_per_s > 0 and t.audio_s_per_s > 0 and t.batch_p50 <= t.batch_p90
+    from mkdeploy.bench import load_runner, markdown_table
+
+    assert "## Throughput" in markdown_table(report) and "| ct2 | 2 | 3 |" in markdown_table(report)
+    # the sessions really run on one intra-op thread; CTranslate2 likewise
+    run = load_runner(ModelSpec("int8", tiny_onnx / "int8"), "cpu", "en", 16, threads=1)
+    assert run.tr.model.encoder.session.get_session_options().intra_op_num_threads == 1
+    ct2 = load_runner(ModelSpec("ct2", tiny_ct2_dir, compute_type="int8"), "cpu", "en", 16, threads=1)
+    assert ct2.model.compute_type.startswith("int8")  # CTranslate2 names it int8_float32 on CPU
+    with pytest.raises(MkdError, match="compute_type"):
+        load_runner(ModelSpec("x", tiny_model_dir, compute_type="int8"), "cpu", "en")

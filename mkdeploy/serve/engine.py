@@ -35,7 +35,7 @@ class Engine:
         t0 = time.perf_counter()
         try:
             kw = {"variant": c.variant} if c.variant else {}
-            tr = WhisperTranscriber.from_pretrained(c.model, backend=c.backend, device=c.device, **kw)
+            tr = WhisperTranscriber.from_pretrained(c.model, c.backend, c.device, c.threads, c.dtype, **kw)
             # The first calls allocate and (ORT) optimise; a warm-up keeps that out of the first user's latency.
             buckets = tuple(c.encoder_buckets) if c.encoder_buckets else None
             clips = [audio for audio, _ in reference_clips()]
