@@ -1,6 +1,6 @@
 """Ablation of the recipe on the demo corpus: base teacher, tiny.en student, same data, same steps.
 
-    .venv/bin/python benchmarks/ablation.py --workdir work/ablation --steps 60
+    .venv/bin/python benchmarks/ablation.py --workdir work/ablation
     .venv/bin/python benchmarks/ablation.py --workdir work/ablation --from-demo work/demo
 
 With --from-demo the ablation uses a finished demo's corpus, models and teacher pass, and its run as the
@@ -10,7 +10,7 @@ Each recipe (ce, kd, fitnet, manifold) trains with the defaults of RecipeConfig 
 starting student included), chooses its checkpoint and merge scale on the dev split, and is scored
 (PyTorch, greedy) on the three test sets: in-domain, unseen text, unseen speech. The teacher and the
 untrained student are scored beside them. Writes WORKDIR/ablation.md and ablation.json. Not a test: it
-takes about 40 minutes on 2 CPU cores (the teacher's pass is shared through --cache-dir).
+takes about 25 minutes on 2 CPU cores with --from-demo (the teacher's pass is shared through --cache-dir).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("work/ablation"))
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, help="training steps (default: the demo's)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--recipes", default="manifold,kd,ce,fitnet")
     ap.add_argument("--from-demo", type=Path, help="a finished `mkd demo` workdir to share corpus, models and run")
@@ -61,6 +61,7 @@ def main() -> None:
         {"row": "tiny.en untrained", **wers("untrained-torch", student)},
     ]
     demo = DemoOptions()
+    a.steps = a.steps or demo.steps
     demo_recipe = json.loads((src / "run" / "config.json").read_text())["recipe"] if a.from_demo else None
     for recipe in a.recipes.split(","):
         run = src / "run" if recipe == demo_recipe else w / "runs" / recipe

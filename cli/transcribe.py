@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from mkdeploy.cli.common import cli_errors, console, exit_on_failures, out, progress, quiet_libraries
+from mkdeploy.cli.common import (
+    cli_errors,
+    console,
+    dataclass_options,
+    exit_on_failures,
+    out,
+    parse_dataclass_options,
+    progress,
+    quiet_libraries,
+)
+from mkdeploy.errors import MkdError
 
 #: why a transcript is empty, as printed after it
 GATE_NOTES = {
@@ -16,86 +29,137 @@ GATE_NOTES = {
 }
 
 
-def transcribe(
-    model: Path = typer.Argument(..., help="HF Whisper directory or ONNX export directory."),
-    audio: list[Path] = typer.Argument(..., help="Audio files or folders of audio files."),
-    output_dir: Path = typer.Option(Path("transcripts"), "--output-dir", "-o", help="Where transcripts go."),
-    fmt: list[str] = typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable)."),
-    language: str = typer.Option("en", "--language", help="Language code for multilingual models."),
-    task: str = typer.Option("transcribe", "--task", help="transcribe or translate (multilingual models)."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    backend: str = typer.Option("auto", "--backend", help="auto, torch or onnx."),
-    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
-    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (torch and ONNX Runtime); 0: their defaults."),
-    dtype: str = typer.Option(
-        "auto", "--dtype", help="PyTorch weights: auto (fp16 on CUDA), float32, float16, bfloat16."
-    ),
-    variant: str | None = typer.Option(
-        None,
-        "--variant",
-        help="ONNX variant: fp32, int8 or fp16 (default: the folder given, fp32 at an export's root).",
-    ),
-    timestamps: bool = typer.Option(True, "--timestamps/--no-timestamps", help="Predict segment times."),
-    encoder_buckets: str | None = typer.Option(
-        None,
-        "--encoder-buckets",
-        help="Encoder windows in seconds, e.g. 5,10,20,30 (default: the model's own; 30 forces Whisper's window).",
-    ),
-    vad: bool = typer.Option(
-        False, "--vad/--no-vad", help="Silero VAD first: audio without speech gives '' (needs the [serve] extra)."
-    ),
-    no_speech_threshold: float = typer.Option(
-        0.6,
-        "--no-speech-threshold",
-        min=0.0,
-        max=1.0,
-        help="Whisper's no-speech gate (with avg logprob < -1); 1 turns it off.",
-    ),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing transcripts."),
-) -> None:
+@dataclass
+class DecodeFlags:
+    """The options of `mkd transcribe` that pick the engine and how it decodes, one ``--option`` per field
+    (help in the field's metadata), so a new one reaches the CLI without a second edit."""
+
+    language: str = field(default="en", metadata={"help": "Language code for multilingual models."})
+    task: str = field(default="transcribe", metadata={"help": "transcribe or translate (multilingual models)."})
+    batch_size: int = field(default=8, metadata={"help": "Clips decoded together."})
+    backend: str = field(default="auto", metadata={"help": "auto, torch or onnx."})
+    device: str = field(default="auto", metadata={"help": "auto, cuda or cpu."})
+    threads: int = field(default=0, metadata={"help": "CPU threads (torch and ONNX Runtime); 0: their defaults."})
+    dtype: str = field(default="auto", metadata={"help": "PyTorch weights: auto (fp16 on CUDA), float32, float16."})
+    variant: str | None = field(
+        default=None,
+        metadata={"help": "ONNX variant: fp32, int8 or fp16 (default: the folder given, fp32 at an export's root)."},
+    )
+    timestamps: bool = field(default=True, metadata={"help": "Predict segment times."})
+    encoder_buckets: list[int] | None = field(
+        default=None,
+        metadata={"help": "Encoder windows in seconds, e.g. 5,10,20,30 (default: the model's own; 30: Whisper's)."},
+    )
+    vad: bool = field(
+        default=False, metadata={"help": "Silero VAD first: audio without speech gives '' (needs the [serve] extra)."}
+    )
+    no_speech_threshold: float = field(
+        default=0.6, metadata={"help": "Whisper's no-speech gate (with avg logprob < -1); 1 turns it off."}
+    )
+
+
+def transcribe(**options: Any) -> None:
     """Transcribe audio files; bad files are listed and the rest still transcribed."""
-    # imported on use, as in every command module: `mkd --help` stays fast
     # imported on use, so `mkd --help` stays fast
     from mkdeploy.audio import expand_audio_paths
-    from mkdeploy.errors import MkdError
-    from mkdeploy.models.window import parse_buckets
-    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+    from mkdeploy.runtime import WhisperTranscriber
     from mkdeploy.writers import WRITERS, get_writer
 
     quiet_libraries()
     with cli_errors():
+        flags = DecodeFlags(**parse_dataclass_options(DecodeFlags, options))
+        fmt, output_dir = options["fmt"], options["output_dir"]
         bad = [f for f in fmt if f not in WRITERS]
         if bad:
             raise MkdError(f"--format {bad[0]}: choose txt, json, srt or vtt")
-        if backend not in ("auto", "torch", "onnx") or device not in ("auto", "cuda", "cpu"):
-            raise MkdError("--backend takes auto|torch|onnx and --device auto|cuda|cpu")
-        paths = expand_audio_paths(audio)
+        _check_flags(flags)
+        paths = expand_audio_paths(options["audio"])
         if not paths:
-            raise MkdError(f"no audio files found in {', '.join(map(str, audio))}")
+            raise MkdError(f"no audio files found in {', '.join(map(str, options['audio']))}")
         writers = [get_writer(f, output_dir) for f in fmt]
-        kw = {"variant": variant} if variant else {}
-        tr = WhisperTranscriber.from_pretrained(model, backend, device, threads, dtype, **kw)
-        console.print(f"model {model} on {tr.backend}/{tr.device}" + (f" ({tr.provider})" if tr.provider else ""))
-        _check_targets(paths, writers, force)
-        opts = TranscriptionOptions(
-            language=language,
-            task=task,
-            batch_size=batch_size,
-            return_timestamps=timestamps,
-            encoder_buckets=parse_buckets(encoder_buckets) if encoder_buckets else None,
-            vad_filter=vad,
-            no_speech_threshold=None if no_speech_threshold >= 1.0 else no_speech_threshold,
+        kw = {"variant": flags.variant} if flags.variant else {}
+        tr = WhisperTranscriber.from_pretrained(
+            options["model"], flags.backend, flags.device, flags.threads, flags.dtype, **kw
         )
-        windows = tr.windows(opts)
-        if windows.windowed:
-            console.print(
-                f"encoder windows: {', '.join(f'{b} s' for b in windows.buckets)}"
-                + ("" if tr.model_buckets else " (untrained for them: expect some accuracy loss)")
-            )
+        console.print(
+            f"model {options['model']} on {tr.backend}/{tr.device}" + (f" ({tr.provider})" if tr.provider else "")
+        )
+        _check_targets(paths, writers, options["force"])
+        opts = _options(flags)
+        _print_windows(tr, opts)
         with progress(disable=len(paths) < 2) as bar:
             job = bar.add_task("transcribing", total=len(paths))
             results, failures = tr.transcribe_files(paths, opts, on_progress=lambda n: bar.advance(job, n))
         _write_and_print(results, failures, writers, output_dir)
+
+
+transcribe.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter(
+            "model",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=typer.Argument(..., help="HF Whisper directory or ONNX export directory."),
+            annotation=Path,
+        ),
+        inspect.Parameter(
+            "audio",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=typer.Argument(..., help="Audio files or folders of audio files."),
+            annotation=list[Path],
+        ),
+        inspect.Parameter(
+            "output_dir",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(Path("transcripts"), "--output-dir", "-o", help="Where transcripts go."),
+            annotation=Path,
+        ),
+        inspect.Parameter(
+            "fmt",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable)."),
+            annotation=list[str],
+        ),
+        inspect.Parameter(
+            "force",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(False, "--force", help="Overwrite existing transcripts."),
+            annotation=bool,
+        ),
+    ]
+    + dataclass_options(DecodeFlags)
+)
+
+
+def _check_flags(flags: DecodeFlags) -> None:
+    if flags.backend not in ("auto", "torch", "onnx") or flags.device not in ("auto", "cuda", "cpu"):
+        raise MkdError("--backend takes auto|torch|onnx and --device auto|cuda|cpu")
+    if flags.batch_size < 1 or flags.threads < 0 or not 0.0 <= flags.no_speech_threshold <= 1.0:
+        raise MkdError("--batch-size must be >= 1, --threads >= 0 and --no-speech-threshold within 0..1")
+
+
+def _options(flags: DecodeFlags):
+    # imported on use, so `mkd --help` stays fast
+    from mkdeploy.models.window import parse_buckets
+    from mkdeploy.runtime import TranscriptionOptions
+
+    return TranscriptionOptions(
+        language=flags.language,
+        task=flags.task,
+        batch_size=flags.batch_size,
+        return_timestamps=flags.timestamps,
+        encoder_buckets=parse_buckets(",".join(map(str, flags.encoder_buckets))) if flags.encoder_buckets else None,
+        vad_filter=flags.vad,
+        no_speech_threshold=None if flags.no_speech_threshold >= 1.0 else flags.no_speech_threshold,
+    )
+
+
+def _print_windows(tr, opts) -> None:
+    windows = tr.windows(opts)
+    if windows.windowed:
+        console.print(
+            f"encoder windows: {', '.join(f'{b} s' for b in windows.buckets)}"
+            + ("" if tr.model_buckets else " (untrained for them: expect some accuracy loss)")
+        )
 
 
 def _check_targets(paths, writers, force: bool) -> None:

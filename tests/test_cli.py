@@ -113,3 +113,24 @@ def test_recipe_options_come_from_the_dataclass():
         RecipeConfig, {"select_alphas": "0.5, 0.9", "lora_targets": "q_proj,v_proj", "lr": 1e-4, "seed": None}
     )
     assert parsed == {"select_alphas": [0.5, 0.9], "lora_targets": ["q_proj", "v_proj"], "lr": 1e-4}
+
+
+def test_transcribe_options_come_from_the_flags_dataclass(tiny_model_dir, clips, tmp_path):
+    """Every DecodeFlags field is a `mkd transcribe` option, and the given ones reach the transcriber."""
+    import dataclasses
+
+    from mkdeploy.cli.transcribe import DecodeFlags
+
+    helptext = runner.invoke(app, ["transcribe", "--help"], env={"COLUMNS": "250"}).output
+    for f in dataclasses.fields(DecodeFlags):
+        assert "--" + f.name.replace("_", "-") in helptext
+    args = ["transcribe", str(tiny_model_dir), str(clips / "c0.wav"), "-o", str(tmp_path / "t")]
+    r = runner.invoke(
+        app, [*args, "--threads", "1", "--no-timestamps", "--encoder-buckets", "10,30", "--dtype", "float32"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "encoder windows: 10 s, 30 s" in r.output and (tmp_path / "t" / "c0.txt").exists()
+    r = runner.invoke(app, [*args, "--batch-size", "0", "--force"])
+    assert r.exit_code == 2 and "--batch-size" in r.output
+    r = runner.invoke(app, [*args, "--encoder-buckets", "45", "--force"])
+    assert r.exit_code == 2 and "Traceback" not in r.output

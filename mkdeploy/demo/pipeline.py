@@ -42,13 +42,12 @@ class DemoOptions:
 
     workdir: Path = Path("work/demo")
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
-    # ~3 passes over the ~100 clips the teacher filter keeps; dev chose step 20 of 60 in earlier runs
-    steps: int = 40
+    steps: int = 60
     batch_size: int = 8
     eval_every: int = 20
     # one interpolation point: each costs a dev pass (~30 s here)
     select_alphas: tuple[float, ...] = (0.5,)
-    bench_clips: int = 8
+    bench_clips: int = 12
     bench_repeats: int = 2
     # kd (τ = 1) beat manifold on dev with the encoder frozen (18.6% vs 19.1% at their best, 32 dev clips;
     # benchmarks/results/ablation_five_splits.md has the three test sets)
