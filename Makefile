@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 # voices, espeak-ng for the unseen-speech test, and alsa-utils for its recorded human voice.
 APT_PKGS := fortunes flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts espeak-ng alsa-utils
 
-.PHONY: install sysdeps lint test test-slow demo clean
+.PHONY: install sysdeps lint test test-integration test-slow demo clean
 
 install: $(STAMP) sysdeps
 
@@ -45,8 +45,13 @@ lint: $(STAMP)
 	$(BIN)/python .ci/typecheck_tree.py mypy -p mkdeploy
 	$(BIN)/python .ci/typecheck_tree.py lint-imports
 
+# Unit tests on tiny random-weight models (a few minutes); the end-to-end ones on real weights, servers and
+# processes are `make test-integration`; CI runs both (.ci/run).
 test: $(STAMP) sysdeps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow and not integration"
+
+test-integration: $(STAMP) sysdeps
+	$(BIN)/pytest -q -m "integration and not slow"
 
 test-slow: $(STAMP) sysdeps
 	$(BIN)/pytest -q -m slow

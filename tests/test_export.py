@@ -126,6 +126,7 @@ def test_onnx_error_paths(tiny_export, tiny_model_dir, tmp_path):
         assert load_ort_model(tiny_export, "auto")[2] == "CPUExecutionProvider"
 
 
+@pytest.mark.integration  # the CLI export with every variant (~1 min)
 def test_export_and_transcribe_cli(tiny_model_dir, tmp_path, samples):
     import soundfile as sf
 

@@ -265,6 +265,7 @@ def _cmd(teacher, student, manifest, run, steps):
     ]
 
 
+@pytest.mark.integration  # a real `mkd train` process killed and restarted (~1 min)
 def test_kill_9_then_resume_finishes_at_the_requested_step(
     tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path
 ):
@@ -305,6 +306,7 @@ def test_kill_9_then_resume_finishes_at_the_requested_step(
     assert latest_checkpoint(run).name == f"step-{target:06d}"
 
 
+@pytest.mark.integration  # two torchrun ranks
 def test_two_processes_hold_identical_weights(tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path):
     """torchrun with 2 CPU processes (gloo): after the steps both ranks hold the same weights."""
     run = tmp_path / "ddp"
