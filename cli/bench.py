@@ -41,15 +41,7 @@ def bench_cmd(
 ) -> None:
     """Benchmark models on the same clips: latency percentiles, RTF, throughput, memory, size, WER."""
     # imported on use, so `mkd --help` stays fast
-    from mkdeploy.bench import (
-        markdown_table,
-        parse_batch_sizes,
-        parse_model_spec,
-        run_bench,
-        write_report,
-    )
-
-    # imported on use, so `mkd --help` stays fast
+    from mkdeploy.bench import markdown_table, parse_batch_sizes, parse_model_spec, run_bench, write_report
     from mkdeploy.fsutil import check_writable
 
     quiet_libraries()
@@ -58,20 +50,11 @@ def bench_cmd(
         specs = [parse_model_spec(m) for m in model]
         sizes = parse_batch_sizes(batch_size)
         with console.status("benchmarking") as status:
+            settings = dict(repeats=repeats, warmup=warmup, device=device, language=language, limit=limit)
             report = run_bench(
-                manifest,
-                specs,
-                reference,
-                repeats,
-                warmup,
-                device,
-                language,
-                limit,
+                manifest, specs, reference, **settings, threads=threads, dtype=dtype, batch_sizes=sizes,
                 on_progress=lambda s: status.update(f"benchmarking: {s}"),
-                threads=threads,
-                dtype=dtype,
-                batch_sizes=sizes,
-            )
+            )  # fmt: skip
         write_report(report, output, force=force)
     typer.echo(markdown_table(report))  # plain: a Markdown table must not be re-wrapped
     out.print(f"wrote {output}/bench.json, bench.md, latency_vs_wer.png")

@@ -36,15 +36,8 @@ def init_cmd(
     (--from MODEL --encoder-buckets 5,10,20,30)."""
     # imported on use, so `mkd --help` stays fast
     from mkdeploy.errors import MkdError
-    from mkdeploy.models.student import (
-        count_parameters,
-        init_pruned_student,
-        init_windowed_student,
-        load_whisper,
-    )
-
-    # imported on use, so `mkd --help` stays fast
-    from mkdeploy.models.window import model_buckets, parse_buckets
+    from mkdeploy.models.student import init_pruned_student, init_windowed_student, load_whisper
+    from mkdeploy.models.window import parse_buckets
 
     quiet_libraries()
     with cli_errors():
@@ -66,6 +59,13 @@ def init_cmd(
             if buckets is not None:
                 path = init_windowed_student(path, output, buckets, force=True)
         model, _ = load_whisper(path)
+    _print_student(path, model)
+
+
+def _print_student(path: Path, model) -> None:
+    from mkdeploy.models.student import count_parameters  # imported on use, so `mkd --help` stays fast
+    from mkdeploy.models.window import model_buckets
+
     cfg = model.config
     line = f"student {path}: {cfg.encoder_layers} encoder + {cfg.decoder_layers} decoder layers"
     if getattr(cfg, "mkdeploy_pruned_from", None):

@@ -436,18 +436,12 @@ def run_bench(
         the report (write it with :func:`write_report`).
     """
     progress = on_progress or (lambda _: None)
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise MkdError(f"--model names must be unique (got {', '.join(names)})")
-    reference = reference or names[0]
-    if reference not in names:
-        raise MkdError(f"--reference {reference}: not one of the models ({', '.join(names)})")
+    reference = _check_names(specs, reference)
     rows = load_manifest(manifest)[:limit]
     audios = [load_audio(r.audio) for r in rows]
     audio_seconds = sum(len(a) for a in audios) / SAMPLE_RATE
-    loaded = {
-        s.name: _load(s, device, language, max_new_tokens, threads, dtype, audios[0], warmup, progress) for s in specs
-    }
+    args = (device, language, max_new_tokens, threads, dtype, audios[0], warmup, progress)
+    loaded = {s.name: _load(s, *args) for s in specs}
     env = environment(device, threads)
     runners = {n: run for n, (run, _, _) in loaded.items()}
     timed = _time_runs(runners, audios, repeats, progress)
@@ -461,11 +455,26 @@ def run_bench(
         vs = error_rates(timed.texts[reference], texts)
         report.models.append(_model_result(s, run, timed, audio_seconds, load_s, rss, rates, vs))
         report.transcripts[s.name] = texts
-    ref_p50 = next(m.latency_p50 for m in report.models if m.name == reference)
-    for m in report.models:
-        m.speedup = ref_p50 / m.latency_p50
+    _set_speedups(report.models, reference)
     report.throughput = [r for b in batch_sizes for r in _throughput(runners, audios, b, progress)]
     return report
+
+
+def _set_speedups(models: list[ModelResult], reference: str) -> None:
+    ref_p50 = next(m.latency_p50 for m in models if m.name == reference)
+    for m in models:
+        m.speedup = ref_p50 / m.latency_p50
+
+
+def _check_names(specs: Sequence[ModelSpec], reference: str | None) -> str:
+    """The reference model's name (the first by default), after checking the names are unique."""
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise MkdError(f"--model names must be unique (got {', '.join(names)})")
+    reference = reference or names[0]
+    if reference not in names:
+        raise MkdError(f"--reference {reference}: not one of the models ({', '.join(names)})")
+    return reference
 
 
 def _load(spec: ModelSpec, device: str, language: str, max_new_tokens, threads, dtype, first, warmup: int, progress):
