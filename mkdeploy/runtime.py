@@ -96,7 +96,8 @@ class TranscriptionOptions:
             openai/whisper's ``initial_prompt`` and the OpenAI API's ``prompt``.
         static_decoder: greedy decoding of PyTorch models on CUDA runs the static-cache step of
             :mod:`mkdeploy.static_decoder`, captured as a CUDA graph (same tokens, without a kernel launch
-            per operation); None: on for PyTorch on CUDA, off elsewhere (on CPU it gives the same tokens; a speed gain there is not measured).
+            per operation); None: on for PyTorch on CUDA, off elsewhere (on CPU it gives the same tokens; a
+            speed gain there is not measured).
     """
 
     language: str | None = "en"
