@@ -56,6 +56,7 @@ class _Buffers:
     cross_v: torch.Tensor
     ids: torch.Tensor  # [B] the token fed at this step
     pos: torch.Tensor  # [] the position it sits at
+    first: torch.Tensor  # [] the position of the first generated token (begin_suppress_tokens apply there)
     done: torch.Tensor  # [B] end-of-text already produced
     out: torch.Tensor  # [B, T] tokens chosen, by position
     logits: torch.Tensor  # [B, V] of the last step (kept for callers that want scores)
@@ -106,7 +107,7 @@ class StaticGreedyDecoder:
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return attn.out_proj(o.transpose(1, 2).reshape(b, 1, -1))
 
-    def _step(self, buf: _Buffers, first_pos: torch.Tensor) -> None:
+    def _step(self, buf: _Buffers) -> None:
         """One token for every clip: embed ``buf.ids`` at ``buf.pos``, run the layers, pick the next token
         into ``buf.ids`` and ``buf.out``, advance ``buf.pos``. Only tensor operations (graph-safe)."""
         b = buf.ids.shape[0]
@@ -127,7 +128,7 @@ class StaticGreedyDecoder:
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
         logits = self.model.proj_out(self.dec.layer_norm(x))[:, 0].float()
         # torch.where, not a product: -inf * 0 is nan
-        logits = logits + self.suppress + torch.where(buf.pos == first_pos, self.begin, self.no_mask)
+        logits = logits + self.suppress + torch.where(buf.pos == buf.first, self.begin, self.no_mask)
         nxt = logits.argmax(-1)
         nxt = torch.where(buf.done, torch.full_like(nxt, self.eos), nxt)
         buf.done |= nxt == self.eos
@@ -150,6 +151,7 @@ class StaticGreedyDecoder:
             cross_v=z(n, batch, self.heads, enc_len, d),
             ids=z(batch, dtype=torch.long),
             pos=z((), dtype=torch.long),
+            first=z((), dtype=torch.long),
             done=z(batch, dtype=torch.bool),
             out=z(batch, self.max_len, dtype=torch.long),
             logits=z(batch, self.vocab_size, dtype=torch.float32),
@@ -162,7 +164,7 @@ class StaticGreedyDecoder:
             buf.cross_k[i, :b].copy_(ca.k_proj(states).view(b, s, self.heads, self.head_dim).transpose(1, 2))
             buf.cross_v[i, :b].copy_(ca.v_proj(states).view(b, s, self.heads, self.head_dim).transpose(1, 2))
 
-    def _graph_for(self, batch: int, enc_len: int, first_pos: torch.Tensor):
+    def _graph_for(self, batch: int, enc_len: int):
         """(graph, buffers) for this shape, captured on first use; None where capture is not possible."""
         key = (batch, enc_len)
         if key in self._graphs:
@@ -173,11 +175,11 @@ class StaticGreedyDecoder:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm-up outside the graph (cuBLAS handles, lazy inits)
                 for _ in range(2):
-                    self._step(buf, first_pos)
+                    self._step(buf)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._step(buf, first_pos)
+                self._step(buf)
         except Exception as exc:  # capture is refused by some ops, allocators and drivers
             if not self._graph_failed:
                 log.warning("CUDA graph capture failed (%s); decoding with the plain step", str(exc).splitlines()[0])
@@ -210,9 +212,8 @@ class StaticGreedyDecoder:
         n, enc_len = encoder_states.shape[0], encoder_states.shape[1]
         p = len(prompt)
         steps = min(max_new_tokens, self.max_len - p + 1)
-        first_pos = torch.tensor(p - 1, device=self.device)
         batch = batch_bucket(n) if self.use_graphs else n
-        graph = self._graph_for(batch, enc_len, first_pos) if self.use_graphs else None
+        graph = self._graph_for(batch, enc_len) if self.use_graphs else None
         buf = graph[1] if graph else self._buffers(batch, enc_len)
         states = encoder_states.to(self.dtype)
         if batch > n:  # pad the batch with copies of the first clip; their tokens are dropped
@@ -220,19 +221,21 @@ class StaticGreedyDecoder:
         self._fill_cross(buf, states)
         buf.self_k.zero_()
         buf.self_v.zero_()
+        # in the buffers, not a fresh tensor: a captured graph reads the memory it saw at capture
+        buf.first.fill_(p - 1)
         # the prompt, one position at a time through the same step (its picks are overwritten)
         for i, t in enumerate(prompt):
             buf.ids.fill_(t)
             buf.pos.fill_(i)
             if i < p - 1:
-                self._step(buf, first_pos)
+                self._step(buf)
         buf.done.zero_()  # a prompt step may have "picked" end-of-text
         i = -1
         for i in range(steps):
             if graph:
                 graph[0].replay()
             else:
-                self._step(buf, first_pos)
+                self._step(buf)
             if (not graph or (i + 1) % self.sync_every == 0) and bool(buf.done[:n].all()):
                 break
         out = buf.out[:n, p - 1 : p - 1 + i + 1].tolist()
