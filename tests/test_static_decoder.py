@@ -67,6 +67,8 @@ def test_cuda_graph_replay_matches_the_transformers_loop():
     assert dec.use_graphs and (4, 1500) in dec._graphs, "captured for the batch bucket of 3 clips"
     assert [r.tokens for r in got] == [r.tokens for r in ref]
     assert [r.tokens for r in dec.decode(states[:1], prompt, 24)] == [ref[0].tokens]  # another bucket
+    # replaying a captured graph on a later call reads only its own buffers
+    assert [r.tokens for r in dec.decode(states, prompt, 24)] == [r.tokens for r in ref]
 
 
 def test_transcriber_uses_the_static_decoder_when_asked_and_gets_the_same_text(tiny_model_dir):
