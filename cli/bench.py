@@ -50,10 +50,10 @@ def bench_cmd(
         specs = [parse_model_spec(m) for m in model]
         sizes = parse_batch_sizes(batch_size)
         with console.status("benchmarking") as status:
-            settings = dict(repeats=repeats, warmup=warmup, device=device, language=language, limit=limit)
             report = run_bench(
-                manifest, specs, reference, **settings, threads=threads, dtype=dtype, batch_sizes=sizes,
-                on_progress=lambda s: status.update(f"benchmarking: {s}"),
+                manifest, specs, reference, repeats, warmup, device, language, limit,
+                on_progress=lambda s: status.update(f"benchmarking: {s}"), threads=threads, dtype=dtype,
+                batch_sizes=sizes,
             )  # fmt: skip
         write_report(report, output, force=force)
     typer.echo(markdown_table(report))  # plain: a Markdown table must not be re-wrapped
