@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mkdeploy.cli.common import cli_errors, console, out, quiet_libraries
+from mkdeploy.constants import DTYPE_HELP, THREADS_HELP
 
 
 def bench_cmd(
@@ -28,12 +29,8 @@ def bench_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     language: str = typer.Option("en", "--language"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N clips."),
-    threads: int = typer.Option(
-        0, "--threads", min=0, help="CPU threads for every engine (torch, ONNX Runtime, CTranslate2); 0: defaults."
-    ),
-    dtype: str = typer.Option(
-        "auto", "--dtype", help="PyTorch weights: auto (fp16 on CUDA), float32, float16, bfloat16."
-    ),
+    threads: int = typer.Option(0, "--threads", min=0, help=THREADS_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     batch_size: str = typer.Option(
         "", "--batch-size", help="Also measure throughput at these batch sizes, e.g. 1,8,32 (clips/s, audio s/s)."
     ),

@@ -11,6 +11,7 @@ import sys
 import types
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -92,6 +93,18 @@ def _option_type(hint: Any) -> type | None:
     if typing.get_origin(hint) is list and typing.get_args(hint)[0] in (int, float, str):
         return str
     return None
+
+
+def cli_parameter(name: str, annotation: Any, default: Any, positional: bool = False) -> inspect.Parameter:
+    """One parameter of a command whose signature is assembled (with :func:`dataclass_options`)."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if positional else inspect.Parameter.KEYWORD_ONLY
+    return inspect.Parameter(name, kind, default=default, annotation=annotation)
+
+
+#: the MODEL argument of the commands that load one
+MODEL_ARGUMENT = cli_parameter(
+    "model", Path, typer.Argument(..., help="HF Whisper directory or ONNX export directory."), positional=True
+)
 
 
 def dataclass_options(cls: type) -> list[inspect.Parameter]:

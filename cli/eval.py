@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from mkdeploy.cli.common import cli_errors, exit_on_failures, out, progress, quiet_libraries
+from mkdeploy.constants import DTYPE_HELP, THREADS_HELP
 
 
 def eval_cmd(
@@ -19,10 +20,8 @@ def eval_cmd(
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     backend: str = typer.Option("auto", "--backend"),
     device: str = typer.Option("auto", "--device"),
-    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (torch and ONNX Runtime); 0: their defaults."),
-    dtype: str = typer.Option(
-        "auto", "--dtype", help="PyTorch weights: auto (fp16 on CUDA), float32, float16, bfloat16."
-    ),
+    threads: int = typer.Option(0, "--threads", min=0, help=THREADS_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite --output."),
 ) -> None:
     """Score a model's transcripts against references (Whisper's English normaliser, then jiwer)."""

@@ -6,12 +6,16 @@ generated from the dataclass with its help text.
 
 import inspect
 import os
-from pathlib import Path
 from typing import Any
 
-import typer
-
-from mkdeploy.cli.common import cli_errors, console, dataclass_options, parse_dataclass_options, quiet_libraries
+from mkdeploy.cli.common import (
+    MODEL_ARGUMENT,
+    cli_errors,
+    console,
+    dataclass_options,
+    parse_dataclass_options,
+    quiet_libraries,
+)
 from mkdeploy.errors import MkdError
 from mkdeploy.models.dirs import check_model_dir
 from mkdeploy.serve.config import API_KEY_ENV, ServeConfig
@@ -42,14 +46,4 @@ def serve_cmd(**options: Any) -> None:
         run(config)
 
 
-serve_cmd.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [
-        inspect.Parameter(
-            "model",
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=typer.Argument(..., help="HF Whisper directory or ONNX export directory."),
-            annotation=Path,
-        )
-    ]
-    + dataclass_options(ServeConfig)
-)
+serve_cmd.__signature__ = inspect.Signature([MODEL_ARGUMENT] + dataclass_options(ServeConfig))  # type: ignore[attr-defined]

@@ -10,7 +10,9 @@ from typing import Any
 import typer
 
 from mkdeploy.cli.common import (
+    MODEL_ARGUMENT,
     cli_errors,
+    cli_parameter,
     console,
     dataclass_options,
     exit_on_failures,
@@ -19,6 +21,7 @@ from mkdeploy.cli.common import (
     progress,
     quiet_libraries,
 )
+from mkdeploy.constants import DTYPE_HELP, THREADS_HELP
 from mkdeploy.errors import MkdError
 
 #: why a transcript is empty, as printed after it
@@ -39,8 +42,8 @@ class DecodeFlags:
     batch_size: int = field(default=8, metadata={"help": "Clips decoded together."})
     backend: str = field(default="auto", metadata={"help": "auto, torch or onnx."})
     device: str = field(default="auto", metadata={"help": "auto, cuda or cpu."})
-    threads: int = field(default=0, metadata={"help": "CPU threads (torch and ONNX Runtime); 0: their defaults."})
-    dtype: str = field(default="auto", metadata={"help": "PyTorch weights: auto (fp16 on CUDA), float32, float16."})
+    threads: int = field(default=0, metadata={"help": THREADS_HELP})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
     variant: str | None = field(
         default=None,
         metadata={"help": "ONNX variant: fp32, int8 or fp16 (default: the folder given, fp32 at an export's root)."},
@@ -95,36 +98,19 @@ def transcribe(**options: Any) -> None:
 
 transcribe.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [
-        inspect.Parameter(
-            "model",
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=typer.Argument(..., help="HF Whisper directory or ONNX export directory."),
-            annotation=Path,
+        MODEL_ARGUMENT,
+        cli_parameter(
+            "audio", list[Path], typer.Argument(..., help="Audio files or folders of audio files."), positional=True
         ),
-        inspect.Parameter(
-            "audio",
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=typer.Argument(..., help="Audio files or folders of audio files."),
-            annotation=list[Path],
-        ),
-        inspect.Parameter(
+        cli_parameter(
             "output_dir",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(Path("transcripts"), "--output-dir", "-o", help="Where transcripts go."),
-            annotation=Path,
+            Path,
+            typer.Option(Path("transcripts"), "--output-dir", "-o", help="Where transcripts go."),
         ),
-        inspect.Parameter(
-            "fmt",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable)."),
-            annotation=list[str],
+        cli_parameter(
+            "fmt", list[str], typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable).")
         ),
-        inspect.Parameter(
-            "force",
-            inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(False, "--force", help="Overwrite existing transcripts."),
-            annotation=bool,
-        ),
+        cli_parameter("force", bool, typer.Option(False, "--force", help="Overwrite existing transcripts.")),
     ]
     + dataclass_options(DecodeFlags)
 )

@@ -161,7 +161,7 @@ class Runner:
     provider = ""
 
     def transcribe(self, audio: np.ndarray) -> tuple[str, int]:
-        raise NotImplementedError
+        return self.transcribe_batch([audio])[0]
 
     def transcribe_batch(self, audios: list[np.ndarray]) -> list[tuple[str, int]]:
         """Clips decoded together (the throughput figures)."""
@@ -197,13 +197,9 @@ class WhisperRunner(Runner):
         )
         self.windows = ",".join(str(b) for b in self.tr.windows(self.options).buckets)
 
-    def transcribe(self, audio):
-        t = self.tr.transcribe_arrays([audio], self.options)[0]
-        return t.text, len(t.tokens) + 1  # + end of text
-
     def transcribe_batch(self, audios):
         opts = TranscriptionOptions(**{**self.options.__dict__, "batch_size": len(audios)})
-        return [(t.text, len(t.tokens) + 1) for t in self.tr.transcribe_arrays(audios, opts)]
+        return [(t.text, len(t.tokens) + 1) for t in self.tr.transcribe_arrays(audios, opts)]  # + end of text
 
     def params(self) -> int:
         if self.backend == "torch":
@@ -256,9 +252,6 @@ class CT2Runner(Runner):
             + ([f"<|{language}|>", "<|transcribe|>"] if self.model.is_multilingual else [])
             + ["<|notimestamps|>"]
         )
-
-    def transcribe(self, audio):
-        return self.transcribe_batch([audio])[0]
 
     def transcribe_batch(self, audios):
         feats = self.fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="np").input_features

@@ -17,3 +17,7 @@ SAMPLES_PER_FRAME = 320
 TIME_PRECISION_S = 0.02
 #: openai/whisper's repetition-loop test on text: len(text) / len(zlib(text)) above this is a loop.
 COMPRESSION_RATIO_MAX = 2.4
+
+#: help of the --threads and --dtype options every command that loads a model shares
+THREADS_HELP = "CPU threads for torch, ONNX Runtime and CTranslate2 alike; 0: each engine's default."
+DTYPE_HELP = "PyTorch weights: auto (fp16 on CUDA, fp32 on CPU), float32, float16 or bfloat16."

@@ -104,11 +104,19 @@ def greedy_decode(
             break
         done = torch.tensor(finished, device=device)
         ids = nxt[:, None]
+    return greedy_results(out, eos, vocab_size, compression_ratio_threshold)
+
+
+def greedy_results(
+    sequences: list[list[int]], eos: int, vocab_size: int, compression_ratio_threshold: float | None
+) -> list[GreedyResult]:
+    """Each clip's generated tokens up to its first end-of-text (included in the compression ratio, as
+    ``generate`` counts it), flagged for the fallback when they compress better than the threshold."""
     results = []
-    for toks in out:
-        flag = (
-            compression_ratio_threshold is not None
-            and compression_ratio(toks, vocab_size) > compression_ratio_threshold
+    for toks in sequences:
+        toks = toks[: toks.index(eos) + 1] if eos in toks else toks
+        flag = compression_ratio_threshold is not None and (
+            compression_ratio(toks, vocab_size) > compression_ratio_threshold
         )
         results.append(GreedyResult([t for t in toks if t != eos], flag))
     return results

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mkdeploy.decoding import GreedyResult, compression_ratio
+from mkdeploy.decoding import GreedyResult, greedy_results
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ class _Buffers:
     first: torch.Tensor  # [] the position of the first generated token (begin_suppress_tokens apply there)
     done: torch.Tensor  # [B] end-of-text already produced
     out: torch.Tensor  # [B, T] tokens chosen, by position
-    logits: torch.Tensor  # [B, V] of the last step (kept for callers that want scores)
 
 
 class StaticGreedyDecoder:
@@ -94,6 +93,7 @@ class StaticGreedyDecoder:
         self.begin = torch.zeros(vocab, device=self.device)
         self.begin[list(generation_config.begin_suppress_tokens or [])] = -math.inf
         self.no_mask = torch.zeros(vocab, device=self.device)
+        self.positions = torch.arange(self.max_len, device=self.device)
         self.vocab_size = vocab
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.sync_every = sync_every
@@ -113,7 +113,7 @@ class StaticGreedyDecoder:
         b = buf.ids.shape[0]
         x = self.dec.embed_tokens(buf.ids[:, None]) + self.dec.embed_positions.weight.index_select(0, buf.pos.view(1))
         # positions written so far (this one included) are visible
-        mask = (torch.arange(self.max_len, device=self.device) <= buf.pos).view(1, 1, 1, -1)
+        mask = (self.positions <= buf.pos).view(1, 1, 1, -1)
         for i, layer in enumerate(self.dec.layers):
             h = layer.self_attn_layer_norm(x)
             sa = layer.self_attn
@@ -132,7 +132,6 @@ class StaticGreedyDecoder:
         nxt = logits.argmax(-1)
         nxt = torch.where(buf.done, torch.full_like(nxt, self.eos), nxt)
         buf.done |= nxt == self.eos
-        buf.logits.copy_(logits)
         buf.out.index_copy_(1, buf.pos.view(1), nxt[:, None])
         buf.ids.copy_(nxt)
         buf.pos += 1
@@ -154,7 +153,6 @@ class StaticGreedyDecoder:
             first=z((), dtype=torch.long),
             done=z(batch, dtype=torch.bool),
             out=z(batch, self.max_len, dtype=torch.long),
-            logits=z(batch, self.vocab_size, dtype=torch.float32),
         )
 
     def _fill_cross(self, buf: _Buffers, states: torch.Tensor) -> None:
@@ -239,11 +237,4 @@ class StaticGreedyDecoder:
             if (not graph or (i + 1) % self.sync_every == 0) and bool(buf.done[:n].all()):
                 break
         out = buf.out[:n, p - 1 : p - 1 + i + 1].tolist()
-        results = []
-        for toks in out:
-            toks = toks[: toks.index(self.eos) + 1] if self.eos in toks else toks
-            flag = compression_ratio_threshold is not None and (
-                compression_ratio(toks, self.vocab_size) > compression_ratio_threshold
-            )
-            results.append(GreedyResult([t for t in toks if t != self.eos], flag))
-        return results
+        return greedy_results(out, self.eos, self.vocab_size, compression_ratio_threshold)

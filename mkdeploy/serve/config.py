@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mkdeploy.constants import DTYPE_HELP, THREADS_HELP
+
 #: Environment variable read for the API key when ``--api-key`` is not given.
 API_KEY_ENV = "MKD_API_KEY"
 
@@ -22,8 +24,8 @@ class ServeConfig:
     backend: str = field(default="auto", metadata={"help": "auto, torch or onnx."})
     device: str = field(default="auto", metadata={"help": "auto, cuda or cpu."})
     variant: str | None = field(default=None, metadata={"help": "ONNX variant: fp32, int8 or fp16."})
-    threads: int = field(default=0, metadata={"help": "CPU threads (torch and ONNX Runtime); 0: their defaults."})
-    dtype: str = field(default="auto", metadata={"help": "PyTorch weights: auto (fp16 on CUDA), float32, float16."})
+    threads: int = field(default=0, metadata={"help": THREADS_HELP})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind (loopback unless you say)."})
     port: int = field(default=8000, metadata={"help": "Port to listen on (0: any free port)."})
     api_key: str | None = field(
