@@ -22,6 +22,7 @@ from mkdeploy.cli.common import (
     quiet_libraries,
 )
 from mkdeploy.constants import DTYPE_HELP, THREADS_HELP
+from mkdeploy.distributed.config import RayConfig
 from mkdeploy.errors import MkdError
 
 #: why a transcript is empty, as printed after it
@@ -62,7 +63,10 @@ class DecodeFlags:
 
 
 def transcribe(**options: Any) -> None:
-    """Transcribe audio files; bad files are listed and the rest still transcribed."""
+    """Transcribe audio files; bad files are listed and the rest still transcribed.
+
+    With --ray: AUDIO is one manifest or folder, transcribed by --actors model actors on Ray Data into JSONL
+    shards in --output-dir (a re-run skips finished shards)."""
     # imported on use, so `mkd --help` stays fast
     from mkdeploy.audio import expand_audio_paths
     from mkdeploy.runtime import WhisperTranscriber
@@ -76,6 +80,8 @@ def transcribe(**options: Any) -> None:
         if bad:
             raise MkdError(f"--format {bad[0]}: choose txt, json, srt or vtt")
         _check_flags(flags)
+        if options["ray"]:
+            return _transcribe_on_ray(options, flags)
         paths = expand_audio_paths(options["audio"])
         if not paths:
             raise MkdError(f"no audio files found in {', '.join(map(str, options['audio']))}")
@@ -111,9 +117,42 @@ transcribe.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             "fmt", list[str], typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable).")
         ),
         cli_parameter("force", bool, typer.Option(False, "--force", help="Overwrite existing transcripts.")),
+        cli_parameter(
+            "ray",
+            bool,
+            typer.Option(False, "--ray", help="Run on Ray (the [ray] extra): AUDIO is one manifest or folder."),
+        ),
     ]
     + dataclass_options(DecodeFlags)
+    + dataclass_options(RayConfig)
 )
+
+
+def _transcribe_on_ray(options: dict[str, Any], flags: DecodeFlags) -> None:
+    # imported on use: Ray only for --ray, and `mkd --help` stays fast
+    from mkdeploy.data import load_manifest
+    from mkdeploy.distributed.transcribe import ModelSpec, transcribe_on_ray
+
+    if len(options["audio"]) != 1:
+        raise MkdError("--ray takes one manifest (JSONL) or one folder of audio files")
+    rows = load_manifest(options["audio"][0])
+    config = RayConfig(**parse_dataclass_options(RayConfig, options)).check()
+    model = ModelSpec(options["model"], flags.backend, flags.device, flags.variant, flags.threads, flags.dtype)
+    console.print(f"{len(rows)} inputs, {config.actors} actors on Ray, shards of {config.shard_size}")
+    job = transcribe_on_ray(
+        rows,
+        model,
+        _options(flags),
+        options["output_dir"],
+        config,
+        force=options["force"],
+        on_shard=lambda p, n: console.print(f"wrote {p} ({n} rows)", highlight=False),
+    )
+    rate = f", {job.audio_seconds / job.seconds:.1f} audio-s/s" if job.seconds else ""
+    out.print(
+        f"{job.rows} transcribed in {job.seconds:.1f} s{rate}; {len(job.written)} shards written, "
+        f"{len(job.skipped)} already done -> {options['output_dir']}"
+    )
 
 
 def _check_flags(flags: DecodeFlags) -> None:

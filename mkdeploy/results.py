@@ -44,5 +44,10 @@ class Transcription:
     avg_logprob: float | None = None
     gate: str = ""
 
+    @classmethod
+    def of_silence(cls, path: str, duration: float) -> Transcription:
+        """The result for digital silence: nothing decoded, as Whisper invents sentences on silence."""
+        return cls(path, "", [], duration, silent=True, gate="silence")
+
     def to_dict(self) -> dict:
         return asdict(self)

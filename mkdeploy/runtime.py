@@ -555,7 +555,7 @@ class WhisperTranscriber:
                 continue
             if info.silent:
                 # Whisper hallucinates whole sentences on silence (README, Troubleshooting): report nothing instead.
-                done.append(Transcription(str(p), "", [], info.duration, silent=True, gate="silence"))
+                done.append(Transcription.of_silence(str(p), info.duration))
                 if on_progress:
                     on_progress(1)
                 continue

@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -101,6 +101,7 @@ def pseudo_label_and_cache(
     on_progress: Callable[[int], None] | None = None,
     timestamp_prob: float = 0.0,
     seed: int = 0,
+    labeller: Labeller | None = None,
 ) -> tuple[list[Sample], dict]:
     """Label the rows with the teacher where needed, cache its outputs, and pair positions.
 
@@ -112,6 +113,8 @@ def pseudo_label_and_cache(
         timestamp_prob: share of clips taught in timestamp mode (:func:`timestamp_mode`); the cache does
             not depend on it.
         run_dir: the run directory; outputs go to run_dir/data (reused when the fingerprint matches).
+        labeller: computes the rows still to label elsewhere (``mkdeploy.distributed.label.RayLabeller``:
+            teacher actors on Ray Data); this process stores what it returns. None: here, in batches.
 
     Returns:
         (samples, stats: rows kept and dropped, share of positions paired).
@@ -126,17 +129,87 @@ def pseudo_label_and_cache(
     def timed(r: Utterance) -> bool:
         return timestamp_mode(r.id, timestamp_prob, seed)
 
+    if labeller is not None and todo:
+        spec = TeacherPassSpec(
+            _resolved(getattr(teacher, "name_or_path", "")),
+            _resolved(getattr(student_processor.tokenizer, "name_or_path", "")),
+            needs,
+            language,
+            fp,
+            pseudo_label,
+            wer_threshold,
+            timestamp_prob,
+            seed,
+            batch_size,
+        )
+        for rec, payload in labeller(todo, spec):
+            if rec["id"] not in done:
+                done[rec["id"]] = tp.store(rec, payload)
+                if on_progress:
+                    on_progress(1)
     for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        done.update(tp.label(batch, fp, pseudo_label, wer_threshold, timed))
-        if on_progress:
-            on_progress(len(batch))
+        batch = [r for r in todo[start : start + batch_size] if r.id not in done]
+        if batch:  # everything, or what a labeller left undone
+            done.update(tp.label(batch, fp, pseudo_label, wer_threshold, timed))
+            if on_progress:
+                on_progress(len(batch))
     # Timed segments still missing (a pass labelled before timestamp_prob was raised): generated now and
     # logged like the labels (a later line for the same clip wins when the log is read back).
     missing = [r for r in rows if "dropped" not in done[r.id] and "segments" not in done[r.id] and timed(r)]
     for start in range(0, len(missing), batch_size):
         tp.segments(missing[start : start + batch_size], done)
     return tp.samples(rows, done, timed)
+
+
+@dataclass
+class TeacherPassSpec:
+    """What another process needs to run the teacher's pass exactly as this one would (model directories,
+    the outputs to cache, the labelling rules and the run's fingerprint), picklable."""
+
+    teacher: str
+    student: str
+    needs: TeacherNeeds
+    language: str
+    fingerprint: str
+    pseudo_label: str = "missing"
+    wer_threshold: float | None = None
+    timestamp_prob: float = 0.0
+    seed: int = 0
+    batch_size: int = 8
+
+    def open(self) -> TeacherPass:
+        """Load the teacher and the student's tokenizer and prompt; the pass writes nowhere (run_dir None)."""
+        from transformers import GenerationConfig, WhisperProcessor
+
+        from mkdeploy.distill.tokens import shared_vocab
+        from mkdeploy.models.student import load_whisper
+
+        teacher, t_proc = load_whisper(self.teacher)
+        # Ray hides the GPUs an actor did not reserve (CUDA_VISIBLE_DEVICES), so a visible one is ours
+        teacher.eval().requires_grad_(False).to("cuda" if torch.cuda.is_available() else "cpu")
+        s_proc: Any = WhisperProcessor.from_pretrained(self.student)
+        s_gen = GenerationConfig.from_pretrained(self.student)
+        shared = shared_vocab(s_proc.tokenizer, t_proc.tokenizer)
+        return TeacherPass(teacher, t_proc, s_proc, s_gen, shared, self.needs, None, self.language)
+
+    def compute(self, tp: TeacherPass, batch: list[Utterance]) -> list[tuple[dict, dict[str, torch.Tensor] | None]]:
+        """:meth:`TeacherPass.compute` with this spec's rules."""
+        return tp.compute(
+            batch,
+            self.fingerprint,
+            self.pseudo_label,
+            self.wer_threshold,
+            lambda r: timestamp_mode(r.id, self.timestamp_prob, self.seed),
+        )
+
+
+class Labeller(Protocol):
+    """Computes the teacher's pass for ``rows`` somewhere else and yields (record, cached outputs) per row,
+    in any order; :func:`pseudo_label_and_cache` stores them (the first result of a row wins)."""
+
+    def __call__(
+        self, rows: list[Utterance], spec: TeacherPassSpec
+    ) -> Iterator[tuple[dict, dict[str, torch.Tensor] | None]]: ...
 
 
 class TeacherPass:
@@ -152,14 +225,16 @@ class TeacherPass:
         student_generation_config,
         shared: SharedVocab,
         needs: TeacherNeeds,
-        run_dir: Path,
+        run_dir: Path | None,
         language: str,
     ):
         self.teacher, self.t_proc, self.s_proc = teacher, teacher_processor, student_processor
         self.shared, self.needs, self.language = shared, needs, language
-        self.data_dir = run_dir / "data"
+        # run_dir None: a pass that only computes (a Ray actor); its caller stores the results
+        self.data_dir = (run_dir or Path(".")) / "data"
         self.cache_dir = self.data_dir / "teacher"
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        if run_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.labels_path = self.data_dir / "labels.jsonl"
         self.tok_s, self.tok_t = student_processor.tokenizer, teacher_processor.tokenizer
         self.prompt_s = prompt_ids(self.tok_s, student_generation_config, language)
@@ -211,10 +286,29 @@ class TeacherPass:
         wer_threshold: float | None,
         timed: Callable[[Utterance], bool] = lambda r: False,
     ) -> dict[str, dict]:
-        """One encoder pass serves the transcript (when one is needed), every cached output and the timed
-        segments of the clips taught in timestamp mode."""
+        """Label ``batch`` (:meth:`compute`) and store each row (:meth:`store`); returns the records."""
+        out = {}
+        for rec, payload in self.compute(batch, fp, pseudo_label, wer_threshold, timed):
+            out[rec["id"]] = self.store(rec, payload)
+        return out
+
+    def compute(
+        self,
+        batch: list[Utterance],
+        fp: str,
+        pseudo_label: str,
+        wer_threshold: float | None,
+        timed: Callable[[Utterance], bool] = lambda r: False,
+    ) -> list[tuple[dict, dict[str, torch.Tensor] | None]]:
+        """The records and cached outputs of ``batch``, written nowhere (a Ray actor returns them to the
+        process that owns the run directory). One encoder pass serves the transcript (when one is
+        needed), every cached output and the timed segments of the clips taught in timestamp mode.
+
+        Returns:
+            per row, its label record and the teacher outputs to cache (None for a dropped row).
+        """
         audios = [load_audio(r.audio) for r in batch]
-        out: dict[str, dict] = {}
+        out: list[tuple[dict, dict[str, torch.Tensor] | None]] = []
         with torch.inference_mode():
             enc = self.teacher.model.encoder(self._features(audios).to(self.device), output_hidden_states=True)
             teacher_text: list[str | None] = [None] * len(batch)
@@ -225,19 +319,28 @@ class TeacherPass:
                 teacher_text = self.tok_t.batch_decode(ids, skip_special_tokens=True)
             for k, (r, audio) in enumerate(zip(batch, audios)):
                 rec = _judge(r, fp, teacher_text[k], pseudo_label, wer_threshold)
+                payload = None
                 if "dropped" not in rec:
-                    rec.update(self._cache(r, rec["text"], enc, k, len(audio), fp))
-                out[r.id] = rec
-            rows = [k for k, r in enumerate(batch) if "dropped" not in out[r.id] and timed(r)]
-            for k in rows:
-                # the timed segments from the same encoder states, no second encoder pass; one clip at a
-                # time, as transformers' segment loop cuts a finished row out of input_features, which
-                # encoder_outputs leaves unset
-                states = BaseModelOutput(last_hidden_state=enc.last_hidden_state[k : k + 1])
-                out[batch[k].id]["segments"] = self._generate_segments(states, [audios[k]])[0]
-        for r in batch:
-            self._log(out[r.id])
+                    payload, fields = self._outputs(r, rec["text"], enc, k, len(audio), fp)
+                    rec.update(fields)
+                    if timed(r):
+                        # the timed segments from the same encoder states, no second encoder pass; one clip at
+                        # a time, as transformers' segment loop cuts a finished row out of input_features,
+                        # which encoder_outputs leaves unset
+                        states = BaseModelOutput(last_hidden_state=enc.last_hidden_state[k : k + 1])
+                        rec["segments"] = self._generate_segments(states, [audio])[0]
+                out.append((rec, payload))
         return out
+
+    def store(self, rec: dict, payload: dict[str, torch.Tensor] | None) -> dict:
+        """Write a row's cached outputs (atomically), then its line in ``labels.jsonl``: a line is only
+        logged once its cache file is whole, so a killed pass resumes without reading a torn file."""
+        if payload is not None:
+            tmp = self.cache_dir / f".{rec['cache']}.tmp"
+            torch.save(payload, tmp)
+            tmp.replace(self.cache_dir / rec["cache"])
+        self._log(rec)
+        return rec
 
     def _generate_segments(self, encoder_outputs, audios: list[np.ndarray]) -> list[list]:
         """The teacher's timed segments [start, end, text], inside the 30 s window, empty ones dropped."""
@@ -264,9 +367,11 @@ class TeacherPass:
             result.append([[min(CHUNK_S, max(0.0, a)), min(CHUNK_S, b), t] for a, b, t in found if t and b >= a])
         return result
 
-    def _cache(self, r: Utterance, text: str, enc, k: int, n_samples: int, fp: str) -> dict:
-        """Write the teacher's outputs for row ``k`` of the batch at the paired positions; returns the
-        record's pairing fields."""
+    def _outputs(
+        self, r: Utterance, text: str, enc, k: int, n_samples: int, fp: str
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        """The teacher's outputs for row ``k`` of the batch at the paired positions, and the record's
+        pairing fields (with the cache file's name)."""
         s_seq, t_seq = force(self.tok_s, self.prompt_s, text), force(self.tok_t, self.prompt_t, text)
         s_pos, t_pos = pair_positions(s_seq, t_seq)
         payload = {}
@@ -285,11 +390,8 @@ class TeacherPass:
             if self.needs.logits:
                 logits = self.teacher.proj_out(dec.last_hidden_state[0, tp])
                 payload["logits"] = logits[:, self.shared.teacher_ids.to(self.device)].to(torch.float16).cpu()
-        name = f"{fp}_{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt"
-        torch.save(payload, self.cache_dir / f".{name}.tmp")
-        (self.cache_dir / f".{name}.tmp").replace(self.cache_dir / name)
-        return {
-            "cache": name,
+        return payload, {
+            "cache": f"{fp}_{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt",
             "student_pos": s_pos,
             "n_student": len(s_seq.input_ids) - len(self.prompt_s) + 1,
             "n_teacher": len(t_seq.input_ids) - len(self.prompt_t) + 1,

@@ -1,0 +1,39 @@
+"""What a Ray job runs with: one dataclass whose field metadata carries the CLI help (as the recipe's and
+the server's do). Importing it does not import Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Environment variables handed to every Ray worker: the offline switches the driver runs with, so an actor
+#: never tries to reach a model hub the driver was told not to.
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "HF_HOME")
+
+
+@dataclass
+class RayConfig:
+    """Where a Ray job runs and how wide.
+
+    On a laptop or CI box nothing needs setting: a local Ray instance starts with this machine's CPUs. On a
+    cluster (KubeRay, ``ray start --head``), ``ray_address`` joins it; model directories, manifests and the
+    output directory must then be paths every node can read (a shared filesystem), as Ray ships code, not data.
+    """
+
+    ray_address: str | None = field(
+        default=None,
+        metadata={"help": "Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local instance."},
+    )
+    actors: int = field(default=2, metadata={"help": "Model actors (each holds one model)."})
+    actor_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved per actor (fractions share cores)."})
+    actor_gpus: float | None = field(
+        default=None,
+        metadata={"help": "GPUs per actor, e.g. 1 or 0.5 (default: 1 when the cluster has GPUs and --device allows)."},
+    )
+    shard_size: int = field(default=64, metadata={"help": "Inputs per output shard (the unit a re-run skips)."})
+
+    def check(self) -> RayConfig:
+        from mkdeploy.errors import MkdError
+
+        if self.actors < 1 or self.shard_size < 1 or self.actor_cpus < 0 or (self.actor_gpus or 0) < 0:
+            raise MkdError("--actors and --shard-size must be at least 1, --actor-cpus and --actor-gpus at least 0")
+        return self
