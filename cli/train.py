@@ -23,6 +23,7 @@ from mkdeploy.cli.common import (
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.trainer import TrainArgs
 from mkdeploy.distill.trainer import train as run_training
+from mkdeploy.distributed.config import RayConfig
 
 
 def _run_options(
@@ -50,6 +51,11 @@ def _run_options(
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Share pseudo-labels and teacher outputs between runs (default: inside the run)."
     ),
+    label_with_ray: bool = typer.Option(
+        False,
+        "--label-with-ray",
+        help="Run the teacher's pass on Ray actors (the [ray] extra; --actors, --ray-address); the cache format is the same.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run directory and start over."),
 ) -> None:
@@ -72,6 +78,7 @@ def train_cmd(**options: Any) -> None:
             options["output"],
             cfg,
             eval_manifest=run.pop("eval"),
+            labeller=_ray_labeller(options) if options["label_with_ray"] else None,
             **run,
         )
         with progress() as bar:
@@ -97,8 +104,16 @@ def train_cmd(**options: Any) -> None:
     out.print(f"run: {options['output']} (merge with `mkd merge {options['output']} OUT`)")
 
 
+def _ray_labeller(options: dict[str, Any]):
+    # imported on use: Ray only for --label-with-ray
+    from mkdeploy.distributed.label import RayLabeller
+
+    return RayLabeller(RayConfig(**parse_dataclass_options(RayConfig, options)).check())
+
+
 _hints = typing.get_type_hints(_run_options)
 train_cmd.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [p.replace(annotation=_hints[p.name]) for p in inspect.signature(_run_options).parameters.values()]
     + dataclass_options(RecipeConfig)
+    + dataclass_options(RayConfig)
 )

@@ -122,6 +122,11 @@ transcribe.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             bool,
             typer.Option(False, "--ray", help="Run on Ray (the [ray] extra): AUDIO is one manifest or folder."),
         ),
+        cli_parameter(
+            "shard_size",
+            int,
+            typer.Option(64, "--shard-size", help="With --ray: inputs per output shard (the unit a re-run skips)."),
+        ),
     ]
     + dataclass_options(DecodeFlags)
     + dataclass_options(RayConfig)
@@ -138,13 +143,14 @@ def _transcribe_on_ray(options: dict[str, Any], flags: DecodeFlags) -> None:
     rows = load_manifest(options["audio"][0])
     config = RayConfig(**parse_dataclass_options(RayConfig, options)).check()
     model = ModelSpec(options["model"], flags.backend, flags.device, flags.variant, flags.threads, flags.dtype)
-    console.print(f"{len(rows)} inputs, {config.actors} actors on Ray, shards of {config.shard_size}")
+    console.print(f"{len(rows)} inputs, {config.actors} actors on Ray, shards of {options['shard_size']}")
     job = transcribe_on_ray(
         rows,
         model,
         _options(flags),
         options["output_dir"],
         config,
+        shard_size=options["shard_size"],
         force=options["force"],
         on_shard=lambda p, n: console.print(f"wrote {p} ({n} rows)", highlight=False),
     )

@@ -15,14 +15,9 @@ import soundfile as sf
 ray = pytest.importorskip("ray", reason="the [ray] extra")
 
 from mkdeploy.data import Utterance, load_manifest, write_manifest  # noqa: E402
-from mkdeploy.distributed.cluster import connect  # noqa: E402
+from mkdeploy.distributed.cluster import FaultInjection, connect  # noqa: E402
 from mkdeploy.distributed.config import RayConfig  # noqa: E402
-from mkdeploy.distributed.transcribe import (  # noqa: E402
-    FaultInjection,
-    ModelSpec,
-    read_shards,
-    transcribe_on_ray,
-)
+from mkdeploy.distributed.transcribe import ModelSpec, read_shards, transcribe_on_ray  # noqa: E402
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -65,9 +60,9 @@ def single_process(model: Path, manifest: Path) -> dict[str, str]:
 def test_two_actors_match_single_process_and_rerun_rewrites_one_shard(local_ray, tiny_en_teacher, corpus, tmp_path):
     rows = load_manifest(corpus)
     model = ModelSpec(str(tiny_en_teacher), "torch", "cpu")
-    config = RayConfig(actors=2, actor_cpus=1, shard_size=3)
+    config = RayConfig(actors=2, actor_cpus=1)
     out = tmp_path / "shards"
-    job = transcribe_on_ray(rows, model, OPTIONS, out, config)
+    job = transcribe_on_ray(rows, model, OPTIONS, out, config, shard_size=3)
     assert [p.name for p in job.shards] == [f"shard-0000{k}.jsonl" for k in range(4)]  # 3 + 3 + 3 + 1 rows
     assert job.written == job.shards and job.rows == 10
     got = read_shards(out)
@@ -85,14 +80,14 @@ def test_two_actors_match_single_process_and_rerun_rewrites_one_shard(local_ray,
     # a re-run after removing one shard writes that shard only
     before = {p: p.stat().st_mtime_ns for p in job.shards}
     job.shards[1].unlink()
-    again = transcribe_on_ray(rows, model, OPTIONS, out, config)
+    again = transcribe_on_ray(rows, model, OPTIONS, out, config, shard_size=3)
     kept = [p for p in job.shards if p != job.shards[1]]
     assert again.written == [job.shards[1]] and again.skipped == kept and again.rows == 3
     assert all(p.stat().st_mtime_ns == before[p] for p in kept)
     assert read_shards(out) == got
 
     # nothing to do: no Ray work at all
-    idle = transcribe_on_ray(rows, model, OPTIONS, out, config)
+    idle = transcribe_on_ray(rows, model, OPTIONS, out, config, shard_size=3)
     assert idle.written == [] and idle.rows == 0
 
 
@@ -104,7 +99,8 @@ def test_killed_actor_still_yields_every_row_once(local_ray, tiny_en_teacher, co
         ModelSpec(str(tiny_en_teacher), "torch", "cpu"),
         OPTIONS,
         tmp_path / "shards",
-        RayConfig(actors=2, actor_cpus=1, shard_size=4),
+        RayConfig(actors=2, actor_cpus=1),
+        shard_size=4,
         fault=FaultInjection(index=5, marker=str(marker)),
     )
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # an actor process did die
@@ -118,10 +114,43 @@ def test_another_job_in_the_folder_is_refused_without_force(local_ray, tiny_mode
 
     rows = load_manifest(corpus)[:2]
     out = tmp_path / "shards"
-    config = RayConfig(actors=1, actor_cpus=1, shard_size=2)
-    transcribe_on_ray(rows, ModelSpec(str(tiny_model_dir), "torch", "cpu"), OPTIONS, out, config)
+    config = RayConfig(actors=1, actor_cpus=1)
+    transcribe_on_ray(rows, ModelSpec(str(tiny_model_dir), "torch", "cpu"), OPTIONS, out, config, shard_size=2)
     other = TranscriptionOptions(batch_size=2, return_timestamps=False)
     with pytest.raises(OutputExistsError, match="another job"):
-        transcribe_on_ray(rows, ModelSpec(str(tiny_model_dir), "torch", "cpu"), other, out, config)
-    job = transcribe_on_ray(rows, ModelSpec(str(tiny_model_dir), "torch", "cpu"), other, out, config, force=True)
+        transcribe_on_ray(rows, ModelSpec(str(tiny_model_dir), "torch", "cpu"), other, out, config, shard_size=2)
+    job = transcribe_on_ray(
+        rows, ModelSpec(str(tiny_model_dir), "torch", "cpu"), other, out, config, shard_size=2, force=True
+    )
     assert job.written and json.loads((out / "job.json").read_text())["options"]["return_timestamps"] is False
+
+
+def test_cli_transcribes_a_manifest_on_ray(local_ray, tiny_model_dir, corpus, tmp_path):
+    from typer.testing import CliRunner
+
+    from mkdeploy.cli.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "shards"
+    args = [
+        "transcribe",
+        str(tiny_model_dir),
+        str(corpus),
+        "--ray",
+        "--actors",
+        "1",
+        "--shard-size",
+        "4",
+        "-o",
+        str(out),
+    ]
+    r = runner.invoke(app, args + ["--device", "cpu", "--no-timestamps"])
+    assert r.exit_code == 0, r.output
+    assert "10 transcribed" in r.output and "3 shards written, 0 already done" in r.output
+    assert len(read_shards(out)) == 10
+    r = runner.invoke(app, args + ["--device", "cpu", "--no-timestamps"])
+    assert r.exit_code == 0 and "0 transcribed" in r.output and "3 already done" in r.output
+    r = runner.invoke(app, args + ["--device", "cpu"])  # other options: the folder holds another job
+    assert r.exit_code == 2 and "another job" in r.output and "--force" in r.output
+    r = runner.invoke(app, ["transcribe", str(tiny_model_dir), str(corpus), str(corpus), "--ray", "-o", str(out)])
+    assert r.exit_code == 2 and "one manifest" in r.output, r.output

@@ -40,7 +40,7 @@ from torch import nn
 from mkdeploy.audio import SAMPLE_RATE
 from mkdeploy.data import load_manifest
 from mkdeploy.distill.config import RecipeConfig
-from mkdeploy.distill.data import TeacherNeeds, pseudo_label_and_cache
+from mkdeploy.distill.data import Labeller, TeacherNeeds, pseudo_label_and_cache
 from mkdeploy.distill.losses import FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss, RetentionLoss
 from mkdeploy.distill.select import Candidate, Selection, best, choose, interpolate_state, set_lora_scale
 from mkdeploy.distill.tokens import shared_vocab
@@ -82,6 +82,7 @@ class TrainArgs:
     wer_threshold: float | None = None
     eval_limit: int | None = None
     cache_dir: Path | None = None  # where pseudo-labels and teacher outputs go (default: the run directory)
+    labeller: Labeller | None = None  # the teacher's pass elsewhere (Ray actors); None: in this process
 
 
 class DistillModule(nn.Module):
@@ -309,6 +310,7 @@ class Trainer:
                 on_progress=self._label_progress(len(rows)),
                 timestamp_prob=cfg.timestamp_prob,
                 seed=cfg.seed,
+                labeller=args.labeller,
             )
         teacher.to("cpu")
         self.log(

@@ -11,11 +11,28 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mkdeploy.distributed.config import FORWARDED_ENV, RayConfig
 from mkdeploy.errors import MkdError
+
+
+@dataclass
+class FaultInjection:
+    """Makes an actor's process exit the first time it reaches input ``index`` (a ``marker`` file records
+    that it happened, so the restarted actor goes on): a real crash mid-batch, for the fault-tolerance
+    tests and for trying a cluster's recovery by hand."""
+
+    index: int
+    marker: str
+
+    def maybe_crash(self, indices: Iterable) -> None:
+        if self.index in {int(i) for i in indices} and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)  # a crash, not an exception: no cleanup, the process is gone mid-batch
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -93,11 +110,11 @@ def stream_results(
         # Plain tasks, reserving no CPU: the actors may hold every CPU a node has (2 actors on 2 cores), and
         # a task waiting for a free CPU would then wait for ever. Ray Data's backpressure still bounds how
         # many run, and decoding a file is small next to transcribing it.
-        ds = ds.map(prepare, num_cpus=0, concurrency=min(blocks, max(2, config.actors)))
+        ds = ds.map(prepare, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=min(blocks, max(2, config.actors))))
     ds = ds.map_batches(
         actor_cls,
         fn_constructor_kwargs=actor_kwargs,
-        concurrency=config.actors,
+        compute=ray.data.ActorPoolStrategy(size=config.actors),
         batch_size=batch_size,
         batch_format="numpy",
         num_cpus=config.actor_cpus,

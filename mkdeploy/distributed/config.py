@@ -29,11 +29,10 @@ class RayConfig:
         default=None,
         metadata={"help": "GPUs per actor, e.g. 1 or 0.5 (default: 1 when the cluster has GPUs and --device allows)."},
     )
-    shard_size: int = field(default=64, metadata={"help": "Inputs per output shard (the unit a re-run skips)."})
 
     def check(self) -> RayConfig:
         from mkdeploy.errors import MkdError
 
-        if self.actors < 1 or self.shard_size < 1 or self.actor_cpus < 0 or (self.actor_gpus or 0) < 0:
-            raise MkdError("--actors and --shard-size must be at least 1, --actor-cpus and --actor-gpus at least 0")
+        if self.actors < 1 or self.actor_cpus < 0 or (self.actor_gpus or 0) < 0:
+            raise MkdError("--actors must be at least 1, --actor-cpus and --actor-gpus at least 0")
         return self

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -21,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from mkdeploy.data import Utterance
-from mkdeploy.distributed.cluster import actor_gpus, connect, stream_results
+from mkdeploy.distributed.cluster import FaultInjection, actor_gpus, connect, stream_results
 from mkdeploy.distributed.config import RayConfig
-from mkdeploy.errors import AudioError, OutputExistsError
+from mkdeploy.errors import AudioError, MkdError, OutputExistsError
 from mkdeploy.fsutil import atomic_write_text
 from mkdeploy.results import Transcription
 from mkdeploy.runtime import TranscriptionOptions
@@ -42,15 +41,8 @@ class ModelSpec:
     threads: int = 0
     dtype: str = "auto"
 
-
-@dataclass
-class FaultInjection:
-    """Makes the actor's process exit the first time it reaches input ``index`` (a ``marker`` file records
-    that it happened, so the restarted actor goes on): a real crash mid-batch, for the fault-tolerance
-    test and for trying a cluster's recovery by hand."""
-
-    index: int
-    marker: str
+    def __post_init__(self) -> None:
+        self.path = str(self.path)  # a Path from the CLI; the job record is JSON
 
 
 @dataclass
@@ -139,14 +131,9 @@ class TranscribeActor:
         self.fault = FaultInjection(**fault) if fault else None
         self.model_name = Path(spec.path).name
 
-    def _maybe_crash(self, indices) -> None:
-        f = self.fault
-        if f and f.index in set(int(i) for i in indices) and not os.path.exists(f.marker):
-            Path(f.marker).write_text(str(os.getpid()))
-            os._exit(1)  # a crash, not an exception: no cleanup, the process is gone mid-batch
-
     def __call__(self, batch: dict) -> dict:
-        self._maybe_crash(batch["index"])
+        if self.fault:
+            self.fault.maybe_crash(batch["index"])
         n = len(batch["index"])
         results: list[Transcription | None] = [None] * n
         todo = [k for k in range(n) if not batch["error"][k] and not batch["silent"][k]]
@@ -182,6 +169,7 @@ def transcribe_on_ray(
     options: TranscriptionOptions,
     output_dir: str | Path,
     config: RayConfig,
+    shard_size: int = 64,
     force: bool = False,
     on_shard: Callable[[Path, int], None] | None = None,
     fault: FaultInjection | None = None,
@@ -193,7 +181,8 @@ def transcribe_on_ray(
         model: what each actor loads.
         options: decoding options (``batch_size`` is also the rows per actor call).
         output_dir: the job's folder (``job.json`` and ``shard-NNNNN.jsonl``).
-        config: where and how wide (``shard_size``, actors, resources per actor, cluster address).
+        config: where and how wide (actors, resources per actor, cluster address).
+        shard_size: inputs per shard (the unit a re-run skips).
         force: replace a folder that holds another job's shards.
         on_shard: called with each shard written and its row count.
         fault: crash one actor once (see :class:`FaultInjection`).
@@ -202,9 +191,11 @@ def transcribe_on_ray(
         the job's shards and what this call did.
     """
     config.check()
+    if shard_size < 1:
+        raise MkdError("--shard-size must be at least 1")
     output_dir = Path(output_dir)
-    prepare_output(output_dir, job_record(rows, model, options, config.shard_size), force)
-    shards = plan(rows, config.shard_size)
+    prepare_output(output_dir, job_record(rows, model, options, shard_size), force)
+    shards = plan(rows, shard_size)
     paths = [shard_path(output_dir, k) for k in range(len(shards))]
     pending = [k for k, p in enumerate(paths) if not p.exists()]
     done = [paths[k] for k in range(len(shards)) if k not in pending]
