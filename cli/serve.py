@@ -8,31 +8,30 @@ import inspect
 import os
 from typing import Any
 
+import typer
+
 from mkdeploy.cli.common import (
     MODEL_ARGUMENT,
     cli_errors,
+    cli_parameter,
     console,
     dataclass_options,
     parse_dataclass_options,
     quiet_libraries,
 )
+from mkdeploy.distributed.config import RayServeConfig
 from mkdeploy.errors import MkdError
 from mkdeploy.models.dirs import check_model_dir
 from mkdeploy.serve.config import API_KEY_ENV, ServeConfig
 
 
 def serve_cmd(**options: Any) -> None:
-    """Serve MODEL over OpenAI's audio API (POST /v1/audio/transcriptions) until SIGTERM or Ctrl-C."""
+    """Serve MODEL over OpenAI's audio API (POST /v1/audio/transcriptions) until SIGTERM or Ctrl-C.
+
+    With --ray: the same app as Ray Serve replicas (--replicas or --autoscale MIN:MAX) behind Ray's proxy."""
     quiet_libraries()
     with cli_errors():
-        try:
-            # optional dependency: the [serve] extra; the core install never imports FastAPI
-            # imported on use, so `mkd --help` stays fast
-            from mkdeploy.serve.app import run
-        except ImportError as exc:
-            raise MkdError(
-                f"mkd serve needs the [serve] extra ({exc.name} is missing): pip install 'mkdeploy[serve]'"
-            ) from None
+        run = _runner(options["ray"])
         values = parse_dataclass_options(ServeConfig, options)
         values["model"] = str(check_model_dir(options["model"]))
         values.setdefault("api_key", os.environ.get(API_KEY_ENV) or None)
@@ -43,7 +42,38 @@ def serve_cmd(**options: Any) -> None:
             console.print(
                 f"[yellow]warning:[/] listening on {config.host} without an API key (--api-key or ${API_KEY_ENV})"
             )
-        run(config)
+        if options["ray"]:
+            run(config, RayServeConfig(**parse_dataclass_options(RayServeConfig, options)))
+        else:
+            run(config)
 
 
-serve_cmd.__signature__ = inspect.Signature([MODEL_ARGUMENT] + dataclass_options(ServeConfig))  # type: ignore[attr-defined]
+def _runner(ray: bool):
+    """The blocking serve function; optional dependencies (imported on use, so `mkd --help` stays fast):
+    FastAPI and uvicorn from the [serve] extra, Ray Serve from the [ray] extra."""
+    extra = "ray" if ray else "serve"
+    try:
+        if ray:
+            from mkdeploy.distributed.serve import run as run_on_ray
+
+            return run_on_ray
+        from mkdeploy.serve.app import run
+
+        return run
+    except ImportError as exc:
+        raise MkdError(
+            f"mkd serve{' --ray' if ray else ''} needs the [{extra}] extra ({exc.name} is missing): "
+            f"pip install 'mkdeploy[{extra}]'"
+        ) from None
+
+
+serve_cmd.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        MODEL_ARGUMENT,
+        cli_parameter(
+            "ray", bool, typer.Option(False, "--ray", help="Deploy on Ray Serve (the [ray] extra); see --replicas.")
+        ),
+    ]
+    + dataclass_options(ServeConfig)
+    + dataclass_options(RayServeConfig)
+)

@@ -36,3 +36,34 @@ class RayConfig:
         if self.actors < 1 or self.actor_cpus < 0 or (self.actor_gpus or 0) < 0:
             raise MkdError("--actors must be at least 1, --actor-cpus and --actor-gpus at least 0")
         return self
+
+
+@dataclass
+class RayServeConfig:
+    """How `mkd serve --ray` deploys the server (field metadata: the CLI help)."""
+
+    replicas: int = field(default=1, metadata={"help": "With --ray: replicas, each holding one model."})
+    autoscale: str | None = field(
+        default=None, metadata={"help": "With --ray: MIN:MAX replicas, scaled on ongoing requests (e.g. 1:4)."}
+    )
+    ray_address: str | None = field(
+        default=None, metadata={"help": "With --ray: cluster to join (default: start a local Ray instance)."}
+    )
+    replica_cpus: float = field(default=1.0, metadata={"help": "With --ray: CPUs reserved per replica."})
+    replica_gpus: float | None = field(
+        default=None, metadata={"help": "With --ray: GPUs per replica (default: 1 when the cluster has GPUs)."}
+    )
+
+    def bounds(self) -> tuple[int, int] | None:
+        """The autoscaling range, or None for a fixed replica count."""
+        if not self.autoscale:
+            return None
+        from mkdeploy.errors import MkdError
+
+        try:
+            lo, hi = (int(x) for x in self.autoscale.split(":"))
+        except ValueError:
+            raise MkdError(f"--autoscale {self.autoscale}: give MIN:MAX, e.g. 1:4") from None
+        if not 0 <= lo <= hi or hi < 1:
+            raise MkdError(f"--autoscale {self.autoscale}: need 0 <= MIN <= MAX and MAX >= 1")
+        return lo, hi

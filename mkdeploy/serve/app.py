@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -75,9 +77,13 @@ class UploadLimit:
         await _send_json(send, err.status, error_body(err.message, err.type, err.code, err.param))
 
 
+#: which process answered (``x-mkd-replica``): behind a load balancer or Ray Serve, which replica it was
+REPLICA_ID = f"{socket.gethostname()}/{os.getpid()}"
+
+
 class RequestLog:
     """One log line per request (id, route, status, audio seconds, latency; the text only with
-    ``--log-text``), the ``x-request-id`` header, and the request/error counters."""
+    ``--log-text``), the ``x-request-id`` and ``x-mkd-replica`` headers, and the request/error counters."""
 
     def __init__(self, app, metrics: Metrics, log_text: bool):
         self.app, self.metrics, self.log_text = app, metrics, log_text
@@ -93,7 +99,8 @@ class RequestLog:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+                headers = message.setdefault("headers", [])
+                headers += [(b"x-request-id", rid.encode()), (b"x-mkd-replica", REPLICA_ID.encode())]
             await send(message)
 
         try:

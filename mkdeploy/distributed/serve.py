@@ -1,0 +1,104 @@
+"""`mkd serve --ray`: the same OpenAI-compatible app, deployed as Ray Serve replicas.
+
+One application code path for both modes: each replica is a Ray Serve deployment whose FastAPI ingress is
+the app :func:`mkdeploy.serve.app.create_app` builds, around one loaded :class:`~mkdeploy.serve.engine.Engine`
+and its own cross-request batcher. Ray Serve's proxy spreads requests over the replicas (power of two
+choices on their queue lengths), restarts a replica whose process dies and, with ``--autoscale``, adds and
+removes replicas with the load. The routes, errors, limits and the request log are the plain server's.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from ray import serve
+
+from mkdeploy.distributed.cluster import connect
+from mkdeploy.distributed.config import RayServeConfig
+from mkdeploy.errors import MkdError
+from mkdeploy.serve.app import create_app
+from mkdeploy.serve.config import ServeConfig
+from mkdeploy.serve.engine import Engine
+
+logger = logging.getLogger("mkdeploy.serve")
+
+#: the Ray Serve application's name (``serve status`` shows it)
+APP_NAME = "mkdeploy"
+
+
+@serve.ingress()
+class Transcriber:
+    """A Ray Serve replica: loads and warms the model before it takes traffic (Ray Serve routes to a replica
+    once its constructor returns), then serves the plain server's app."""
+
+    def __init__(self, config: ServeConfig):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logger.setLevel(logging.INFO)
+        self.config = config
+        self.engine = Engine(config)
+        self.engine.load()
+        if self.engine.error:
+            raise RuntimeError(self.engine.error)  # the deployment fails with the reason, not a replica that 503s
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.config, self.engine)
+
+    def check_health(self) -> None:
+        """Ray Serve's periodic probe: a replica whose model is gone gets replaced."""
+        if not self.engine.ready.is_set():
+            raise RuntimeError(self.engine.error or "model not loaded")
+
+
+def deployment(config: ServeConfig, ray_config: RayServeConfig, gpus: float):
+    """The bound Ray Serve application for ``config`` (what ``serve.run`` takes)."""
+    options: dict = {
+        "ray_actor_options": {"num_cpus": ray_config.replica_cpus, "num_gpus": gpus},
+        # the replica's own batcher gathers concurrent requests and its queue bound answers 503, so Ray Serve
+        # may hand it as many as that bound
+        "max_ongoing_requests": config.max_queue,
+    }
+    bounds = ray_config.bounds()
+    if bounds:
+        options["autoscaling_config"] = {
+            "min_replicas": bounds[0],
+            "max_replicas": bounds[1],
+            "target_ongoing_requests": max(1, config.max_batch),
+        }
+    else:
+        if ray_config.replicas < 1:
+            raise MkdError("--replicas must be at least 1")
+        options["num_replicas"] = ray_config.replicas
+    return serve.deployment(name="Transcriber", **options)(Transcriber).bind(config)
+
+
+def run(config: ServeConfig, ray_config: RayServeConfig) -> None:
+    """Deploy on Ray and serve until SIGTERM/SIGINT, then take the application down (blocking)."""
+    import ray
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    ray_config.bounds()  # a bad --autoscale fails before Ray starts
+    connect(ray_config.ray_address)
+    gpus = ray_config.replica_gpus
+    if gpus is None:
+        gpus = 1.0 if config.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    stop = threading.Event()
+
+    def on_signal() -> None:
+        # Ray's core installs a fatal-signal handler that aborts the process on SIGTERM; ours ends the wait
+        # below instead. Installed again after serve.run, which may replace it.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+
+    on_signal()
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(deployment(config, ray_config, gpus), name=APP_NAME, route_prefix="/")
+    on_signal()
+    logger.info("Ray Serve: %s on http://%s:%d", APP_NAME, config.host, config.port)
+    stop.wait()
+    logger.info("stopping: deleting the Ray Serve application")
+    serve.delete(APP_NAME)  # replicas drain their in-flight requests first (graceful_shutdown_wait_loop_s)
+    serve.shutdown()
+    ray.shutdown()
