@@ -1,6 +1,6 @@
 """The core commands run without the [demo] extra: import-ct2 (from a directory), train, merge, export (its
 parity check included), transcribe, eval and bench, in a process where the demo's packages (speech engines,
-augmentation, the PyPI weight packages) and mkdeploy.demo itself cannot be imported."""
+augmentation, the PyPI weight packages), mkdeploy.demo itself, the server's packages and Ray cannot be imported."""
 
 import json
 import subprocess
@@ -24,6 +24,12 @@ BLOCKED = [
     "prometheus_client",
     "silero_vad",
     "mkdeploy.serve.app",
+    # the [ray] extra: only --ray / --label-with-ray import Ray
+    "ray",
+    "mkdeploy.distributed.cluster",
+    "mkdeploy.distributed.transcribe",
+    "mkdeploy.distributed.label",
+    "mkdeploy.distributed.serve",
 ]
 
 SCRIPT = textwrap.dedent("""

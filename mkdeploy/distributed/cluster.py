@@ -2,7 +2,8 @@
 
 Ray Data's actor pool (``map_batches`` with a callable class) restarts an actor whose process dies and
 retries its unfinished batches on the new one (``max_restarts=-1``, ``max_task_retries=-1``: the defaults
-of ``ActorPoolMapOperator`` in Ray 2.x, set here explicitly). A retried batch may have been half done
+``ActorPoolMapOperator`` sets in Ray 2.x, ray/data/_internal/execution/operators/actor_pool_map_operator.py;
+the fault-tolerance tests fail if a Ray release drops them). A retried batch may have been half done
 before the crash, but only a finished task's output reaches the driver, and the driver keeps the first
 result of every input index (:func:`stream_results`), so every input is answered exactly once.
 """
@@ -119,8 +120,6 @@ def stream_results(
         batch_format="numpy",
         num_cpus=config.actor_cpus,
         num_gpus=num_gpus,
-        max_restarts=-1,
-        max_task_retries=-1,
     )
     seen: set[int] = set()
     for row in ds.iter_rows():

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import typing
+from dataclasses import fields
 
 from ray import serve
 
@@ -71,6 +73,39 @@ def deployment(config: ServeConfig, ray_config: RayServeConfig, gpus: float):
             raise MkdError("--replicas must be at least 1")
         options["num_replicas"] = ray_config.replicas
     return serve.deployment(name="Transcriber", **options)(Transcriber).bind(config)
+
+
+def build_app(args: dict):
+    """Ray Serve's application builder (``import_path: mkdeploy.distributed.serve:build_app``), for
+    ``serve run``, ``serve deploy`` and KubeRay's RayService (docs/kuberay/rayservice.yaml): ``args`` holds
+    :class:`~mkdeploy.serve.config.ServeConfig` and :class:`~mkdeploy.distributed.config.RayServeConfig`
+    fields by name (``model`` required). GPUs per replica default to none here: the cluster's resources are
+    not known when the config is read, so say ``replica_gpus: 1`` for GPU replicas."""
+    names = {f.name for f in fields(ServeConfig)}
+    unknown = set(args) - names - {f.name for f in fields(RayServeConfig)}
+    if unknown or "model" not in args:
+        raise MkdError(
+            f"build_app args: unknown {sorted(unknown)}" if unknown else "build_app args: 'model' is required"
+        )
+    config = ServeConfig(**_typed(ServeConfig, {k: v for k, v in args.items() if k in names}))
+    ray_config = RayServeConfig(**_typed(RayServeConfig, {k: v for k, v in args.items() if k not in names}))
+    return deployment(config, ray_config, ray_config.replica_gpus or 0.0)
+
+
+def _typed(cls: type, values: dict) -> dict:
+    """``serve run ... replicas=2`` passes strings: turn them into the fields' numbers and switches."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for k, v in values.items():
+        kinds = [a for a in typing.get_args(hints[k]) if a is not type(None)] or [hints[k]]
+        if isinstance(v, str) and kinds[0] in (int, float):
+            v = kinds[0](v)
+        elif isinstance(v, str) and kinds[0] is bool:
+            v = v.lower() in ("1", "true", "yes", "on")
+        elif isinstance(v, str) and typing.get_origin(kinds[0]) is list:
+            v = [int(x) for x in v.split(",")]
+        out[k] = v
+    return out
 
 
 def run(config: ServeConfig, ray_config: RayServeConfig) -> None:

@@ -53,7 +53,8 @@ class ShardJob:
         shards: every shard file of the job, in order.
         written: shards written by this call; skipped: shards already on disk.
         rows: inputs transcribed by this call; audio_seconds: their audio; seconds: wall time of the Ray
-            stage (actors' model loading included).
+            stage (actors' model loading included); first_row_s: seconds until the first result arrived
+            (Ray and actors starting, models loading, the first batch).
     """
 
     shards: list[Path]
@@ -62,6 +63,7 @@ class ShardJob:
     rows: int
     audio_seconds: float
     seconds: float
+    first_row_s: float = 0.0
 
 
 def shard_path(output_dir: Path, k: int) -> Path:
@@ -207,10 +209,11 @@ def transcribe_on_ray(
     actor_kwargs = {"model": asdict(model), "options": asdict(options), "fault": asdict(fault) if fault else None}
     gpus = actor_gpus(config, model.device)
     buffers: dict[int, dict[int, str]] = {k: {} for k in pending}
-    written, audio_s = [], 0.0
+    written, audio_s, first = [], 0.0, 0.0
     for result in stream_results(
         items, TranscribeActor, actor_kwargs, config, options.batch_size, gpus, prepare=decode_row
     ):
+        first = first or time.perf_counter() - t0
         k, i = int(result["shard"]), int(result["index"])
         buffers[k][i] = str(result["row"])
         audio_s += json.loads(buffers[k][i])["duration"]
@@ -224,7 +227,7 @@ def transcribe_on_ray(
     missing = sorted(buffers)
     if missing:  # Ray returned without every row: never write a partial shard
         raise RuntimeError(f"Ray job ended without all rows of shards {missing}; re-run to finish them")
-    return ShardJob(paths, sorted(written), done, len(items), audio_s, time.perf_counter() - t0)
+    return ShardJob(paths, sorted(written), done, len(items), audio_s, time.perf_counter() - t0, first)
 
 
 def read_shards(output_dir: str | Path) -> list[dict]:
