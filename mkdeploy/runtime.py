@@ -545,7 +545,12 @@ class WhisperTranscriber:
                 on_progress(len(pending))
             pending.clear()
 
-        for p in paths:
+        # Batches are fixed by position: inputs [k * batch_size, (k + 1) * batch_size), less the silent and
+        # unreadable ones. A transcript then depends only on its input's neighbours (an int8 model's dynamic
+        # quantisation scales by the whole batch), and `mkd transcribe --ray` forms the same batches.
+        for i, p in enumerate(paths):
+            if i % options.batch_size == 0:
+                flush()
             try:
                 audio, info = load_audio_with_info(p)
             except AudioError as exc:
@@ -560,8 +565,6 @@ class WhisperTranscriber:
                     on_progress(1)
                 continue
             pending.append((str(p), audio, info.duration))
-            if len(pending) >= options.batch_size:
-                flush()
         flush()
         order = {str(p): i for i, p in enumerate(paths)}
         done.sort(key=lambda t: order.get(t.path, 0))

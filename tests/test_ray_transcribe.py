@@ -62,8 +62,8 @@ def test_two_actors_match_single_process_and_rerun_rewrites_one_shard(local_ray,
     model = ModelSpec(str(tiny_en_teacher), "torch", "cpu")
     config = RayConfig(actors=2, actor_cpus=1)
     out = tmp_path / "shards"
-    job = transcribe_on_ray(rows, model, OPTIONS, out, config, shard_size=3)
-    assert [p.name for p in job.shards] == [f"shard-0000{k}.jsonl" for k in range(4)]  # 3 + 3 + 3 + 1 rows
+    job = transcribe_on_ray(rows, model, OPTIONS, out, config, shard_size=4)
+    assert [p.name for p in job.shards] == [f"shard-0000{k}.jsonl" for k in range(3)]  # 4 + 4 + 2 rows
     assert job.written == job.shards and job.rows == 10
     got = read_shards(out)
     assert [r["id"] for r in got] == [r.id for r in rows]  # one row per input, in manifest order
@@ -80,14 +80,14 @@ def test_two_actors_match_single_process_and_rerun_rewrites_one_shard(local_ray,
     # a re-run after removing one shard writes that shard only
     before = {p: p.stat().st_mtime_ns for p in job.shards}
     job.shards[1].unlink()
-    again = transcribe_on_ray(rows, model, OPTIONS, out, config, shard_size=3)
+    again = transcribe_on_ray(rows, model, OPTIONS, out, config, shard_size=4)
     kept = [p for p in job.shards if p != job.shards[1]]
-    assert again.written == [job.shards[1]] and again.skipped == kept and again.rows == 3
+    assert again.written == [job.shards[1]] and again.skipped == kept and again.rows == 4
     assert all(p.stat().st_mtime_ns == before[p] for p in kept)
     assert read_shards(out) == got
 
     # nothing to do: no Ray work at all
-    idle = transcribe_on_ray(rows, model, OPTIONS, out, config, shard_size=3)
+    idle = transcribe_on_ray(rows, model, OPTIONS, out, config, shard_size=4)
     assert idle.written == [] and idle.rows == 0
 
 
@@ -143,6 +143,8 @@ def test_cli_transcribes_a_manifest_on_ray(local_ray, tiny_model_dir, corpus, tm
         "4",
         "-o",
         str(out),
+        "--batch-size",
+        "2",
     ]
     r = runner.invoke(app, args + ["--device", "cpu", "--no-timestamps"])
     assert r.exit_code == 0, r.output
@@ -152,5 +154,7 @@ def test_cli_transcribes_a_manifest_on_ray(local_ray, tiny_model_dir, corpus, tm
     assert r.exit_code == 0 and "0 transcribed" in r.output and "3 already done" in r.output
     r = runner.invoke(app, args + ["--device", "cpu"])  # other options: the folder holds another job
     assert r.exit_code == 2 and "another job" in r.output and "--force" in r.output
+    r = runner.invoke(app, args[:-2] + ["--batch-size", "8"])  # 4 is not a multiple of 8
+    assert r.exit_code == 2 and "must be a multiple of --batch-size 8" in r.output, r.output
     r = runner.invoke(app, ["transcribe", str(tiny_model_dir), str(corpus), str(corpus), "--ray", "-o", str(out)])
     assert r.exit_code == 2 and "one manifest" in r.output, r.output

@@ -102,3 +102,28 @@ def test_cli_refuses_bad_ray_flags_before_starting_ray(tiny_model_dir, tmp_path)
     assert r.exit_code == 2 and "--autoscale 4: give MIN:MAX" in r.output
     r = runner.invoke(app, ["transcribe", str(tiny_model_dir), str(tmp_path), str(tmp_path), "--ray"])
     assert r.exit_code == 2 and "one manifest" in r.output
+
+
+def test_transcribe_files_batches_by_position(tiny_model_dir, speech_clips, tmp_path):
+    """Batch k is inputs [k * B, (k + 1) * B) less the silent and unreadable ones, so a transcript depends
+    only on its neighbours by position (what `mkd transcribe --ray` reproduces batch for batch)."""
+    import numpy as np
+    import soundfile as sf
+
+    from mkdeploy.runtime import WhisperTranscriber
+
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(8000, np.float32), 16000)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"no audio")
+    clips = [p for p, _ in speech_clips]
+    again = tmp_path / "again.wav"
+    again.write_bytes(clips[0].read_bytes())
+    paths = [clips[0], silent, clips[1], clips[2], broken, clips[3], again]
+    tr = WhisperTranscriber.from_pretrained(tiny_model_dir, "torch", "cpu")
+    sizes = []
+    real = tr.transcribe_arrays
+    tr.transcribe_arrays = lambda audios, options: sizes.append(len(audios)) or real(audios, options)
+    done, failures = tr.transcribe_files(paths, TranscriptionOptions(batch_size=2, return_timestamps=False))
+    assert sizes == [1, 2, 1, 1]  # [0, silent] [1, 2] [broken, 3] [0]
+    assert len(done) == 6 and len(failures) == 1 and [t.path for t in done][1] == str(silent)

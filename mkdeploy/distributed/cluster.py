@@ -93,15 +93,15 @@ def stream_results(
     """Run ``items`` through ``config.actors`` instances of ``actor_cls`` and yield each input's result once.
 
     Args:
-        items: one dict per input, each with a unique int ``"index"``.
+        items: the dataset's rows (one per input, or one per batch of inputs).
         actor_cls: a callable class taking ``actor_kwargs``; called with a numpy batch (dict of columns), it
-            returns a batch with an ``"index"`` column.
-        batch_size: rows per actor call.
+            returns a batch with an ``"index"`` column, one unique index per input.
+        batch_size: dataset rows per actor call.
         num_gpus: GPUs reserved per actor.
         prepare: a per-row function run in Ray tasks before the actors (audio decoding), or None.
 
     Yields:
-        result rows as dicts, in completion order, each index once.
+        result rows as dicts, in completion order, each input index once.
     """
     import ray.data
 

@@ -107,19 +107,42 @@ def prepare_output(output_dir: Path, record: dict, force: bool) -> None:
     atomic_write_text(job, json.dumps(record, indent=2) + "\n")
 
 
-def decode_row(row: dict) -> dict:
-    """A Ray task: read and resample one input (an unreadable file becomes an empty clip and its error)."""
+def decode_batch(item: dict) -> dict:
+    """A Ray task: read and resample one batch's inputs (an unreadable file becomes an empty clip and its
+    error). The clips travel concatenated, with their lengths: one array per batch."""
     from mkdeploy.audio import load_audio_with_info
 
-    try:
-        audio, info = load_audio_with_info(row["path"])
-        return {**row, "audio": audio, "duration": info.duration, "silent": info.silent, "error": ""}
-    except AudioError as exc:
-        return {**row, "audio": np.zeros(0, np.float32), "duration": 0.0, "silent": False, "error": str(exc)}
+    audios, durations, silent, errors = [], [], [], []
+    for path in item["paths"]:
+        try:
+            audio, info = load_audio_with_info(path)
+            audios.append(audio)
+            durations.append(info.duration)
+            silent.append(info.silent)
+            errors.append("")
+        except AudioError as exc:
+            audios.append(np.zeros(0, np.float32))
+            durations.append(0.0)
+            silent.append(False)
+            errors.append(str(exc))
+    return {
+        **item,
+        "audio": np.concatenate(audios).astype(np.float32),
+        "lengths": [len(a) for a in audios],
+        "durations": durations,
+        "silent": silent,
+        "errors": errors,
+    }
 
 
 class TranscribeActor:
-    """One model, loaded once per actor; called with a batch of decoded inputs, returns their rows."""
+    """One model, loaded once per actor; called with decoded batches (one row each), returns one row per input.
+
+    A row of the dataset is one transcription batch, as the single-process ``transcribe_files`` forms it
+    (inputs ``[k * batch_size, (k + 1) * batch_size)`` less the silent and unreadable ones): with int8
+    models the batch changes the result (dynamic quantisation scales each activation by its batch's
+    range), so the same batches are what makes the transcripts identical, whatever blocks Ray Data forms.
+    """
 
     def __init__(self, model: dict, options: dict, fault: dict | None = None):
         from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
@@ -134,34 +157,44 @@ class TranscribeActor:
         self.model_name = Path(spec.path).name
 
     def __call__(self, batch: dict) -> dict:
-        if self.fault:
-            self.fault.maybe_crash(batch["index"])
-        n = len(batch["index"])
-        results: list[Transcription | None] = [None] * n
-        todo = [k for k in range(n) if not batch["error"][k] and not batch["silent"][k]]
-        for k in range(n):
-            if batch["silent"][k]:
-                results[k] = Transcription.of_silence(str(batch["path"][k]), float(batch["duration"][k]))
-        if todo:
-            audios = [np.asarray(batch["audio"][k], dtype=np.float32) for k in todo]
-            for k, t in zip(todo, self.transcriber.transcribe_arrays(audios, self.options)):
-                results[k] = t
-        rows = [self._row(batch, k, results[k]) for k in range(n)]
-        return {"index": np.asarray(batch["index"]), "shard": np.asarray(batch["shard"]), "row": np.asarray(rows)}
+        index, shard, rows = [], [], []
+        for j in range(len(batch["indices"])):
+            item = {k: batch[k][j] for k in batch}
+            if self.fault:
+                self.fault.maybe_crash(item["indices"])
+            for i, row in zip(item["indices"], self._transcribe(item)):
+                index.append(int(i))
+                shard.append(int(item["shard"]))
+                rows.append(row)
+        return {"index": np.asarray(index), "shard": np.asarray(shard), "row": np.asarray(rows)}
 
-    def _row(self, batch: dict, k: int, t: Transcription | None) -> str:
+    def _transcribe(self, item: dict) -> list[str]:
+        ends = np.cumsum(item["lengths"])
+        clips = np.split(np.asarray(item["audio"], dtype=np.float32), ends[:-1])
+        n = len(clips)
+        results: list[Transcription | None] = [None] * n
+        for k in range(n):
+            if item["silent"][k]:
+                results[k] = Transcription.of_silence(str(item["paths"][k]), float(item["durations"][k]))
+        todo = [k for k in range(n) if not item["errors"][k] and not item["silent"][k]]
+        if todo:
+            for k, t in zip(todo, self.transcriber.transcribe_arrays([clips[k] for k in todo], self.options)):
+                results[k] = t
+        return [self._row(item, k, results[k]) for k in range(n)]
+
+    def _row(self, item: dict, k: int, t: Transcription | None) -> str:
         row = {
-            "id": str(batch["id"][k]),
-            "audio": str(batch["path"][k]),
+            "id": str(item["ids"][k]),
+            "audio": str(item["paths"][k]),
             "text": t.text if t else None,
             "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in t.segments] if t else [],
             "model": self.model_name,
-            "duration": round(float(batch["duration"][k]), 3),
+            "duration": round(float(item["durations"][k]), 3),
         }
         if t and t.gate:
             row["gate"] = t.gate
-        if batch["error"][k]:
-            row["error"] = str(batch["error"][k])
+        if item["errors"][k]:
+            row["error"] = str(item["errors"][k])
         return json.dumps(row, ensure_ascii=False)
 
 
@@ -193,8 +226,9 @@ def transcribe_on_ray(
         the job's shards and what this call did.
     """
     config.check()
-    if shard_size < 1:
-        raise MkdError("--shard-size must be at least 1")
+    if shard_size < 1 or shard_size % options.batch_size:
+        # a batch must not straddle two shards: a re-run of one shard would batch its inputs differently
+        raise MkdError(f"--shard-size {shard_size} must be a multiple of --batch-size {options.batch_size}")
     output_dir = Path(output_dir)
     prepare_output(output_dir, job_record(rows, model, options, shard_size), force)
     shards = plan(rows, shard_size)
@@ -203,16 +237,25 @@ def transcribe_on_ray(
     done = [paths[k] for k in range(len(shards)) if k not in pending]
     if not pending:
         return ShardJob(paths, [], done, 0, 0.0, 0.0)
-    items = [{"index": i, "shard": k, "id": rows[i].id, "path": str(rows[i].audio)} for k in pending for i in shards[k]]
+    b = options.batch_size
+    batches = [(k, shards[k][s : s + b]) for k in pending for s in range(0, len(shards[k]), b)]
+    items = [
+        {
+            "index": n,
+            "shard": k,
+            "indices": idx,
+            "ids": [rows[i].id for i in idx],
+            "paths": [str(rows[i].audio) for i in idx],
+        }
+        for n, (k, idx) in enumerate(batches)
+    ]
     t0 = time.perf_counter()
     connect(config.ray_address)
     actor_kwargs = {"model": asdict(model), "options": asdict(options), "fault": asdict(fault) if fault else None}
     gpus = actor_gpus(config, model.device)
     buffers: dict[int, dict[int, str]] = {k: {} for k in pending}
     written, audio_s, first = [], 0.0, 0.0
-    for result in stream_results(
-        items, TranscribeActor, actor_kwargs, config, options.batch_size, gpus, prepare=decode_row
-    ):
+    for result in stream_results(items, TranscribeActor, actor_kwargs, config, 1, gpus, prepare=decode_batch):
         first = first or time.perf_counter() - t0
         k, i = int(result["shard"]), int(result["index"])
         buffers[k][i] = str(result["row"])
@@ -227,7 +270,8 @@ def transcribe_on_ray(
     missing = sorted(buffers)
     if missing:  # Ray returned without every row: never write a partial shard
         raise RuntimeError(f"Ray job ended without all rows of shards {missing}; re-run to finish them")
-    return ShardJob(paths, sorted(written), done, len(items), audio_s, time.perf_counter() - t0, first)
+    n_rows = sum(len(shards[k]) for k in pending)
+    return ShardJob(paths, sorted(written), done, n_rows, audio_s, time.perf_counter() - t0, first)
 
 
 def read_shards(output_dir: str | Path) -> list[dict]:
