@@ -129,30 +129,31 @@ def pseudo_label_and_cache(
     def timed(r: Utterance) -> bool:
         return timestamp_mode(r.id, timestamp_prob, seed)
 
-    if labeller is not None and todo:
-        spec = TeacherPassSpec(
-            _resolved(getattr(teacher, "name_or_path", "")),
-            _resolved(getattr(student_processor.tokenizer, "name_or_path", "")),
-            needs,
-            language,
-            fp,
-            pseudo_label,
-            wer_threshold,
-            timestamp_prob,
-            seed,
-            batch_size,
-        )
-        for rec, payload in labeller(todo, spec):
+    spec = TeacherPassSpec(
+        _resolved(getattr(teacher, "name_or_path", "")),
+        _resolved(getattr(student_processor.tokenizer, "name_or_path", "")),
+        needs,
+        language,
+        fp,
+        pseudo_label,
+        wer_threshold,
+        timestamp_prob,
+        seed,
+        batch_size,
+    )
+
+    def here(todo: list[Utterance], spec: TeacherPassSpec) -> Iterator[tuple[dict, dict | None]]:
+        for start in range(0, len(todo), batch_size):
+            yield from spec.compute(tp, todo[start : start + batch_size])
+
+    # Computed elsewhere (a labeller) or here, stored here; what a labeller left undone is computed here.
+    for source in (labeller, here) if labeller is not None else (here,):
+        pending = [r for r in todo if r.id not in done]
+        for rec, payload in source(pending, spec) if pending else ():
             if rec["id"] not in done:
                 done[rec["id"]] = tp.store(rec, payload)
                 if on_progress:
                     on_progress(1)
-    for start in range(0, len(todo), batch_size):
-        batch = [r for r in todo[start : start + batch_size] if r.id not in done]
-        if batch:  # everything, or what a labeller left undone
-            done.update(tp.label(batch, fp, pseudo_label, wer_threshold, timed))
-            if on_progress:
-                on_progress(len(batch))
     # Timed segments still missing (a pass labelled before timestamp_prob was raised): generated now and
     # logged like the labels (a later line for the same clip wins when the log is read back).
     missing = [r for r in rows if "dropped" not in done[r.id] and "segments" not in done[r.id] and timed(r)]
@@ -278,20 +279,6 @@ class TeacherPass:
     def _features(self, audios: list[np.ndarray]) -> torch.Tensor:
         return self.t_proc.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
 
-    def label(
-        self,
-        batch: list[Utterance],
-        fp: str,
-        pseudo_label: str,
-        wer_threshold: float | None,
-        timed: Callable[[Utterance], bool] = lambda r: False,
-    ) -> dict[str, dict]:
-        """Label ``batch`` (:meth:`compute`) and store each row (:meth:`store`); returns the records."""
-        out = {}
-        for rec, payload in self.compute(batch, fp, pseudo_label, wer_threshold, timed):
-            out[rec["id"]] = self.store(rec, payload)
-        return out
-
     def compute(
         self,
         batch: list[Utterance],
@@ -300,8 +287,8 @@ class TeacherPass:
         wer_threshold: float | None,
         timed: Callable[[Utterance], bool] = lambda r: False,
     ) -> list[tuple[dict, dict[str, torch.Tensor] | None]]:
-        """The records and cached outputs of ``batch``, written nowhere (a Ray actor returns them to the
-        process that owns the run directory). One encoder pass serves the transcript (when one is
+        """The records and cached outputs of ``batch``, written nowhere: :meth:`store` writes them, in the
+        process that owns the run directory (a Ray actor returns them to it). One encoder pass serves the transcript (when one is
         needed), every cached output and the timed segments of the clips taught in timestamp mode.
 
         Returns:

@@ -17,7 +17,7 @@ from dataclasses import fields
 
 from ray import serve
 
-from mkdeploy.distributed.cluster import connect
+from mkdeploy.distributed.cluster import cluster_gpus, connect
 from mkdeploy.distributed.config import RayServeConfig
 from mkdeploy.errors import MkdError
 from mkdeploy.serve.app import create_app
@@ -118,7 +118,7 @@ def run(config: ServeConfig, ray_config: RayServeConfig) -> None:
     connect(ray_config.ray_address)
     gpus = ray_config.replica_gpus
     if gpus is None:
-        gpus = 1.0 if config.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        gpus = 1.0 if config.device != "cpu" and cluster_gpus() >= 1 else 0.0
     stop = threading.Event()
 
     def on_signal() -> None:

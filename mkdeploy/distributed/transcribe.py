@@ -25,7 +25,7 @@ from mkdeploy.distributed.config import RayConfig
 from mkdeploy.errors import AudioError, MkdError, OutputExistsError
 from mkdeploy.fsutil import atomic_write_text
 from mkdeploy.results import Transcription
-from mkdeploy.runtime import TranscriptionOptions
+from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 JOB_FILE = "job.json"
 
@@ -145,8 +145,6 @@ class TranscribeActor:
     """
 
     def __init__(self, model: dict, options: dict, fault: dict | None = None):
-        from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
-
         spec = ModelSpec(**model)
         kw = {"variant": spec.variant} if spec.variant else {}
         self.transcriber = WhisperTranscriber.from_pretrained(
