@@ -29,11 +29,19 @@ def test_no_sentence_in_two_splits_at_full_size():
         for t in texts[split]:
             assert t not in seen, f"{t!r} is in {seen.get(t)} and {split}"
             seen[t] = split
-    assert len(texts["train"]) == 240 and len(texts["test_unseen_text"]) == 50
+    assert len(texts["train"]) == 192 and len(texts["test_unseen_text"]) == 50
     # the unseen-text set comes from the other source only
     assert set(texts["test_unseen_text"]) <= set(everyday_sentences())
     assert split_texts(CorpusSpec()) == texts  # deterministic for a seed
     assert split_texts(CorpusSpec(seed=1))["train"] != texts["train"]
+
+
+def test_resizing_train_leaves_held_out_sentences_in_place():
+    small, large = split_texts(CorpusSpec(n_train=100)), split_texts(CorpusSpec(n_train=300))
+    for split in SPLITS:
+        if split != "train":
+            assert small[split] == large[split], split
+    assert large["train"][:100] == small["train"]
 
 
 def test_espeak_ng_only_in_unseen_speech():

@@ -171,3 +171,52 @@ def test_teacher_cache_fingerprint_is_the_same_for_relative_and_absolute_paths(
     assert fingerprint(tiny_multilingual_teacher, clip) == fingerprint(rel, "a.wav")
     # a different input still changes it
     assert fingerprint(tiny_multilingual_teacher, clip) != fingerprint(tiny_model_dir, clip)
+
+
+def test_forced_filter_reads_the_teacher_along_the_reference_without_generate(
+    tiny_model_dir, tiny_multilingual_teacher, speech_manifest, tmp_path
+):
+    """teacher_filter="forced": no generate call; the scored text is the teacher's argmax at each reference
+    position given the reference before it (checked against a full forward pass); the cached logits are
+    the ones the generated filter caches; the threshold drops on that text's WER."""
+    from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
+
+    from mkdeploy.audio import load_audio
+    from mkdeploy.data import load_manifest
+    from mkdeploy.distill.data import TeacherNeeds, TeacherPass
+    from mkdeploy.distill.tokens import force, prompt_ids
+    from mkdeploy.evaluate import error_rates
+
+    s_proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    teacher = WhisperForConditionalGeneration.from_pretrained(tiny_multilingual_teacher).eval()
+    t_proc = AutoProcessor.from_pretrained(tiny_multilingual_teacher)
+    rows = load_manifest(speech_manifest)[:3]
+    tp = TeacherPass(
+        teacher, t_proc, s_proc, GenerationConfig.from_pretrained(tiny_model_dir),
+        shared_vocab(s_proc.tokenizer, t_proc.tokenizer), TeacherNeeds([], [], True), tmp_path / "run", "en",
+    )  # fmt: skip
+    generated = tp.compute(rows, "fp", "missing", 10.0)
+    real_generate = teacher.generate
+    teacher.generate = lambda *a, **k: (_ for _ in ()).throw(AssertionError("generate called"))
+    forced = tp.compute(rows, "fp", "missing", 10.0, teacher_filter="forced")
+    prompt = prompt_ids(t_proc.tokenizer, teacher.generation_config, "en")
+    for r, (rec, payload), (_, payload_gen) in zip(rows, forced, generated):
+        seq = force(t_proc.tokenizer, prompt, r.text)
+        feats = t_proc.feature_extractor([load_audio(r.audio)], sampling_rate=16000, return_tensors="pt")
+        with torch.inference_mode():
+            logits = teacher(input_features=feats.input_features, decoder_input_ids=torch.tensor([seq.input_ids])).logits
+        best = [t for t in logits[0, len(prompt) - 1 : -1].argmax(-1).tolist() if t < 50257]
+        expect = t_proc.tokenizer.decode(best, skip_special_tokens=True).strip()
+        assert rec["filter"] == "forced" and rec["teacher"] == (expect or None) and rec["text"] == r.text
+        assert rec["teacher_wer"] == pytest.approx(error_rates([r.text], [expect]).wer)
+        assert torch.allclose(payload["logits"].float(), payload_gen["logits"].float(), atol=1e-2)
+    wers = sorted(rec["teacher_wer"] for rec, _ in forced)
+    cut = (wers[0] + wers[-1]) / 2 if wers[0] < wers[-1] else wers[0] - 0.01
+    kept = tp.compute(rows, "fp", "missing", cut, teacher_filter="forced")
+    assert [("dropped" in rec) for rec, _ in kept] == [rec["teacher_wer"] > cut for rec, _ in forced]
+    assert all(payload is None for rec, payload in kept if "dropped" in rec)
+    teacher.generate = real_generate
+    # rows without a reference still need the teacher's transcript: generate runs for them
+    nolabel = [type(r)(r.id, r.audio, None) for r in rows[:1]]
+    (rec, _), = tp.compute(nolabel, "fp", "missing", 10.0, teacher_filter="forced")
+    assert "filter" not in rec and rec["text"] == rec["teacher"]

@@ -27,6 +27,26 @@ def test_batching_keeps_order_and_tokens(tiny):
     assert len({tuple(s.tokens) for s in singles}) > 1
 
 
+def test_states_memo_encodes_each_batch_once(tiny_model_dir):
+    tr = WhisperTranscriber.from_pretrained(tiny_model_dir, device="cpu")
+    rng = np.random.default_rng(2)
+    audios = [rng.standard_normal(16000 * s).astype(np.float32) * 0.1 for s in (2, 1, 3)]
+    opts = TranscriptionOptions(return_timestamps=False, max_new_tokens=10, batch_size=2)
+    plain = tr.transcribe_arrays(audios, opts)
+    calls = []
+    encoder = tr.model.get_encoder()
+    hook = encoder.register_forward_hook(lambda mod, inp, out: calls.append(1))
+    tr.states_memo = {}
+    first = tr.transcribe_arrays(audios, opts)
+    n_first = len(calls)
+    again = tr.transcribe_arrays(audios, opts)
+    hook.remove()
+    assert n_first == 2 and len(calls) == 2  # two batches encoded once; the second call read the memo
+    assert len(tr.states_memo) == 2
+    assert [t.tokens for t in first] == [t.tokens for t in again] == [t.tokens for t in plain]
+    assert [t.no_speech_prob for t in again] == [t.no_speech_prob for t in plain]
+
+
 def test_files_bad_inputs_do_not_stop_the_rest(tiny, tmp_path):
     rng = np.random.default_rng(2)
     good = tmp_path / "good.wav"

@@ -53,6 +53,17 @@ class TeacherNeeds:
 
 
 @dataclass
+class ForcedPass:
+    """The teacher's decoder run along a forced sequence: its outputs, the logits at every position, and
+    the text of its argmax at each label position (what the ``forced`` filter scores)."""
+
+    seq: ForcedSequence
+    out: Any
+    logits: torch.Tensor
+    text: str
+
+
+@dataclass
 class Sample:
     """One training clip, ready for the student.
 
@@ -102,6 +113,7 @@ def pseudo_label_and_cache(
     timestamp_prob: float = 0.0,
     seed: int = 0,
     labeller: Labeller | None = None,
+    teacher_filter: str = "generated",
 ) -> tuple[list[Sample], dict]:
     """Label the rows with the teacher where needed, cache its outputs, and pair positions.
 
@@ -110,6 +122,8 @@ def pseudo_label_and_cache(
         teacher: frozen ``WhisperForConditionalGeneration`` (eval mode).
         pseudo_label: "missing" (label rows without text) or "all" (train on the teacher's transcripts).
         wer_threshold: drop rows whose reference the teacher's transcript misses by more than this WER.
+        teacher_filter: "generated" (its transcript) or "forced" (its argmax along the reference), see
+            :meth:`TeacherPass.compute`.
         timestamp_prob: share of clips taught in timestamp mode (:func:`timestamp_mode`); the cache does
             not depend on it.
         run_dir: the run directory; outputs go to run_dir/data (reused when the fingerprint matches).
@@ -122,7 +136,9 @@ def pseudo_label_and_cache(
     tp = TeacherPass(
         teacher, teacher_processor, student_processor, student_generation_config, shared, needs, run_dir, language
     )
-    fp = tp.fingerprint(rows, pseudo_label, wer_threshold)
+    if teacher_filter not in ("generated", "forced"):
+        raise DataError(f"teacher_filter {teacher_filter!r}: use 'generated' or 'forced'")
+    fp = tp.fingerprint(rows, pseudo_label, wer_threshold, teacher_filter)
     done = tp.read_log(fp)
     todo = [r for r in rows if r.id not in done]
 
@@ -140,6 +156,7 @@ def pseudo_label_and_cache(
         timestamp_prob,
         seed,
         batch_size,
+        teacher_filter,
     )
 
     def here(todo: list[Utterance], spec: TeacherPassSpec) -> Iterator[tuple[dict, dict | None]]:
@@ -177,6 +194,7 @@ class TeacherPassSpec:
     timestamp_prob: float = 0.0
     seed: int = 0
     batch_size: int = 8
+    teacher_filter: str = "generated"
 
     def open(self) -> TeacherPass:
         """Load the teacher and the student's tokenizer and prompt; the pass writes nowhere (run_dir None)."""
@@ -201,6 +219,7 @@ class TeacherPassSpec:
             self.pseudo_label,
             self.wer_threshold,
             lambda r: timestamp_mode(r.id, self.timestamp_prob, self.seed),
+            self.teacher_filter,
         )
 
 
@@ -247,9 +266,12 @@ class TeacherPass:
             else {}
         )
 
-    def fingerprint(self, rows: list[Utterance], pseudo_label: str, wer_threshold: float | None) -> str:
+    def fingerprint(
+        self, rows: list[Utterance], pseudo_label: str, wer_threshold: float | None, teacher_filter: str = "generated"
+    ) -> str:
         """What the labels and cache depend on: a changed input starts them afresh."""
         return _fingerprint(
+            *([teacher_filter] if teacher_filter != "generated" else []),  # earlier runs' prints stay valid
             [_resolved(r.audio) for r in rows],
             [r.text for r in rows],
             self.needs.key(),
@@ -286,29 +308,46 @@ class TeacherPass:
         pseudo_label: str,
         wer_threshold: float | None,
         timed: Callable[[Utterance], bool] = lambda r: False,
+        teacher_filter: str = "generated",
     ) -> list[tuple[dict, dict[str, torch.Tensor] | None]]:
         """The records and cached outputs of ``batch``, written nowhere: :meth:`store` writes them, in the
         process that owns the run directory (a Ray actor returns them to it). One encoder pass serves the transcript (when one is
         needed), every cached output and the timed segments of the clips taught in timestamp mode.
+
+        ``teacher_filter``: how ``wer_threshold`` reads the teacher on a row with a reference:
+        "generated" scores its free-running transcript (a ``generate`` call per batch); "forced" scores its
+        argmax at each reference position given the reference before it, from the decoder pass the
+        cache needs anyway (no ``generate``: a third of the pass's time on base, 2 CPU cores). Forced
+        is the teacher's accuracy along the very sequence whose distributions it hands over.
 
         Returns:
             per row, its label record and the teacher outputs to cache (None for a dropped row).
         """
         audios = [load_audio(r.audio) for r in batch]
         out: list[tuple[dict, dict[str, torch.Tensor] | None]] = []
+        forced = teacher_filter == "forced" and pseudo_label != "all"
         with torch.inference_mode():
             enc = self.teacher.model.encoder(self._features(audios).to(self.device), output_hidden_states=True)
             teacher_text: list[str | None] = [None] * len(batch)
-            if any(pseudo_label == "all" or r.text is None or wer_threshold is not None for r in batch):
+            if any(
+                pseudo_label == "all" or r.text is None or (wer_threshold is not None and not forced) for r in batch
+            ):
                 ids = self.teacher.generate(
                     encoder_outputs=enc, return_timestamps=False, max_new_tokens=_token_cap(audios), **self.gen_kw
                 )
                 teacher_text = self.tok_t.batch_decode(ids, skip_special_tokens=True)
             for k, (r, audio) in enumerate(zip(batch, audios)):
+                dec = None
+                if forced and wer_threshold is not None and r.text is not None:
+                    # the filter reads the teacher along the reference: the decoder pass the cache needs anyway
+                    dec = self._forced(force(self.tok_t, self.prompt_t, r.text), enc, k)
+                    teacher_text[k] = dec.text
                 rec = _judge(r, fp, teacher_text[k], pseudo_label, wer_threshold)
+                if dec is not None:
+                    rec["filter"] = "forced"
                 payload = None
                 if "dropped" not in rec:
-                    payload, fields = self._outputs(r, rec["text"], enc, k, len(audio), fp)
+                    payload, fields = self._outputs(r, rec["text"], enc, k, len(audio), fp, dec)
                     rec.update(fields)
                     if timed(r):
                         # the timed segments from the same encoder states, no second encoder pass; one clip at
@@ -318,6 +357,21 @@ class TeacherPass:
                         rec["segments"] = self._generate_segments(states, [audio])[0]
                 out.append((rec, payload))
         return out
+
+    def _forced(self, t_seq: ForcedSequence, enc, k: int) -> ForcedPass:
+        """The teacher's decoder along a forced sequence over row ``k``'s encoder states, and its argmax
+        at each label position read as text (special and timestamp tokens left out)."""
+        dec = self.teacher.model.decoder(
+            input_ids=torch.tensor([t_seq.input_ids], device=self.device),
+            encoder_hidden_states=enc.last_hidden_state[k : k + 1],
+            output_hidden_states=True,
+        )
+        logits = self.teacher.proj_out(dec.last_hidden_state[0])
+        start = len(self.prompt_t) - 1  # the position that predicts the first text token
+        best = logits[start:-1].argmax(-1).tolist()
+        eot = self.tok_t.convert_tokens_to_ids("<|endoftext|>")
+        text = self.tok_t.decode([t for t in best if t < eot], skip_special_tokens=True).strip()
+        return ForcedPass(t_seq, dec, logits, text)
 
     def store(self, rec: dict, payload: dict[str, torch.Tensor] | None) -> dict:
         """Write a row's cached outputs (atomically), then its line in ``labels.jsonl``: a line is only
@@ -355,27 +409,25 @@ class TeacherPass:
         return result
 
     def _outputs(
-        self, r: Utterance, text: str, enc, k: int, n_samples: int, fp: str
+        self, r: Utterance, text: str, enc, k: int, n_samples: int, fp: str, forced: ForcedPass | None = None
     ) -> tuple[dict[str, torch.Tensor], dict]:
         """The teacher's outputs for row ``k`` of the batch at the paired positions, and the record's
-        pairing fields (with the cache file's name)."""
-        s_seq, t_seq = force(self.tok_s, self.prompt_s, text), force(self.tok_t, self.prompt_t, text)
+        pairing fields (with the cache file's name). ``forced``: the decoder pass along ``text`` when the
+        filter already ran it."""
+        s_seq = force(self.tok_s, self.prompt_s, text)
+        t_seq = forced.seq if forced is not None else force(self.tok_t, self.prompt_t, text)
         s_pos, t_pos = pair_positions(s_seq, t_seq)
         payload = {}
         n_valid = valid_frames(n_samples)
         for j in self.needs.encoder_layers:
             payload[f"enc_{j}"] = enc.hidden_states[j + 1][k, :n_valid].to(torch.float16).cpu()
         if self.needs.decoder_layers or self.needs.logits:
-            dec = self.teacher.model.decoder(
-                input_ids=torch.tensor([t_seq.input_ids], device=self.device),
-                encoder_hidden_states=enc.last_hidden_state[k : k + 1],
-                output_hidden_states=True,
-            )
+            teacher = forced or self._forced(t_seq, enc, k)
             tp = torch.tensor(t_pos, device=self.device)
             for j in self.needs.decoder_layers:
-                payload[f"dec_{j}"] = dec.hidden_states[j + 1][0, tp].to(torch.float16).cpu()
+                payload[f"dec_{j}"] = teacher.out.hidden_states[j + 1][0, tp].to(torch.float16).cpu()
             if self.needs.logits:
-                logits = self.teacher.proj_out(dec.last_hidden_state[0, tp])
+                logits = teacher.logits[tp]
                 payload["logits"] = logits[:, self.shared.teacher_ids.to(self.device)].to(torch.float16).cpu()
         return payload, {
             "cache": f"{fp}_{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt",

@@ -80,6 +80,8 @@ class TrainArgs:
     force: bool = False
     pseudo_label: str = "missing"
     wer_threshold: float | None = None
+    # how --wer-threshold reads the teacher: "generated" transcripts or "forced" along the reference
+    teacher_filter: str = "generated"
     eval_limit: int | None = None
     cache_dir: Path | None = None  # where pseudo-labels and teacher outputs go (default: the run directory)
     labeller: Labeller | None = None  # the teacher's pass elsewhere (Ray actors); None: in this process
@@ -208,6 +210,7 @@ class Trainer:
         # which leaves the decoder's forward and backward as a step's whole cost.
         self.frozen_encoder = not trainable_enc and not self.enc_pairs and self.windows is None
         self._encoded: dict[int, torch.Tensor] = {}
+        self._dev_states: dict[str, Any] = {}
         self._optimise(DistillModule(student, heads))
         if self.acc.is_main_process:
             self._write_run_info(pruned)
@@ -311,6 +314,7 @@ class Trainer:
                 timestamp_prob=cfg.timestamp_prob,
                 seed=cfg.seed,
                 labeller=args.labeller,
+                teacher_filter=args.teacher_filter,
             )
         teacher.to("cpu")
         self.log(
@@ -647,6 +651,9 @@ class Trainer:
         was_training = m.training
         m.eval()
         tr = WhisperTranscriber(base, self.s_proc, "torch", str(self.acc.device))
+        if self.frozen_encoder:
+            # the same dev clips through an encoder that cannot change: encode them once per run
+            tr.states_memo = self._dev_states
         res, _ = tr.transcribe_files(
             [r.audio for r in self.eval_rows],
             TranscriptionOptions(
