@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 from mkdeploy.audio import SAMPLE_RATE, SILENCE_PEAK, load_audio_with_info
 from mkdeploy.constants import TIME_PRECISION_S
 from mkdeploy.decoding import (
+    SpeechScore,
     decoder_prompt,
     greedy_decode,
     greedy_decode_timestamps,
@@ -397,12 +398,13 @@ class WhisperTranscriber:
             and longest <= WINDOW_SAMPLES
         )
         states = None
+        known: list[SpeechScore | None] = [None] * len(audios)
         with torch.inference_mode(), _segment_frames(self.model, window_s if short else FULL_WINDOW_S):
             if options.return_timestamps:
                 out = self._generate(**inputs, return_segments=True, **kw)
                 sequences, all_segments = out["sequences"], out["segments"]
             elif greedy:
-                sequences, states = self._greedy(inputs, options, kw)
+                sequences, states, known = self._greedy(inputs, options, kw)
                 all_segments = [None] * len(audios)
             else:
                 sequences = self._generate(**inputs, **kw)
@@ -412,7 +414,13 @@ class WhisperTranscriber:
             if options.no_speech_threshold is not None and longest <= WINDOW_SAMPLES:
                 if states is None:
                     states = self.encode(inputs["input_features"]).last_hidden_state
-                self._gate(results, states, options)
+                # a score read during decoding holds for the tokens it was read on (a special token the
+                # results drop would change them)
+                known = [
+                    k if k is not None and r.tokens == seq.tolist() else None
+                    for k, r, seq in zip(known, results, sequences)
+                ]
+                self._gate(results, states, options, known)
         return results
 
     def decode_timestamped(self, audios: Sequence[np.ndarray], options: TranscriptionOptions) -> list[list[Segment]]:
@@ -463,20 +471,33 @@ class WhisperTranscriber:
             )
         return results
 
-    def _gate(self, results: list[Transcription], states, options: TranscriptionOptions) -> None:
+    def _gate(
+        self,
+        results: list[Transcription],
+        states,
+        options: TranscriptionOptions,
+        known: Sequence[SpeechScore | None] | None = None,
+    ) -> None:
         """openai/whisper's no-speech test (``transcribe()`` in its transcribe.py): a clip is empty when
         ``no_speech_prob > no_speech_threshold`` unless ``avg_logprob > logprob_threshold``. Scores are
-        recorded on every result; the gate empties text, segments and tokens in place."""
+        recorded on every result; the gate empties text, segments and tokens in place. ``known``: scores
+        already read while decoding (None where not); the others take one teacher-forced pass."""
 
         gen = self.model.generation_config
         tok = self.processor.tokenizer
-        prompt = decoder_prompt(tok, gen, options.language if self.multilingual else None, options.task)
-        logits_fn = (torch_logits if self.backend == "torch" else ort_logits)(self.model, states)
-        scores = score_speech(
-            logits_fn, prompt, [r.tokens for r in results], gen, no_speech_token(tok, gen), device=states.device
-        )
+        scores: list[SpeechScore | None] = list(known) if known is not None else [None] * len(results)
+        todo = [i for i, sc in enumerate(scores) if sc is None]
+        if todo:
+            prompt = decoder_prompt(tok, gen, options.language if self.multilingual else None, options.task)
+            logits_fn = (torch_logits if self.backend == "torch" else ort_logits)(self.model, states[todo])
+            found = score_speech(
+                logits_fn, prompt, [results[i].tokens for i in todo], gen, no_speech_token(tok, gen), states.device
+            )
+            for i, sc in zip(todo, found):
+                scores[i] = sc
         assert options.no_speech_threshold is not None
         for r, sc in zip(results, scores):
+            assert sc is not None
             r.no_speech_prob, r.avg_logprob = sc.no_speech_prob, sc.avg_logprob
             skip = sc.no_speech_prob > options.no_speech_threshold
             if options.logprob_threshold is not None and sc.avg_logprob > options.logprob_threshold:
@@ -484,12 +505,15 @@ class WhisperTranscriber:
             if skip:
                 r.text, r.segments, r.tokens, r.gate = "", [], [], "no_speech"
 
-    def _greedy(self, inputs: dict, options: TranscriptionOptions, kw: dict) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _greedy(
+        self, inputs: dict, options: TranscriptionOptions, kw: dict
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[SpeechScore | None]]:
         """Greedy, timestamp-free decoding through :func:`mkdeploy.decoding.greedy_decode`; clips whose
         output fails the compression-ratio check are decoded again by ``generate`` (temperature fallback).
 
         Returns:
-            (token sequences, the encoder states, reused by the no-speech gate).
+            (token sequences, the encoder states, reused by the no-speech gate, and the no-speech scores
+            read while decoding: None for a clip decoded again or cut at the cap).
         """
         import torch  # heavy; imported on use so the core import stays light
 
@@ -519,14 +543,18 @@ class WhisperTranscriber:
                 self.model.config.vocab_size,
                 options.compression_ratio_threshold,
                 device=states.device,
+                no_speech_id=(
+                    no_speech_token(self.processor.tokenizer, gen) if options.no_speech_threshold is not None else None
+                ),
             )
         sequences = [torch.tensor(r.tokens, dtype=torch.long) for r in results]
+        known = [r.score for r in results]
         redo = [i for i, r in enumerate(results) if r.needs_fallback]
         if redo:
             sub = {k: v[redo] for k, v in inputs.items()}
             for i, seq in zip(redo, self._generate(**sub, **kw)):
-                sequences[i] = seq
-        return sequences, states
+                sequences[i], known[i] = seq, None
+        return sequences, states, known
 
     def transcribe_files(
         self,

@@ -204,7 +204,9 @@ def test_forced_filter_reads_the_teacher_along_the_reference_without_generate(
         seq = force(t_proc.tokenizer, prompt, r.text)
         feats = t_proc.feature_extractor([load_audio(r.audio)], sampling_rate=16000, return_tensors="pt")
         with torch.inference_mode():
-            logits = teacher(input_features=feats.input_features, decoder_input_ids=torch.tensor([seq.input_ids])).logits
+            logits = teacher(
+                input_features=feats.input_features, decoder_input_ids=torch.tensor([seq.input_ids])
+            ).logits
         best = [t for t in logits[0, len(prompt) - 1 : -1].argmax(-1).tolist() if t < 50257]
         expect = t_proc.tokenizer.decode(best, skip_special_tokens=True).strip()
         assert rec["filter"] == "forced" and rec["teacher"] == (expect or None) and rec["text"] == r.text
@@ -218,5 +220,5 @@ def test_forced_filter_reads_the_teacher_along_the_reference_without_generate(
     teacher.generate = real_generate
     # rows without a reference still need the teacher's transcript: generate runs for them
     nolabel = [type(r)(r.id, r.audio, None) for r in rows[:1]]
-    (rec, _), = tp.compute(nolabel, "fp", "missing", 10.0, teacher_filter="forced")
+    ((rec, _),) = tp.compute(nolabel, "fp", "missing", 10.0, teacher_filter="forced")
     assert "filter" not in rec and rec["text"] == rec["teacher"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from signals import noise_clips
 
+from mkdeploy.audio import load_audio
 from mkdeploy.decoding import score_speech
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
@@ -97,3 +98,32 @@ def test_real_model_gates_noise_and_passes_quiet_speech(tiny_en_teacher):
     results = tr.transcribe_arrays([quiet, *noises.values()], opts)
     assert error_rates([text], [results[0].text]).wer <= 0.1 and results[0].gate == ""
     assert [(r.text, r.gate) for r in results[1:]] == [("", "vad")] * len(noises)
+
+
+def test_scores_read_while_decoding_equal_the_teacher_forced_pass(tiny_en_teacher, speech_clips, monkeypatch):
+    """The greedy loop's no-speech probability and average log-probability are the ones score_speech
+    reads in its own pass (``generate`` path), and that pass then runs only for clips the loop could not
+    score (cut at the token cap)."""
+    import mkdeploy.runtime as runtime
+
+    tr = WhisperTranscriber.from_pretrained(tiny_en_teacher, device="cpu")
+    noise = np.random.default_rng(3).standard_normal(16000 * 2).astype(np.float32) * 0.05
+    audios = [load_audio(p) for p, _ in speech_clips[:3]] + [noise]
+    opts = dict(return_timestamps=False, no_speech_threshold=0.6, logprob_threshold=-1.0, batch_size=4)
+    calls = []
+    real = runtime.score_speech
+    monkeypatch.setattr(
+        runtime, "score_speech", lambda fn, p, seqs, *a, **k: calls.append(len(seqs)) or real(fn, p, seqs, *a, **k)
+    )
+    fast = tr.transcribe_arrays(audios, TranscriptionOptions(**opts))
+    assert calls == []  # every clip ended on end-of-text: no second pass
+    slow = tr.transcribe_arrays(audios, TranscriptionOptions(**opts, fast_greedy=False))
+    assert calls == [4]
+    for a, b in zip(fast, slow):
+        assert a.tokens == b.tokens and a.gate == b.gate
+        assert a.no_speech_prob == pytest.approx(b.no_speech_prob, abs=1e-4)
+        assert a.avg_logprob == pytest.approx(b.avg_logprob, abs=1e-4)
+    assert len({round(r.avg_logprob, 3) for r in fast}) > 1
+    calls.clear()
+    capped = tr.transcribe_arrays(audios[:2], TranscriptionOptions(**opts, max_new_tokens=2))
+    assert calls == [2] and all(r.avg_logprob is not None for r in capped)

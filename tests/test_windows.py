@@ -97,7 +97,7 @@ def test_greedy_loop_suppresses_stops_and_caps():
     def step(ids, past):
         calls.append(ids.tolist())
         logits = torch.tensor([[0.0, 9.0, 5.0, 7.0], [0.0, 9.0, 5.0, 1.0]])
-        return logits, (past or 0) + 1
+        return logits[:, None].repeat(1, ids.shape[1], 1), (past or 0) + 1
 
     out = greedy_decode(step, 2, [0, 0], _Gen, max_new_tokens=4, vocab_size=4)
     # clip 0: step 1 picks 2 (1 and 3 suppressed), step 2 picks eos; clip 1 never ends: capped at 4 tokens

@@ -71,13 +71,15 @@ class Headline:
     report: str
 
 
-def score(model: Path, manifest: Path, cache: Path) -> dict:
-    """Transcribe a test manifest (batch 8, greedy) and score it, overall and by engine; cached in ``cache``."""
+def score(model: Path | WhisperTranscriber, manifest: Path, cache: Path) -> dict:
+    """Transcribe a test manifest (batch 8, greedy) and score it, overall and by engine; cached in ``cache``.
+
+    ``model``: a directory, or a transcriber already loaded (one load serves the three test sets)."""
     if cache.exists():
         return json.loads(cache.read_text())
     rows = manifest_rows(manifest)
     utts = load_manifest(manifest, require_text=True)
-    tr = WhisperTranscriber.from_pretrained(model, device="cpu")
+    tr = model if isinstance(model, WhisperTranscriber) else WhisperTranscriber.from_pretrained(model, device="cpu")
     res, _ = tr.transcribe_files([u.audio for u in utts], TranscriptionOptions(return_timestamps=False))
     by = {t.path: t.text for t in res}
     refs, hyps = [u.text or "" for u in utts], [by.get(str(u.audio), "") for u in utts]
@@ -88,6 +90,15 @@ def score(model: Path, manifest: Path, cache: Path) -> dict:
     }
     atomic_write_text(cache, json.dumps(out, indent=1) + "\n")
     return out
+
+
+def score_model(model: Path, corpus, scores_dir: Path, name: str) -> dict[str, dict]:
+    """:func:`score` on each test set, the model loaded once (and not at all when every score is cached)."""
+    caches = {split: scores_dir / f"{name}.{split}.json" for split in TEST_SPLITS}
+    tr = None
+    if not all(c.exists() for c in caches.values()):
+        tr = WhisperTranscriber.from_pretrained(model, device="cpu")
+    return {split: score(tr or model, corpus[split], caches[split]) for split in TEST_SPLITS}
 
 
 def _stage_timer(log: Callable[[str], None]):
@@ -126,10 +137,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
     models = {"teacher": teacher, "untrained": onnx_base / "int8", "distilled": onnx_dist / "int8"}
     scores = stage(
         "score teacher and students on the three test sets",
-        lambda: {
-            name: {split: score(path, corpus[split], w / "scores" / f"{name}.{split}.json") for split in TEST_SPLITS}
-            for name, path in models.items()
-        },
+        lambda: {name: score_model(path, corpus, w / "scores", name) for name, path in models.items()},
     )
     report = stage("time them (latency bench, in-domain clips)", lambda: _bench(opts, corpus, models))
     write_report(report, w / "bench", force=True)
