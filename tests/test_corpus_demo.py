@@ -29,7 +29,7 @@ def test_no_sentence_in_two_splits_at_full_size():
         for t in texts[split]:
             assert t not in seen, f"{t!r} is in {seen.get(t)} and {split}"
             seen[t] = split
-    assert len(texts["train"]) == 192 and len(texts["test_unseen_text"]) == 50
+    assert len(texts["train"]) == 160 and len(texts["test_unseen_text"]) == 50
     # the unseen-text set comes from the other source only
     assert set(texts["test_unseen_text"]) <= set(everyday_sentences())
     assert split_texts(CorpusSpec()) == texts  # deterministic for a seed

@@ -118,7 +118,9 @@ def test_a_run_never_ships_worse_than_it_started(tiny_multilingual_teacher, tiny
     start = next(c for c in sel.candidates if c.step == 0)
     from mkdeploy.distill.select import choose
 
-    assert sel.chosen.wer <= start.wer and sel.chosen == choose(sel.candidates, cfg.select_confidence, cfg.seed)
+    assert sel.chosen.wer <= start.wer and sel.chosen == choose(
+        sel.candidates, cfg.select_confidence, cfg.seed, cfg.select_within_se
+    )
     n_dev = len(speech_manifest.read_text().splitlines())
     assert all(len(c.errors) == n_dev for c in sel.candidates)  # per-clip errors for the bootstrap
     assert summary["selected"]["step"] == sel.chosen.step
@@ -193,3 +195,41 @@ def test_bootstrap_keeps_the_start_unless_the_gain_is_not_chance():
     assert not sel.training_helped and "bootstrap confidence" in sel.reason()
     with pytest.raises(MkdError, match="select_confidence"):
         RecipeConfig(select_confidence=1.0).validate()
+
+
+#: word errors per dev clip of the demo's run at 192 clips (work/demo/run/eval.jsonl): step 0, 20, 40, 60,
+#: and step 60 at half its change
+_DEMO_DEV = {
+    (0, 0.0): [0, 0, 3, 6, 5, 2, 4, 3, 0, 1, 6, 1, 4, 3, 2, 5, 4, 0, 1, 3, 3, 4, 0, 1, 0, 2, 1, 0, 0, 13, 2, 19],
+    (20, 1.0): [0, 0, 3, 6, 5, 2, 4, 3, 0, 1, 6, 1, 4, 3, 2, 5, 4, 0, 1, 3, 3, 1, 0, 1, 0, 2, 1, 0, 0, 11, 0, 21],
+    (40, 1.0): [0, 0, 3, 6, 5, 2, 4, 3, 0, 1, 6, 1, 4, 3, 2, 5, 4, 0, 1, 3, 3, 4, 0, 1, 0, 2, 1, 0, 0, 8, 0, 19],
+    (60, 1.0): [0, 0, 3, 6, 5, 2, 4, 3, 0, 1, 6, 1, 4, 3, 2, 5, 4, 0, 1, 3, 3, 4, 0, 1, 0, 2, 1, 0, 0, 8, 0, 16],
+    (60, 0.5): [0, 0, 3, 6, 5, 2, 4, 3, 0, 1, 6, 1, 4, 3, 2, 5, 4, 0, 1, 3, 3, 4, 0, 1, 0, 2, 1, 0, 0, 11, 2, 19],
+}
+
+
+def test_one_standard_error_rule_ships_the_least_change_dev_cannot_tell_from_the_best():
+    from mkdeploy.distill.select import choose, paired_standard_error
+
+    words = 456  # 98 errors = 21.49%
+    cands = [
+        Candidate(step, alpha, sum(e) / words, f"step-{step:06d}" if step else "", e)
+        for (step, alpha), e in _DEMO_DEV.items()
+    ]
+    start, s20, s40, s60, s60_half = cands
+    assert sum(start.errors) == 98 and round(100 * s60.wer, 2) == 19.30
+    # the paired standard errors against step 60, by hand: step 20 differs on clips 21 (-3), 29 (+3),
+    # 30 (+0) and 31 (+5) -> diff +5; step 40 on clip 31 only (+3)
+    assert paired_standard_error(s60.errors, s20.errors) == pytest.approx(6.5, abs=0.3)
+    # one clip with +3 drawn Binomial(32, 1/32) times: sd 3 * sqrt(32 * 1/32 * 31/32) = 2.95
+    assert paired_standard_error(s60.errors, s40.errors) == pytest.approx(2.95, abs=0.15)
+    assert choose(cands, 0.9, within_se=0.0) == s60  # lowest dev WER, 95.75% bootstrap confidence
+    # within one SE: step 20 (+5 <= 6.5) and step 40 (+3 <= 2.95 fails narrowly or holds: either way step 20
+    # moves least); step 60 at alpha 0.5 (movement 30) is +8 with SE 4.4: out
+    assert choose(cands, 0.9, within_se=1.0) == s20
+    assert choose(cands, 0.9, within_se=0.5) == s60  # +5 > 0.5 x 6.5, and step 40's +3 > 1.5
+    # a candidate no better than the start on dev is never shipped by the rule
+    worse = Candidate(10, 1.0, start.wer + 0.01, "step-000010", [e + 1 for e in start.errors[:1]] + start.errors[1:])
+    assert choose([*cands, worse], 0.9, within_se=10.0) == s20
+    sel = Selection(s20, cands, "dev.jsonl", 32, 0.9, 1.0)
+    assert "least change within 1 standard error of the lowest (step-000060" in sel.reason()

@@ -124,6 +124,13 @@ class RecipeConfig:
             "this share of bootstrap resamples of the dev clips (0 takes the lowest dev WER as it is)"
         },
     )
+    select_within_se: float = field(
+        default=1.0,
+        metadata={
+            "help": "then ship the trained candidate that moves least (steps x alpha) among those within this many "
+            "bootstrap standard errors of the chosen one on dev: the one-standard-error rule (0: the lowest)"
+        },
+    )
     eval_max_new_tokens: int = field(default=128, metadata={"help": "cap on tokens per held-out clip"})
     language: str = field(default="en", metadata={"help": "language of the transcripts (multilingual teachers)"})
 
@@ -144,6 +151,8 @@ class RecipeConfig:
             raise MkdError(f"select_alphas {self.select_alphas}: give fractions strictly between 0 and 1")
         if not 0.0 <= self.select_confidence < 1.0:
             raise MkdError(f"select_confidence {self.select_confidence}: give a share in [0, 1)")
+        if self.select_within_se < 0:
+            raise MkdError(f"select_within_se {self.select_within_se}: give 0 or more standard errors")
         if self.w_retain < 0:
             raise MkdError(f"w_retain {self.w_retain}: give a weight >= 0")
         if self.max_steps < 1 or self.batch_size < 1:

@@ -844,13 +844,15 @@ class Trainer:
                 self.log(f"{top} at {alpha:.2f} of its change: dev WER {100 * (wer or 0):.2f}%")
             self._scale_change(m, 1.0)
             self.step = saved_step
-        chosen = choose(self.candidates, self.config.select_confidence, self.config.seed)
+        cfg = self.config
+        chosen = choose(self.candidates, cfg.select_confidence, cfg.seed, cfg.select_within_se)
         selection = Selection(
             chosen,
             list(self.candidates),
             str(self.args.eval_manifest),
             len(self.eval_rows),
-            self.config.select_confidence,
+            cfg.select_confidence,
+            cfg.select_within_se,
         )
         selection.save(self.run)
         line = (
