@@ -29,7 +29,7 @@ def test_no_sentence_in_two_splits_at_full_size():
         for t in texts[split]:
             assert t not in seen, f"{t!r} is in {seen.get(t)} and {split}"
             seen[t] = split
-    assert len(texts["train"]) == 160 and len(texts["test_unseen_text"]) == 50
+    assert len(texts["train"]) == 192 and len(texts["test_unseen_text"]) == 40
     # the unseen-text set comes from the other source only
     assert set(texts["test_unseen_text"]) <= set(everyday_sentences())
     assert split_texts(CorpusSpec()) == texts  # deterministic for a seed
@@ -42,6 +42,11 @@ def test_resizing_train_leaves_held_out_sentences_in_place():
         if split != "train":
             assert small[split] == large[split], split
     assert large["train"][:100] == small["train"]
+    few, many = split_texts(CorpusSpec(n_test=30)), split_texts(CorpusSpec(n_test=50))
+    for split in SPLITS:
+        n = len(few[split])
+        assert few[split] == many[split][:n], split  # a smaller test set is a prefix; the rest stay
+    assert len(few["test_in_domain"]) == 30 and len(many["test_in_domain"]) == 50
 
 
 def test_espeak_ng_only_in_unseen_speech():

@@ -54,11 +54,13 @@ class CorpusSpec:
 
     # sized for the demo's 20-minute budget on 2 CPU cores: the teacher's pass costs ~1.4 s per training clip
     # (base's encoder, compute-bound at ~1.1 s per 30 s window) and keeps about three in four
-    n_train: int = 160
+    n_train: int = 192
     #: training sentences reserved before the held-out ones (n_train up to it moves no test sentence)
     train_pool: int = 240
     n_dev: int = 32
-    n_test: int = 50
+    n_test: int = 40
+    #: sentences reserved for each prose test set (n_test up to it takes a prefix of the same sentences)
+    test_pool: int = 50
     seed: int = 0
     rate: tuple[float, float] = (0.85, 1.2)
     sentences_per_clip: tuple[int, int] = (1, 1)
@@ -93,21 +95,28 @@ def split_texts(spec: CorpusSpec) -> dict[str, list[str]]:
         s: np.random.default_rng([spec.seed, 2, k]).integers(lo, hi + 1, n).tolist()
         for k, (s, n) in enumerate(sizes.items())
     }
-    need = sum(map(sum, counts.values())) + max(0, spec.train_pool * hi - sum(counts["train"]))
+    need = (
+        sum(map(sum, counts.values()))
+        + max(0, spec.train_pool * hi - sum(counts["train"]))
+        + 2 * max(0, spec.test_pool * hi - spec.n_test)
+    )
     if need > len(prose):
         raise MkdError(f"the corpus asks for {need} sentences; the fortunes hold {len(prose)}")
     out: dict[str, list[str]] = {}
-    pos = 0
+    pos = start = 0
     for split, cs in counts.items():
         texts = []
         for c in cs:
             texts.append(" ".join(prose[pos : pos + c]))
             pos += c
         out[split] = texts
+        # every split after a fixed pool of sentences: a smaller training set or test set leaves every other
+        # split's sentences where they are (and a smaller test set is a prefix of the larger one)
         if split == "train":
-            # the held-out splits start after a fixed pool of training sentences, so a smaller training
-            # set leaves every dev and test sentence where it is
             pos = max(pos, spec.train_pool * hi)
+        elif split.startswith("test_"):
+            pos = max(pos, start + spec.test_pool * hi)
+        start = pos
     everyday = everyday_sentences()
     np.random.default_rng([spec.seed, 3]).shuffle(everyday)
     out["test_unseen_text"] = everyday[: spec.n_test]
