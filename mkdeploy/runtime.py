@@ -493,8 +493,8 @@ class WhisperTranscriber:
             found = score_speech(
                 logits_fn, prompt, [results[i].tokens for i in todo], gen, no_speech_token(tok, gen), states.device
             )
-            for i, sc in zip(todo, found):
-                scores[i] = sc
+            for i, fresh in zip(todo, found):
+                scores[i] = fresh
         assert options.no_speech_threshold is not None
         for r, sc in zip(results, scores):
             assert sc is not None
