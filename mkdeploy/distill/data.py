@@ -55,7 +55,7 @@ class TeacherNeeds:
 @dataclass
 class ForcedPass:
     """The teacher's decoder run along a forced sequence: its outputs, the logits at every position, and
-    the text of its argmax at each label position (what the ``forced`` filter scores)."""
+    the text of its argmax at each label position (what the ``forced`` filter scores; "" when not read)."""
 
     seq: ForcedSequence
     out: Any
@@ -340,7 +340,7 @@ class TeacherPass:
                 dec = None
                 if forced and wer_threshold is not None and r.text is not None:
                     # the filter reads the teacher along the reference: the decoder pass the cache needs anyway
-                    dec = self._forced(force(self.tok_t, self.prompt_t, r.text), enc, k)
+                    dec = self._forced(force(self.tok_t, self.prompt_t, r.text), enc, k, read=True)
                     teacher_text[k] = dec.text
                 rec = _judge(r, fp, teacher_text[k], pseudo_label, wer_threshold)
                 if dec is not None:
@@ -358,19 +358,22 @@ class TeacherPass:
                 out.append((rec, payload))
         return out
 
-    def _forced(self, t_seq: ForcedSequence, enc, k: int) -> ForcedPass:
-        """The teacher's decoder along a forced sequence over row ``k``'s encoder states, and its argmax
-        at each label position read as text (special and timestamp tokens left out)."""
+    def _forced(self, t_seq: ForcedSequence, enc, k: int, read: bool = False) -> ForcedPass:
+        """The teacher's decoder along a forced sequence over row ``k``'s encoder states, and (``read``:
+        for the filter only) its argmax at each label position read as text, special and timestamp
+        tokens left out."""
         dec = self.teacher.model.decoder(
             input_ids=torch.tensor([t_seq.input_ids], device=self.device),
             encoder_hidden_states=enc.last_hidden_state[k : k + 1],
             output_hidden_states=True,
         )
         logits = self.teacher.proj_out(dec.last_hidden_state[0])
-        start = len(self.prompt_t) - 1  # the position that predicts the first text token
-        best = logits[start:-1].argmax(-1).tolist()
-        eot = self.tok_t.convert_tokens_to_ids("<|endoftext|>")
-        text = self.tok_t.decode([t for t in best if t < eot], skip_special_tokens=True).strip()
+        text = ""
+        if read:
+            start = len(self.prompt_t) - 1  # the position that predicts the first text token
+            best = logits[start:-1].argmax(-1).tolist()
+            eot = self.tok_t.convert_tokens_to_ids("<|endoftext|>")
+            text = self.tok_t.decode([t for t in best if t < eot], skip_special_tokens=True).strip()
         return ForcedPass(t_seq, dec, logits, text)
 
     def store(self, rec: dict, payload: dict[str, torch.Tensor] | None) -> dict:
