@@ -2,21 +2,32 @@
 #   docker build -t mkdeploy-serve .
 #   docker run -p 8000:8000 -v $PWD/models/tiny.en-onnx:/model:ro -e MKD_API_KEY=secret mkdeploy-serve
 # Extra flags go after the image name, e.g. `... mkdeploy-serve --variant int8 --max-batch 16`.
-FROM python:3.11-slim
+# The image holds the built wheel, not the source folders: what it runs is what users `pip install`.
+# Its install step is .ci/install_wheel.sh, the script tests/test_packaging.py runs in a fresh venv
+# (base images cannot be pulled on this project's machines, so the image itself is not built in CI).
 
-# libsndfile decodes uploads (wav, flac, ogg/opus, mp3)
-RUN apt-get update && apt-get install -y --no-install-recommends libsndfile1 && rm -rf /var/lib/apt/lists/*
-
-WORKDIR /app
-# torch first, pinned as in the Makefile (set TORCH to a CPU or CUDA build as your registry offers)
-ARG TORCH="torch==2.13.0"
-RUN pip install --no-cache-dir "$TORCH"
-COPY pyproject.toml README.md ./
+# --- build: the wheel, from the same files the sdist holds
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
 COPY mkdeploy mkdeploy
 COPY cli cli
 COPY models models
 COPY exporters exporters
-RUN pip install --no-cache-dir ".[serve]"
+RUN pip install --no-cache-dir build && python -m build --wheel --outdir /dist
+
+# --- runtime: torch (pinned) + the wheel with the [serve] extra, run as an unprivileged user
+FROM python:3.11-slim
+# libsndfile decodes uploads (wav, flac, ogg/opus, mp3)
+RUN apt-get update && apt-get install -y --no-install-recommends libsndfile1 && rm -rf /var/lib/apt/lists/*
+# set TORCH to a CPU or CUDA build as your registry offers
+ARG TORCH="torch==2.13.0"
+COPY .ci/install_wheel.sh /usr/local/bin/mkd-install-wheel
+COPY --from=build /dist /dist
+RUN TORCH="$TORCH" mkd-install-wheel /dist/mkdeploy-*.whl serve && rm -rf /dist
+RUN useradd --create-home --uid 10001 mkd
+USER mkd
+WORKDIR /home/mkd
 
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 EXPOSE 8000

@@ -16,13 +16,20 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from mkdeploy.errors import MkdError
 
-console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in files and CI logs
-out = Console(soft_wrap=True)
+# markup=False: what we print holds brackets ("mkdeploy[serve]", "[default: x]", paths); rich would read
+# them as markup tags and drop them (../shared/DESIGN.md §8). Styles go through `style=` / `error_line`.
+console = Console(stderr=True, soft_wrap=True, markup=False)  # log lines stay whole in files and CI logs
+out = Console(soft_wrap=True, markup=False)
+
+
+def error_line(message: object, label: str = "error:") -> Text:
+    """A one-line message with a red label; the message is printed literally (no markup)."""
+    return Text.assemble((label, "bold red"), " ", str(message))
 
 
 def quiet_libraries() -> None:
@@ -53,17 +60,34 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except MkdError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        console.print(error_line(exc), highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print("interrupted")
         raise typer.Exit(130) from None
 
 
+@contextlib.contextmanager
+def needs_extra(extra: str, what: str) -> Iterator[None]:
+    """Turn a missing optional dependency into one line naming the extra that installs it.
+
+    Args:
+        extra: the pyproject extra (``serve``, ``ray``).
+        what: the command or flag that needs it, e.g. ``mkd serve --ray``.
+    """
+    try:
+        yield
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        raise MkdError(
+            f"{what} needs the mkdeploy[{extra}] extra ({missing} is missing): pip install 'mkdeploy[{extra}]'"
+        ) from None
+
+
 def exit_on_failures(failures) -> None:
     """List the files that failed (one line each) and exit 1; nothing when none failed."""
     if failures:
-        console.print(f"[bold red]{len(failures)} file(s) failed:[/]")
+        console.print(Text(f"{len(failures)} file(s) failed:", style="bold red"))
         for f in failures:
             console.print(f"  {f.reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
@@ -124,8 +148,8 @@ def dataclass_options(cls: type) -> list[inspect.Parameter]:
             continue  # a required field: the command declares it (an argument)
         default = factory() if f.default is dataclasses.MISSING else f.default
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        # escaped: Typer renders help with rich, which would read "[default: x]" as a markup tag and drop it
-        help_text = rich_escape(f"{f.metadata.get('help', '')} [default: {shown}]".strip())
+        # literal: the app's help has no rich markup mode (cli/main.py), so "[default: x]" prints as written
+        help_text = f"{f.metadata.get('help', '')} [default: {shown}]".strip()
         flag = "--" + f.name.replace("_", "-")
         names = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]  # booleans are on/off switches
         option = typer.Option(None, *names, help=help_text, show_default=False)

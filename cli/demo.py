@@ -20,8 +20,8 @@ def demo_cmd(
 ) -> None:
     """Import base and tiny.en, synthesise the corpus, distil, merge, export, score on unseen speech, bench."""
     # imported on use, so `mkd --help` stays fast
-    from mkdeploy.demo.corpus import TEST_SPLITS
-    from mkdeploy.demo.pipeline import TITLES, DemoOptions, run_demo
+    from mkdeploy.demo.pipeline import DemoOptions, run_demo
+    from mkdeploy.demo.report import TITLES
 
     quiet_libraries()
     with cli_errors():
@@ -32,12 +32,11 @@ def demo_cmd(
         head = run_demo(opts, log=lambda s: console.print(s, highlight=False))
     out.print("")
     out.print(f"report: {head.report}")
-    for split in TEST_SPLITS:
+    for split, f in head.sets().items():
+        lo, hi = f.ci95_distilled_minus_untrained_fp32
         out.print(
-            f"{TITLES[split]:>14}: teacher {100 * head.teacher[split]:.2f}% · untrained {100 * head.untrained[split]:.2f}%"
-            f" · distilled {100 * head.distilled[split]:.2f}% WER"
+            f"{TITLES[split]:>14}: teacher {100 * f.teacher_fp32:.2f}% · untrained {100 * f.untrained_fp32:.2f}% · "
+            f"distilled {100 * f.distilled_fp32:.2f}% WER (fp32; distilled − untrained 95% CI "
+            f"[{100 * lo:+.2f}, {100 * hi:+.2f}] points) · int8 {100 * f.untrained_int8:.2f}% → {100 * f.distilled_int8:.2f}%"
         )
-    out.print(
-        f"speed-up {head.speedup:.2f}x (distilled int8 vs teacher torch) · trainable {head.trainable_pct:.2f}% "
-        f"of the teacher · {head.wall_s / 60:.1f} min"
-    )
+    out.print(f"trainable {head.trainable_pct:.2f}% of the teacher · {head.minutes:.1f} min")

@@ -14,13 +14,34 @@ from mkdeploy.cli.serve import serve_cmd
 from mkdeploy.cli.student import app as student_app
 from mkdeploy.cli.train import train_cmd
 from mkdeploy.cli.transcribe import transcribe
+from mkdeploy.version import version_string
 
+# rich_markup_mode=None: help texts hold literal brackets ("the [ray] extra", "[default: x]") that rich
+# markup would swallow (../shared/DESIGN.md §8), so help is printed as written.
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="mkdeploy: distil Whisper, export to ONNX, transcribe and benchmark.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_string())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version (and commit) and exit."
+    ),
+) -> None:
+    """mkdeploy: distil Whisper, export to ONNX, transcribe and benchmark."""
+
+
 app.command("import-ct2")(import_ct2)
 app.command("transcribe")(transcribe)
 app.command("eval")(eval_cmd)

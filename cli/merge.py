@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mkdeploy.cli.common import cli_errors, console, out, quiet_libraries
+from mkdeploy.cli.common import cli_errors, console, error_line, out, quiet_libraries
 
 
 def merge_cmd(
@@ -32,6 +32,6 @@ def merge_cmd(
     with cli_errors():
         res = merge_run(run, output, force=force, checkpoint=checkpoint, alpha=alpha)
     for w in res.warnings:
-        console.print(f"[bold red]WARNING[/]: {w}")
+        console.print(error_line(w, "WARNING:"))
     what = f"{res.checkpoint} (step {res.step}, alpha {res.alpha:.2f})" if res.checkpoint else "the untrained student"
     out.print(f"merged {what} -> {res.path}; {res.reason}; max |logit diff| {res.max_abs_logit_diff:.1e}")

@@ -16,6 +16,7 @@ from mkdeploy.cli.common import (
     cli_parameter,
     console,
     dataclass_options,
+    needs_extra,
     parse_dataclass_options,
     quiet_libraries,
 )
@@ -39,9 +40,7 @@ def serve_cmd(**options: Any) -> None:
         if config.max_batch < 1 or config.max_queue < 1:
             raise MkdError("--max-batch and --max-queue must be at least 1")
         if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
-            console.print(
-                f"[yellow]warning:[/] listening on {config.host} without an API key (--api-key or ${API_KEY_ENV})"
-            )
+            console.print(f"warning: listening on {config.host} without an API key (--api-key or ${API_KEY_ENV})")
         if options["ray"]:
             run(config, RayServeConfig(**parse_dataclass_options(RayServeConfig, options)))
         else:
@@ -51,8 +50,7 @@ def serve_cmd(**options: Any) -> None:
 def _runner(ray: bool):
     """The blocking serve function; optional dependencies (imported on use, so `mkd --help` stays fast):
     FastAPI and uvicorn from the [serve] extra, Ray Serve from the [ray] extra."""
-    extra = "ray" if ray else "serve"
-    try:
+    with needs_extra("ray" if ray else "serve", f"mkd serve{' --ray' if ray else ''}"):
         if ray:
             from mkdeploy.distributed.serve import run as run_on_ray
 
@@ -60,11 +58,6 @@ def _runner(ray: bool):
         from mkdeploy.serve.app import run
 
         return run
-    except ImportError as exc:
-        raise MkdError(
-            f"mkd serve{' --ray' if ray else ''} needs the [{extra}] extra ({exc.name} is missing): "
-            f"pip install 'mkdeploy[{extra}]'"
-        ) from None
 
 
 serve_cmd.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ import typer
 
 from mkdeploy.cli.common import cli_errors, out, quiet_libraries
 
-app = typer.Typer(no_args_is_help=True, help="Create students.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Create students.")
 
 
 @app.command("init")

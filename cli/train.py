@@ -15,6 +15,7 @@ from mkdeploy.cli.common import (
     cli_errors,
     console,
     dataclass_options,
+    needs_extra,
     out,
     parse_dataclass_options,
     progress,
@@ -53,6 +54,12 @@ def _run_options(
         help="How --wer-threshold reads the teacher: generated (its transcript) or forced (its argmax along the "
         "reference; no generate call, about a third less teacher time).",
     ),
+    min_avg_logprob: float | None = typer.Option(
+        None,
+        "--min-avg-logprob",
+        help="Drop pseudo-labelled rows (no reference, or --pseudo-label all) whose transcript the teacher gives a "
+        "mean token log-probability below this (Whisper's fallback threshold is -1.0); needs no reference.",
+    ),
     eval_limit: int | None = typer.Option(None, "--eval-limit", min=1),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Share pseudo-labels and teacher outputs between runs (default: inside the run)."
@@ -82,6 +89,7 @@ def train_cmd(**options: Any) -> None:
                 "pseudo_label",
                 "wer_threshold",
                 "teacher_filter",
+                "min_avg_logprob",
                 "eval_limit",
                 "cache_dir",
             )
@@ -121,7 +129,8 @@ def train_cmd(**options: Any) -> None:
 
 def _ray_labeller(options: dict[str, Any]):
     # imported on use: Ray only for --label-with-ray
-    from mkdeploy.distributed.label import RayLabeller
+    with needs_extra("ray", "mkd train --label-with-ray"):
+        from mkdeploy.distributed.label import RayLabeller
 
     return RayLabeller(RayConfig(**parse_dataclass_options(RayConfig, options)).check())
 

@@ -16,6 +16,7 @@ from mkdeploy.cli.common import (
     console,
     dataclass_options,
     exit_on_failures,
+    needs_extra,
     out,
     parse_dataclass_options,
     progress,
@@ -136,7 +137,9 @@ transcribe.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 def _transcribe_on_ray(options: dict[str, Any], flags: DecodeFlags) -> None:
     # imported on use: Ray only for --ray, and `mkd --help` stays fast
     from mkdeploy.data import load_manifest
-    from mkdeploy.distributed.transcribe import ModelSpec, transcribe_on_ray
+
+    with needs_extra("ray", "mkd transcribe --ray"):
+        from mkdeploy.distributed.transcribe import ModelSpec, transcribe_on_ray
 
     if len(options["audio"]) != 1:
         raise MkdError("--ray takes one manifest (JSONL) or one folder of audio files")

@@ -32,6 +32,7 @@ from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
 from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR, windowed_encoder_class
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.version import version_info
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class ExportManifest:
     parity: list[dict] = field(default_factory=list)
     sample_audio: str = ""
     seconds: float = 0.0
+    #: what exported it: the package version and, from a git checkout, the commit
+    mkdeploy: dict = field(default_factory=version_info)
 
 
 def hash_model_dir(path: Path) -> str:

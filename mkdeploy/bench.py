@@ -29,6 +29,7 @@ from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.ct2 import read_ct2_model_bin
 from mkdeploy.models.window import parse_buckets
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.version import version_info
 
 
 @dataclass
@@ -372,6 +373,7 @@ def environment(device: str, threads: int = 0) -> dict:
         except md.PackageNotFoundError:
             pass
     env = {
+        **version_info(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -47,7 +47,13 @@ def load_manifest(path: str | Path, require_text: bool = False) -> list[Utteranc
             text = txt.read_text(encoding="utf-8").strip() if txt.exists() else None
             rows.append(Utterance(audio.name, audio, text))
     else:
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise DataError(
+                f"{path}: not a JSONL manifest (not UTF-8 text); give a JSONL file or a folder of audio with .txt files"
+            ) from None
+        for n, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:

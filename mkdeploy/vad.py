@@ -32,7 +32,9 @@ def _model():
         # optional heavy dependency: only the VAD needs it (pip install 'mkdeploy[serve]')
         from silero_vad import load_silero_vad  # optional [serve] extra
     except ImportError:
-        raise MkdError("the VAD needs the silero-vad package: pip install 'mkdeploy[serve]' (or drop --vad)") from None
+        raise MkdError(
+            "the VAD needs the mkdeploy[serve] extra (silero-vad is missing): pip install 'mkdeploy[serve]' (or drop --vad)"
+        ) from None
     return load_silero_vad(onnx=True)
 
 
@@ -48,9 +50,10 @@ def speech_seconds(audio: np.ndarray, threshold: float = VAD_THRESHOLD, min_spee
         total duration of the detected speech stretches (0.0: no speech).
     """
     import torch  # heavy; imported on use so the core import stays light
+
+    model = _model()  # first: it names the extra when silero-vad is missing
     from silero_vad import get_speech_timestamps  # optional [serve] extra
 
-    model = _model()
     with _lock:
         stamps = get_speech_timestamps(
             torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),

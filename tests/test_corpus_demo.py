@@ -96,8 +96,91 @@ def test_demo_chain_at_toy_size(tmp_path):
     )
     assert r.exit_code == 0, r.output
     head = json.loads((tmp_path / "demo" / "headline.json").read_text())
-    assert set(head["teacher"]) == {"test_in_domain", "test_unseen_text", "test_unseen_speech"}
-    assert head["speedup"] > 0 and 0 < head["trainable_pct"] < 1
+    check_headline_schema(head)
+    assert 0 < head["trainable_pct"] < 1 and head["minutes"] > 0
     report = (tmp_path / "demo" / "REPORT.md").read_text()
-    assert "unseen speech" in report and "| tiny.en distilled (ONNX int8) |" in report
+    assert "unseen speech" in report and "| tiny.en distilled | ONNX int8 |" in report
     assert (tmp_path / "demo" / "bench" / "latency_vs_wer.png").exists()
+
+
+def check_headline_schema(head: dict) -> None:
+    """headline.json as issue 26 specifies it: per test set the six WERs (fractions), the fp32 interval of
+    distilled − untrained and the reference words; at the top level minutes, commit and p50 latencies."""
+    from mkdeploy.demo.pipeline import BENCH_NAMES
+
+    for name in ("in_domain", "unseen_text", "unseen_speech"):
+        s = head[name]
+        for key in (
+            "teacher_fp32",
+            "untrained_fp32",
+            "distilled_fp32",
+            "teacher_int8",
+            "untrained_int8",
+            "distilled_int8",
+        ):
+            assert isinstance(s[key], float) and 0.0 <= s[key] <= 1.5, (name, key)
+        lo, hi = s["ci95_distilled_minus_untrained_fp32"]
+        assert (
+            lo <= s["distilled_fp32"] - s["untrained_fp32"] + 1e-9
+            and hi >= s["distilled_fp32"] - s["untrained_fp32"] - 1e-9
+        )
+        assert isinstance(s["ref_words"], int) and s["ref_words"] > 0
+    assert isinstance(head["minutes"], float) and "commit" in head
+    assert set(head["latency_p50_ms"]) == set(BENCH_NAMES.values())
+    assert all(v > 0 for v in head["latency_p50_ms"].values())
+
+
+def test_headline_schema_from_scores():
+    """The headline built from per-clip scores of six configurations, checked against the schema, with one
+    set's figures computed by hand."""
+    from dataclasses import asdict
+
+    from mkdeploy.demo.report import Headline, set_figures
+
+    def sc(errors, words=(10, 10, 10, 10)):
+        return {"wer": sum(errors) / sum(words), "word_errors": list(errors), "ref_words": list(words), "by_engine": {}}
+
+    scores = {
+        "teacher_fp32": sc([0, 1, 0, 1]),
+        "untrained_fp32": sc([2, 3, 2, 3]),
+        "distilled_fp32": sc([1, 2, 1, 2]),  # one error fewer on every clip: interval exactly [-0.1, -0.1]
+        "teacher_int8": sc([0, 1, 1, 1]),
+        "untrained_int8": sc([2, 3, 3, 3]),
+        "distilled_int8": sc([2, 3, 3, 3]),
+    }
+    f = set_figures(scores)
+    assert (f.untrained_fp32, f.distilled_fp32) == (0.25, 0.15)
+    assert f.ci95_distilled_minus_untrained_fp32 == [-0.1, -0.1]
+    assert f.ci95_distilled_minus_untrained_int8 == [0.0, 0.0]
+    assert abs(f.gap_closed_fp32 - 0.5) < 1e-12 and f.ref_words == 40 and f.clips == 4
+    from mkdeploy.demo.pipeline import BENCH_NAMES
+
+    head = Headline(
+        f, f, f, 12.5, "abc1234", "mkdeploy 0.1.0", {n: 100.0 for n in BENCH_NAMES.values()}, {}, 0.5, "pseudo"
+    )
+    check_headline_schema(json.loads(json.dumps(asdict(head))))
+
+
+def test_the_demo_corpus_uses_what_calibration_kept():
+    """demo_corpus(): only the calibrated voices speak train, dev and the two text test sets, espeak-ng
+    only the unseen-speech set; every clip gets noise in the kept band; the texts are plain fortunes."""
+    from mkdeploy.demo.corpus import demo_corpus
+    from mkdeploy.demo.text import is_plain
+
+    spec = demo_corpus()
+    assert spec.augment.p_noise == 1.0 and spec.augment.snr_db == (20.0, 30.0)
+    texts = split_texts(spec)
+    kept = {tuple(v.split("/")) for v in spec.train_voices}
+    for split in SPLITS:
+        voices = {(p["engine"], p["voice"]) for p in (clip_plan(spec, split, i, t) for i, t in enumerate(texts[split]))}
+        if split == "test_unseen_speech":
+            assert {e for e, _ in voices} == set(UNSEEN_VOICES)
+        else:
+            assert voices == kept, split
+    for t in texts["train"] + texts["test_in_domain"]:
+        assert 2 * 6 <= len(t.split()) and all(c not in t for c in "0123456789:;()")
+    assert is_plain("Time and tide wait for no man at all.") and not is_plain("statistics, n.: a lie with numbers")
+    assert not is_plain("Never trust Bob when he says he will be on time.")
+    # the unseen-text set joins the shipped sentences too, each used once
+    joined = " ".join(texts["test_unseen_text"])
+    assert len(texts["test_unseen_text"]) < spec.n_test and all(s in joined for s in everyday_sentences())

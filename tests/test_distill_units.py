@@ -222,3 +222,58 @@ def test_forced_filter_reads_the_teacher_along_the_reference_without_generate(
     nolabel = [type(r)(r.id, r.audio, None) for r in rows[:1]]
     ((rec, _),) = tp.compute(nolabel, "fp", "missing", 10.0, teacher_filter="forced")
     assert "filter" not in rec and rec["text"] == rec["teacher"]
+
+
+def test_avg_logprob_of_a_forced_pass_by_hand():
+    """The mean log-probability over label positions only (the prompt's -100s are left out)."""
+    from mkdeploy.distill.data import ForcedPass
+    from mkdeploy.distill.tokens import ForcedSequence
+
+    logits = torch.tensor([[9.0, 9.0, 9.0], [0.0, 0.0, 1.0], [2.0, 0.0, 0.0]])
+    seq = ForcedSequence(input_ids=[5, 6, 7], labels=[-100, 2, 0], prefix_end=[None, 0, 3])
+    lp1 = 1.0 - math.log(2 + math.e)  # log softmax([0, 0, 1])[2]
+    lp2 = 2.0 - math.log(math.exp(2) + 2)  # log softmax([2, 0, 0])[0]
+    assert ForcedPass(seq, None, logits, "").avg_logprob() == pytest.approx((lp1 + lp2) / 2)
+
+
+def test_pseudo_labels_are_filtered_by_the_teachers_confidence_without_a_reference(
+    tiny_model_dir, tiny_multilingual_teacher, speech_manifest, tmp_path
+):
+    """pseudo_label="all" with min_avg_logprob: each row's record carries the teacher's mean token
+    log-probability along its own transcript (equal to a full forward pass's), and exactly the rows below
+    the threshold are dropped; the references are never read for the decision."""
+    from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
+
+    from mkdeploy.audio import load_audio
+    from mkdeploy.data import load_manifest
+    from mkdeploy.distill.data import TeacherNeeds, TeacherPass
+    from mkdeploy.distill.tokens import force, prompt_ids
+
+    s_proc = AutoProcessor.from_pretrained(tiny_model_dir)
+    teacher = WhisperForConditionalGeneration.from_pretrained(tiny_multilingual_teacher).eval()
+    t_proc = AutoProcessor.from_pretrained(tiny_multilingual_teacher)
+    rows = load_manifest(speech_manifest)[:4]
+    tp = TeacherPass(
+        teacher, t_proc, s_proc, GenerationConfig.from_pretrained(tiny_model_dir),
+        shared_vocab(s_proc.tokenizer, t_proc.tokenizer), TeacherNeeds([], [], True), tmp_path / "run", "en",
+    )  # fmt: skip
+    scored = [rec for rec, _ in tp.compute(rows, "fp", "all", None, min_avg_logprob=-1e9)]
+    prompt = prompt_ids(t_proc.tokenizer, teacher.generation_config, "en")
+    for r, rec in zip(rows, scored):
+        assert rec["text"] == rec["teacher"] and "dropped" not in rec
+        seq = force(t_proc.tokenizer, prompt, rec["text"])
+        feats = t_proc.feature_extractor([load_audio(r.audio)], sampling_rate=16000, return_tensors="pt")
+        with torch.inference_mode():
+            logits = teacher(
+                input_features=feats.input_features, decoder_input_ids=torch.tensor([seq.input_ids])
+            ).logits
+        logp = torch.log_softmax(logits[0], -1)
+        expect = float(torch.stack([logp[p, t] for p, t in enumerate(seq.labels) if t != -100]).mean())
+        assert rec["avg_logprob"] == pytest.approx(expect, abs=1e-3)
+    lps = sorted(rec["avg_logprob"] for rec in scored)
+    cut = (lps[0] + lps[-1]) / 2
+    no_refs = [type(r)(r.id, r.audio, None) for r in rows]  # the same decision without any reference
+    for batch in (rows, no_refs):
+        kept = tp.compute(batch, "fp", "all", None, min_avg_logprob=cut)
+        assert [("dropped" in rec) for rec, _ in kept] == [rec["avg_logprob"] < cut for rec in scored]
+        assert all(p is None for rec, p in kept if "dropped" in rec)

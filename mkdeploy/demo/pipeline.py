@@ -21,19 +21,23 @@ from typing import Any
 
 from mkdeploy.bench import ModelSpec, markdown_table, run_bench, write_report
 from mkdeploy.data import load_manifest
-from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec, build_corpus, manifest_rows
+from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec, build_corpus, demo_corpus, manifest_rows
+from mkdeploy.demo.report import Headline, set_figures, verdicts, wer_table
 from mkdeploy.demo.weights import import_package
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.merge import merge_run
 from mkdeploy.distill.select import Selection
 from mkdeploy.distill.trainer import TrainArgs, latest_checkpoint, train
+from mkdeploy.errors import MkdError
 from mkdeploy.evaluate import error_rates, wer_by_group
 from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 from mkdeploy.fsutil import atomic_write_text
 from mkdeploy.models.student import init_windowed_student
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.version import version_info, version_string
 
-TITLES = {"test_in_domain": "in-domain", "test_unseen_text": "unseen text", "test_unseen_speech": "unseen speech"}
+#: the reference-free pseudo-label filter: Whisper's log-probability fallback threshold (openai/whisper)
+MIN_AVG_LOGPROB = -1.0
 
 
 @dataclass
@@ -41,7 +45,7 @@ class DemoOptions:
     """Sizes chosen so the demo ends within 20 minutes on 2 CPU cores (measured in the README)."""
 
     workdir: Path = Path("work/demo")
-    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    corpus: CorpusSpec = field(default_factory=demo_corpus)
     # 60 steps: a shorter run gave dev no candidate that passes the bootstrap test; the one-standard-error
     # rule then ships the least-moved candidate dev cannot tell from the best (mkdeploy/distill/select.py)
     steps: int = 60
@@ -58,24 +62,14 @@ class DemoOptions:
     # Short encoder windows (models/window.py): the student encodes a clip in the smallest of these that
     # holds it, trained for them (LoRA on all four encoder layers); empty trains Whisper's 30 s window.
     encoder_buckets: tuple[int, ...] = ()
-
-
-@dataclass
-class Headline:
-    """The demo's figures (also in headline.json). WERs are fractions, by test set."""
-
-    teacher: dict[str, float]
-    untrained: dict[str, float]
-    distilled: dict[str, float]
-    selected: dict
-    speedup: float
-    trainable_pct: float
-    wall_s: float
-    report: str
+    # "pseudo": train on the teacher's transcripts under a reference-free filter (a user's untranscribed
+    # audio); "reference": on the corpus's transcripts (what labels add: benchmarks/ablation.py --labels)
+    labels: str = "pseudo"
 
 
 def score(model: Path | WhisperTranscriber, manifest: Path, cache: Path) -> dict:
-    """Transcribe a test manifest (batch 8, greedy) and score it, overall and by engine; cached in ``cache``.
+    """Transcribe a test manifest (:data:`~mkdeploy.demo.report.DECODING`) and score it, overall, by engine
+    and per clip (word errors and reference words, what the bootstrap resamples); cached in ``cache``.
 
     ``model``: a directory, or a transcriber already loaded (one load serves the three test sets)."""
     if cache.exists():
@@ -86,9 +80,12 @@ def score(model: Path | WhisperTranscriber, manifest: Path, cache: Path) -> dict
     res, _ = tr.transcribe_files([u.audio for u in utts], TranscriptionOptions(return_timestamps=False))
     by = {t.path: t.text for t in res}
     refs, hyps = [u.text or "" for u in utts], [by.get(str(u.audio), "") for u in utts]
+    scored = error_rates(refs, hyps)
     out = {
-        "wer": error_rates(refs, hyps).wer,
+        "wer": scored.wer,
         "by_engine": wer_by_group(refs, hyps, [r["engine"] for r in rows]),
+        "word_errors": [u.word_errors for u in scored.utterances],
+        "ref_words": [u.ref_words for u in scored.utterances],
         "hypotheses": hyps,
     }
     atomic_write_text(cache, json.dumps(out, indent=1) + "\n")
@@ -127,39 +124,55 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
     run = w / "run"
     start, cfg = _recipe(opts, student, w)
     summary = stage(
-        f"distil: {opts.recipe}, {opts.steps} steps, dev every {opts.eval_every}",
-        lambda: distil(run, teacher, start, corpus, cfg, log),
+        f"distil: {opts.recipe} on {opts.labels} labels, {opts.steps} steps, dev every {opts.eval_every}",
+        lambda: distil(run, teacher, start, corpus, cfg, log, labels=opts.labels),
     )
     merged = w / "models" / "tiny.en-distilled"
     stage("merge the dev-selected checkpoint", lambda: _merge(run, merged, log))
-    onnx_dist, onnx_base = w / "models" / "tiny.en-distilled-onnx", w / "models" / "tiny.en-onnx"
+    onnx = {name: w / "models" / f"{name}-onnx" for name in ("tiny.en-distilled", "tiny.en", "base")}
     stage(
-        "export distilled and untrained students to ONNX int8",
-        lambda: (_export(merged, onnx_dist), _export(student, onnx_base)),
+        "export distilled and untrained students and the teacher to ONNX int8",
+        lambda: (
+            _export(merged, onnx["tiny.en-distilled"]),
+            _export(student, onnx["tiny.en"]),
+            _export(teacher, onnx["base"]),
+        ),
     )
-    models = {"teacher": teacher, "untrained": onnx_base / "int8", "distilled": onnx_dist / "int8"}
+    models = {
+        "teacher_fp32": teacher,
+        "untrained_fp32": student,
+        "distilled_fp32": merged,
+        "teacher_int8": onnx["base"] / "int8",
+        "untrained_int8": onnx["tiny.en"] / "int8",
+        "distilled_int8": onnx["tiny.en-distilled"] / "int8",
+    }
     scores = stage(
-        "score teacher and students on the three test sets",
+        "score teacher and students, fp32 and int8, on the three test sets",
         lambda: {name: score_model(path, corpus, w / "scores", name) for name, path in models.items()},
     )
-    report = stage("time them (latency bench, in-domain clips)", lambda: _bench(opts, corpus, models))
-    write_report(report, w / "bench", force=True)
+    bench = stage("time them (latency bench, in-domain clips)", lambda: _bench(opts, corpus, models))
+    write_report(bench, w / "bench", force=True)
 
     info = {**json.loads((run / "run.json").read_text()), "recipe": json.loads((run / "config.json").read_text())}
     sel = Selection.load(run)
+    figures = {split: set_figures({m: scores[m][split] for m in models}) for split in TEST_SPLITS}
+    versions = version_info()
     head = Headline(
-        teacher={s: scores["teacher"][s]["wer"] for s in TEST_SPLITS},
-        untrained={s: scores["untrained"][s]["wer"] for s in TEST_SPLITS},
-        distilled={s: scores["distilled"][s]["wer"] for s in TEST_SPLITS},
+        in_domain=figures["test_in_domain"],
+        unseen_text=figures["test_unseen_text"],
+        unseen_speech=figures["test_unseen_speech"],
+        minutes=round((time.time() - t_start) / 60, 1),
+        commit=versions["commit"],
+        version=version_string(),
+        latency_p50_ms={m.name: round(1000 * m.latency_p50, 1) for m in bench.models},
         selected={**asdict(sel.chosen), "reason": sel.reason()} if sel else {},
-        speedup=report.models[-1].speedup or 0.0,
         trainable_pct=100 * info["parameters"]["trainable_ratio"],
-        wall_s=round(time.time() - t_start, 1),
+        labels=opts.labels,
         report=str(w / "REPORT.md"),
     )
-    lines = _report_lines(opts, corpus, info, summary, scores, head, markdown_table(report), timings)
+    lines = _report_lines(opts, corpus, info, summary, head, markdown_table(bench), timings)
     atomic_write_text(w / "REPORT.md", "\n".join(lines) + "\n")
-    atomic_write_text(w / "headline.json", json.dumps(asdict(head), indent=2) + "\n")
+    atomic_write_text(w / "headline.json", json.dumps(head.to_dict(), indent=2) + "\n")
     return head
 
 
@@ -190,16 +203,23 @@ def _recipe(opts: DemoOptions, student: Path, w: Path) -> tuple[Path, RecipeConf
     return start, cfg
 
 
+#: the bench's model names (latency_p50_ms keys)
+BENCH_NAMES = {
+    "teacher_fp32": "teacher base (torch fp32)",
+    "teacher_int8": "teacher base (onnx int8)",
+    "untrained_int8": "tiny.en untrained (onnx int8)",
+    "distilled_int8": "tiny.en distilled (onnx int8)",
+}
+
+
 def _bench(opts: DemoOptions, corpus, models: dict[str, Path]):
-    specs = [
-        ModelSpec("teacher base (torch fp32)", models["teacher"]),
-        ModelSpec("tiny.en untrained (onnx int8)", models["untrained"]),
-        ModelSpec("tiny.en distilled (onnx int8)", models["distilled"]),
-    ]
+    """Batch-1 latency of the teacher in both engines and of both students as shipped; the teacher's int8
+    is the reference, so each student's speed-up is at equal engine."""
+    specs = [ModelSpec(name, models[key]) for key, name in BENCH_NAMES.items()]
     return run_bench(
         corpus["test_in_domain"],
         specs,
-        reference=specs[0].name,
+        reference=BENCH_NAMES["teacher_int8"],
         repeats=opts.bench_repeats,
         warmup=1,
         device="cpu",
@@ -208,7 +228,14 @@ def _bench(opts: DemoOptions, corpus, models: dict[str, Path]):
 
 
 def distil(
-    run: Path, teacher: Path, student: Path, corpus, cfg: RecipeConfig, log, cache_dir: Path | None = None
+    run: Path,
+    teacher: Path,
+    student: Path,
+    corpus,
+    cfg: RecipeConfig,
+    log,
+    cache_dir: Path | None = None,
+    labels: str = "pseudo",
 ) -> dict:
     """Train ``student`` on the corpus's train split with dev selection, as the demo does; a finished run
     is returned as it is, an interrupted one resumed. ``cache_dir`` shares the teacher's pass between runs
@@ -218,8 +245,21 @@ def distil(
     (KD) along them; clips where the teacher, read along the reference (its argmax at each position given
     the reference before it), misses more than 30% of the words are dropped, since there its distribution
     is no target. Reading it along the reference needs no ``generate``: the decoder pass that caches the
-    KD targets serves the filter too. Training on the teacher's transcripts instead
-    (``pseudo_label="all"``, what a corpus without text needs) teaches its errors as well."""
+    KD targets serves the filter too.
+
+    ``labels``: "pseudo" (the demo's default, what a user with untranscribed audio has): the corpus's
+    transcripts are never read for training; the teacher's greedy transcripts are the labels, filtered
+    without a reference: dropped when the teacher's mean token log-probability along its own transcript is
+    below -1.0 (Whisper's fallback threshold), when it is empty or a repetition loop (compression ratio
+    above 2.4). "reference": the corpus's transcripts and the 30% teacher filter along them, as above. Dev
+    keeps its references either way: a user transcribes a few dozen clips to choose the checkpoint."""
+    if labels not in ("pseudo", "reference"):
+        raise MkdError(f"labels {labels!r}: choose pseudo or reference")
+    label_args: dict[str, Any] = (
+        {"pseudo_label": "all", "min_avg_logprob": MIN_AVG_LOGPROB}
+        if labels == "pseudo"
+        else {"pseudo_label": "missing", "wer_threshold": 0.3, "teacher_filter": "forced"}
+    )
 
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -236,10 +276,8 @@ def distil(
             eval_manifest=corpus["dev"],
             resume=resume,
             force=not resume,
-            pseudo_label="missing",
-            wer_threshold=0.3,
-            teacher_filter="forced",
             cache_dir=cache_dir,
+            **label_args,
         ),
         log=log,
         on_step=lambda step, rec: (
@@ -273,73 +311,54 @@ def _export(model: Path, out: Path) -> Path:
     return out
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-#: the three models of the report, as its tables name them
-NAMES = {
-    "teacher": "teacher base (torch fp32)",
-    "untrained": "tiny.en untrained (ONNX int8)",
-    "distilled": "tiny.en distilled (ONNX int8)",
-}
-
-
-def _wer_rows(scores: dict) -> tuple[list[str], list[str], list[str]]:
-    """Markdown rows: WER by test set (with the unseen average), and unseen speech by engine."""
-    rows = [
-        f"| {NAMES[m]} | "
-        + " | ".join(_pct(scores[m][s]["wer"]) for s in TEST_SPLITS)
-        + f" | {_pct(sum(scores[m][s]['wer'] for s in TEST_SPLITS[1:]) / 2)} |"
-        for m in NAMES
-    ]
-    engines = sorted({e for m in NAMES for e in scores[m]["test_unseen_speech"]["by_engine"]})
-    eng_rows = [
-        f"| {NAMES[m]} | "
-        + " | ".join(_pct(scores[m]["test_unseen_speech"]["by_engine"].get(e, {}).get("wer")) for e in engines)
-        + " |"
-        for m in NAMES
-    ]
-    return rows, engines, eng_rows
-
-
-def _report_lines(opts, corpus, info, summary, scores, head: Headline, bench_md: str, timings) -> list[str]:
-    counts = {s: len(manifest_rows(corpus[s])) for s in TEST_SPLITS}
-    rows, engines, eng_rows = _wer_rows(scores)
+def _report_lines(opts, corpus, info, summary, head: Headline, bench_md: str, timings) -> list[str]:
     sel = head.selected
+    spec = opts.corpus
+    voices = ", ".join(spec.train_voices) or "every training voice"
+    labels = (
+        "the teacher's greedy transcripts (no reference read for training), kept where its mean token "
+        f"log-probability is at least {MIN_AVG_LOGPROB} and the transcript is no repetition loop"
+        if opts.labels == "pseudo"
+        else "the corpus's transcripts, clips the teacher misses by more than 30% along them dropped"
+    )
     return [
         "# mkdeploy demo report",
+        "",
+        f"{head.version} · {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC · {head.minutes:.1f} min",
         "",
         f"Teacher: Whisper base ({info['parameters']['teacher'] / 1e6:.1f}M params) · student: tiny.en "
         f"({info['parameters']['student'] / 1e6:.1f}M) · recipe {opts.recipe}, {opts.steps} steps of {opts.batch_size} "
         f"clips · trainable {head.trainable_pct:.2f}% of the teacher · {info['data']['kept']} training clips kept "
-        f"({info['data']['dropped']} dropped by the teacher-WER filter).",
+        f"({info['data']['dropped']} dropped by the label filter).",
         "",
-        "Training speech: Debian fortunes spoken by Piper, flite and festival voices, augmented (tempo, pitch, "
-        "reverb, telephone band, hum, coloured noise at 0-30 dB). Labels: the corpus's transcripts "
-        f"(cross-entropy) and the teacher's distributions along them (KD, τ = {info['recipe']['tau_kd']:g}); LoRA on "
+        f"Training speech: plain Debian fortunes ({spec.sentences_per_clip[0]}-{spec.sentences_per_clip[1]} per clip) "
+        f"spoken by {voices}, augmented (tempo, pitch, reverb, telephone band, hum; coloured noise at "
+        f"{spec.augment.snr_db[0]:g}-{spec.augment.snr_db[1]:g} dB SNR on {100 * spec.augment.p_noise:.0f}% of clips): the voices and "
+        "noise band benchmarks/results/corpus_calibration.md kept. "
+        f"Labels: {labels}; KD on the teacher's distributions along them (τ = {info['recipe']['tau_kd']:g}); LoRA on "
         + (
             f"the decoder and the top {n} encoder layers. "
             if (n := info["recipe"]["encoder_lora_layers"])
             else "the decoder, the encoder frozen. "
         )
         + "No test clip, text or voice chooses anything: "
-        f"the checkpoint and merge scale are chosen on the {len(manifest_rows(corpus['dev']))}-clip dev split.",
+        f"the checkpoint is chosen on the {len(manifest_rows(corpus['dev']))}-clip dev split (with references).",
+        "",
+        f"Decoding, the same for every model: {head.decoding}.",
         "",
         "## Word error rate on speech never trained on",
         "",
-        "| model | " + " | ".join(f"{TITLES[s]} ({counts[s]} clips)" for s in TEST_SPLITS) + " | unseen average |",
-        "|---|" + "--:|" * (len(TEST_SPLITS) + 1),
-        *rows,
+        *wer_table(head),
         "",
-        "- in-domain: new fortunes, the training engines and voices; unseen text: the project's everyday "
-        "sentences; unseen speech: espeak-ng voices (never trained on) and ALSA's recorded human voice.",
+        "What the intervals support:",
         "",
-        "Unseen speech by engine:",
+        *verdicts(head),
         "",
-        "| model | " + " | ".join(engines) + " |",
-        "|---|" + "--:|" * len(engines),
-        *eng_rows,
+        "- in-domain: new fortunes, the training voices; unseen text: the project's everyday sentences (all 73 "
+        "of them: that set cannot be larger); unseen speech: espeak-ng voices (never trained on) and ALSA's "
+        "recorded human voice.",
+        "- int8 is ONNX Runtime's dynamic quantisation, whose kernels differ by CPU instruction set: compare "
+        "int8 figures within one machine (this report's CPU is in bench/bench.json).",
         "",
         "## What was merged",
         "",
@@ -347,13 +366,17 @@ def _report_lines(opts, corpus, info, summary, scores, head: Headline, bench_md:
         f"- dev WER during training: {_pct(summary.get('wer_before'))} at step 0 → {_pct(summary.get('wer_after'))} "
         "at the last step (full table in run/eval.jsonl)",
         "",
-        "## Latency (batch 1, greedy, CPU)",
+        "## Latency (batch 1, greedy, CPU; speed-up against the teacher in ONNX int8)",
         "",
         bench_md,
         "",
         "## Stage times (s)",
         "",
         *[f"- {k}: {v}" for k, v in timings.items()],
-        f"- total: {head.wall_s:.0f}",
+        f"- total: {60 * head.minutes:.0f}",
         "",
     ]
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"

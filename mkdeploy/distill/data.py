@@ -62,6 +62,15 @@ class ForcedPass:
     logits: torch.Tensor
     text: str
 
+    def avg_logprob(self) -> float:
+        """The teacher's mean log-probability of the sequence's text tokens and end-of-text: Whisper's
+        ``avg_logprob`` of a greedy transcript when the sequence is the teacher's own transcript (openai/whisper
+        falls back below -1.0)."""
+        labels = torch.tensor(self.seq.labels, device=self.logits.device)
+        keep = labels != -100
+        logp = torch.log_softmax(self.logits.float()[keep], dim=-1)
+        return float(logp.gather(1, labels[keep][:, None]).mean())
+
 
 @dataclass
 class Sample:
@@ -114,6 +123,7 @@ def pseudo_label_and_cache(
     seed: int = 0,
     labeller: Labeller | None = None,
     teacher_filter: str = "generated",
+    min_avg_logprob: float | None = None,
 ) -> tuple[list[Sample], dict]:
     """Label the rows with the teacher where needed, cache its outputs, and pair positions.
 
@@ -124,6 +134,8 @@ def pseudo_label_and_cache(
         wer_threshold: drop rows whose reference the teacher's transcript misses by more than this WER.
         teacher_filter: "generated" (its transcript) or "forced" (its argmax along the reference), see
             :meth:`TeacherPass.compute`.
+        min_avg_logprob: the reference-free filter of a corpus without transcripts: drop rows labelled by the
+            teacher whose transcript it gives a mean token log-probability below this (Whisper's -1.0).
         timestamp_prob: share of clips taught in timestamp mode (:func:`timestamp_mode`); the cache does
             not depend on it.
         run_dir: the run directory; outputs go to run_dir/data (reused when the fingerprint matches).
@@ -138,7 +150,7 @@ def pseudo_label_and_cache(
     )
     if teacher_filter not in ("generated", "forced"):
         raise DataError(f"teacher_filter {teacher_filter!r}: use 'generated' or 'forced'")
-    fp = tp.fingerprint(rows, pseudo_label, wer_threshold, teacher_filter)
+    fp = tp.fingerprint(rows, pseudo_label, wer_threshold, teacher_filter, min_avg_logprob)
     done = tp.read_log(fp)
     todo = [r for r in rows if r.id not in done]
 
@@ -157,6 +169,7 @@ def pseudo_label_and_cache(
         seed,
         batch_size,
         teacher_filter,
+        min_avg_logprob,
     )
 
     def here(todo: list[Utterance], spec: TeacherPassSpec) -> Iterator[tuple[dict, dict | None]]:
@@ -195,6 +208,7 @@ class TeacherPassSpec:
     seed: int = 0
     batch_size: int = 8
     teacher_filter: str = "generated"
+    min_avg_logprob: float | None = None
 
     def open(self) -> TeacherPass:
         """Load the teacher and the student's tokenizer and prompt; the pass writes nowhere (run_dir None)."""
@@ -220,6 +234,7 @@ class TeacherPassSpec:
             self.wer_threshold,
             lambda r: timestamp_mode(r.id, self.timestamp_prob, self.seed),
             self.teacher_filter,
+            self.min_avg_logprob,
         )
 
 
@@ -267,11 +282,17 @@ class TeacherPass:
         )
 
     def fingerprint(
-        self, rows: list[Utterance], pseudo_label: str, wer_threshold: float | None, teacher_filter: str = "generated"
+        self,
+        rows: list[Utterance],
+        pseudo_label: str,
+        wer_threshold: float | None,
+        teacher_filter: str = "generated",
+        min_avg_logprob: float | None = None,
     ) -> str:
         """What the labels and cache depend on: a changed input starts them afresh."""
         return _fingerprint(
             *([teacher_filter] if teacher_filter != "generated" else []),  # earlier runs' prints stay valid
+            *([min_avg_logprob] if min_avg_logprob is not None else []),
             [_resolved(r.audio) for r in rows],
             [r.text for r in rows],
             self.needs.key(),
@@ -309,6 +330,7 @@ class TeacherPass:
         wer_threshold: float | None,
         timed: Callable[[Utterance], bool] = lambda r: False,
         teacher_filter: str = "generated",
+        min_avg_logprob: float | None = None,
     ) -> list[tuple[dict, dict[str, torch.Tensor] | None]]:
         """The records and cached outputs of ``batch``, written nowhere: :meth:`store` writes them, in the
         process that owns the run directory (a Ray actor returns them to it). One encoder pass serves the transcript (when one is
@@ -319,6 +341,9 @@ class TeacherPass:
         argmax at each reference position given the reference before it, from the decoder pass the
         cache needs anyway (no ``generate``: a third of the pass's time on base, 2 CPU cores). Forced
         is the teacher's accuracy along the very sequence whose distributions it hands over.
+
+        ``min_avg_logprob``: rows whose training text is the teacher's own transcript are dropped when the
+        teacher's mean log-probability along it is below this: read from the same decoder pass.
 
         Returns:
             per row, its label record and the teacher outputs to cache (None for a dropped row).
@@ -345,6 +370,13 @@ class TeacherPass:
                 rec = _judge(r, fp, teacher_text[k], pseudo_label, wer_threshold)
                 if dec is not None:
                     rec["filter"] = "forced"
+                labelled = pseudo_label == "all" or r.text is None
+                if min_avg_logprob is not None and labelled and "dropped" not in rec:
+                    # a pseudo-label: the teacher's confidence in it, from the pass the cache needs anyway
+                    dec = self._forced(force(self.tok_t, self.prompt_t, rec["text"]), enc, k)
+                    rec["avg_logprob"] = round(dec.avg_logprob(), 4)
+                    if rec["avg_logprob"] < min_avg_logprob:
+                        rec["dropped"] = f"teacher avg log-prob {rec['avg_logprob']:.2f} < {min_avg_logprob}"
                 payload = None
                 if "dropped" not in rec:
                     payload, fields = self._outputs(r, rec["text"], enc, k, len(audio), fp, dec)

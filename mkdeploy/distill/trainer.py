@@ -82,6 +82,8 @@ class TrainArgs:
     wer_threshold: float | None = None
     # how --wer-threshold reads the teacher: "generated" transcripts or "forced" along the reference
     teacher_filter: str = "generated"
+    # the reference-free filter of pseudo-labels: the teacher's mean token log-probability (None: off)
+    min_avg_logprob: float | None = None
     eval_limit: int | None = None
     cache_dir: Path | None = None  # where pseudo-labels and teacher outputs go (default: the run directory)
     labeller: Labeller | None = None  # the teacher's pass elsewhere (Ray actors); None: in this process
@@ -315,6 +317,7 @@ class Trainer:
                 seed=cfg.seed,
                 labeller=args.labeller,
                 teacher_filter=args.teacher_filter,
+                min_avg_logprob=args.min_avg_logprob,
             )
         teacher.to("cpu")
         self.log(

@@ -45,7 +45,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     try:
         import ray
     except ImportError:
-        raise MkdError("Ray jobs need the [ray] extra: pip install 'mkdeploy[ray]'") from None
+        raise MkdError("Ray jobs need the mkdeploy[ray] extra (ray is missing): pip install 'mkdeploy[ray]'") from None
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}

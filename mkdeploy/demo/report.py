@@ -1,0 +1,156 @@
+"""The demo's figures: headline.json (a schema a script can check) and REPORT.md (what a reader checks).
+
+Six scored configurations: teacher, untrained and distilled student, each in PyTorch fp32 (the model's
+quality) and ONNX int8 (what ships), with one decoding configuration for all (:data:`DECODING`). Every
+difference called a gain carries a paired-bootstrap 95% interval over the test clips (:mod:`mkdeploy.stats`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from mkdeploy.stats import gap_closed, paired_bootstrap
+
+#: the test sets by their headline names
+SETS = {"test_in_domain": "in_domain", "test_unseen_text": "unseen_text", "test_unseen_speech": "unseen_speech"}
+TITLES = {"test_in_domain": "in-domain", "test_unseen_text": "unseen text", "test_unseen_speech": "unseen speech"}
+MODELS = ("teacher", "untrained", "distilled")
+ENGINES = ("fp32", "int8")
+#: how every model is decoded for the report (the transcriber's defaults, written out)
+DECODING = (
+    "greedy, batch 8, 30 s windows, no timestamps, the no-speech gate on, temperature fallback off; "
+    "WER on Whisper's English normaliser"
+)
+
+
+@dataclass
+class SetFigures:
+    """One test set's WERs (fractions) and intervals (``[lo, hi]``, fractions)."""
+
+    teacher_fp32: float
+    untrained_fp32: float
+    distilled_fp32: float
+    teacher_int8: float
+    untrained_int8: float
+    distilled_int8: float
+    ci95_distilled_minus_untrained_fp32: list[float]
+    ci95_distilled_minus_untrained_int8: list[float]
+    ci95_distilled_minus_teacher_fp32: list[float]
+    #: share of the teacher gap (fp32) the distilled student closes; None without a gap
+    gap_closed_fp32: float | None
+    ref_words: int
+    clips: int
+    by_engine_fp32: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def set_figures(scores: dict[str, dict]) -> SetFigures:
+    """``scores``: by configuration (``teacher_fp32``, ...), the score dict of one test set (with its
+    per-clip ``word_errors`` and ``ref_words``)."""
+
+    def ci(a: str, b: str) -> list[float]:
+        d = paired_bootstrap(scores[a]["word_errors"], scores[b]["word_errors"], scores[a]["ref_words"])
+        return [round(d.lo, 6), round(d.hi, 6)]
+
+    wer = {k: v["wer"] for k, v in scores.items()}
+    engines = sorted({e for m in MODELS for e in scores[f"{m}_fp32"].get("by_engine", {})})
+    return SetFigures(
+        **{f"{m}_{e}": wer[f"{m}_{e}"] for m in MODELS for e in ENGINES},
+        ci95_distilled_minus_untrained_fp32=ci("distilled_fp32", "untrained_fp32"),
+        ci95_distilled_minus_untrained_int8=ci("distilled_int8", "untrained_int8"),
+        ci95_distilled_minus_teacher_fp32=ci("distilled_fp32", "teacher_fp32"),
+        gap_closed_fp32=gap_closed(wer["teacher_fp32"], wer["untrained_fp32"], wer["distilled_fp32"]),
+        ref_words=int(sum(scores["teacher_fp32"]["ref_words"])),
+        clips=len(scores["teacher_fp32"]["ref_words"]),
+        by_engine_fp32={
+            e: {m: scores[f"{m}_fp32"]["by_engine"].get(e, {}).get("wer") for m in MODELS} for e in engines
+        },
+    )
+
+
+@dataclass
+class Headline:
+    """headline.json: per test set (:class:`SetFigures`) and, at the top level, what ran and how fast."""
+
+    in_domain: SetFigures
+    unseen_text: SetFigures
+    unseen_speech: SetFigures
+    minutes: float
+    commit: str | None
+    version: str
+    #: batch-1 median latency per clip, by the bench's model names
+    latency_p50_ms: dict[str, float]
+    selected: dict
+    trainable_pct: float
+    labels: str
+    decoding: str = DECODING
+    report: str = ""
+
+    def sets(self) -> dict[str, SetFigures]:
+        return {split: getattr(self, name) for split, name in SETS.items()}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _pts(ci: list[float]) -> str:
+    return f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
+
+
+def wer_table(head: Headline) -> list[str]:
+    """WER by test set: six rows (model × engine), then the differences with their intervals."""
+    sets = head.sets()
+    lines = [
+        "| model | engine | "
+        + " | ".join(f"{TITLES[s]} ({f.clips} clips, {f.ref_words} words)" for s, f in sets.items())
+        + " |",
+        "|---|---|" + "--:|" * len(sets),
+    ]
+    names = {"teacher": "teacher base", "untrained": "tiny.en untrained", "distilled": "tiny.en distilled"}
+    for e, engine in (("fp32", "PyTorch fp32"), ("int8", "ONNX int8")):
+        for m in MODELS:
+            cells = [_pct(getattr(f, f"{m}_{e}")) for f in sets.values()]
+            if m == "distilled":
+                cells = [f"**{c}**" for c in cells]
+            lines.append(f"| {names[m]} | {engine} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Differences in WER points, paired bootstrap 95% interval over the clips (negative: the first is better):",
+        "",
+        "| difference | " + " | ".join(TITLES[s] for s in sets) + " |",
+        "|---|" + "--:|" * len(sets),
+    ]
+    for label, key, a, b in (
+        ("distilled − untrained, fp32", "ci95_distilled_minus_untrained_fp32", "distilled_fp32", "untrained_fp32"),
+        ("distilled − untrained, int8", "ci95_distilled_minus_untrained_int8", "distilled_int8", "untrained_int8"),
+        ("distilled − teacher, fp32", "ci95_distilled_minus_teacher_fp32", "distilled_fp32", "teacher_fp32"),
+    ):
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{100 * (getattr(f, a) - getattr(f, b)):+.2f} {_pts(getattr(f, key))}" for f in sets.values())
+            + " |"
+        )
+    lines.append(
+        "| share of the teacher gap closed, fp32 | "
+        + " | ".join("n/a" if f.gap_closed_fp32 is None else f"{100 * f.gap_closed_fp32:.0f}%" for f in sets.values())
+        + " |"
+    )
+    return lines
+
+
+def verdicts(head: Headline) -> list[str]:
+    """What the intervals support, one line per test set (the README states only these)."""
+    out = []
+    for split, f in head.sets().items():
+        lo, hi = f.ci95_distilled_minus_untrained_fp32
+        if hi < 0:
+            what = "distillation lowers fp32 WER (interval below 0)"
+        elif lo > 0:
+            what = "distillation raises fp32 WER (interval above 0)"
+        else:
+            what = "no fp32 difference resolvable (interval spans 0)"
+        out.append(f"- {TITLES[split]}: {what}; upper bound {100 * hi:+.2f} points.")
+    return out
