@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -660,12 +659,3 @@ def _segment_frames(model, window_s: int):
         yield
     finally:
         config.max_source_positions = full
-
-
-def timed_transcribe(
-    transcriber: WhisperTranscriber, audio: np.ndarray, options: TranscriptionOptions
-) -> tuple[Transcription, float]:
-    """Transcribe one clip and return it with its wall time in seconds."""
-    t0 = time.perf_counter()
-    result = transcriber.transcribe_arrays([audio], options)[0]
-    return result, time.perf_counter() - t0

@@ -68,7 +68,7 @@ class ProjectionHead(nn.Module):
 
 
 class ProjectionHeads(nn.Module):
-    """One head per aligned student layer, keyed "enc.i" / "dec.i", and the teacher isometry."""
+    """One head per aligned student layer, keyed "enc_{i}" / "dec_{i}", and the teacher isometry."""
 
     def __init__(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mkdeploy.errors import MkdError, ModelError
@@ -160,7 +159,3 @@ def count_parameters(module, trainable_only: bool = False) -> int:
         seen.add(id(p))
         total += p.numel()
     return total
-
-
-def save_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -146,7 +146,9 @@ def verdicts(head: Headline) -> list[str]:
     out = []
     for split, f in head.sets().items():
         lo, hi = f.ci95_distilled_minus_untrained_fp32
-        if hi < 0:
+        if f.distilled_fp32 == f.untrained_fp32 and lo == hi == 0:
+            what = "the distilled student transcribes every clip as the untrained one (nothing was merged)"
+        elif hi < 0:
             what = "distillation lowers fp32 WER (interval below 0)"
         elif lo > 0:
             what = "distillation raises fp32 WER (interval above 0)"

@@ -55,7 +55,7 @@ class LogitKDLoss(nn.Module):
     caller passes logits restricted to the shared vocabulary: the softmax then renormalises over it.
     """
 
-    def __init__(self, tau: float = 2.0):
+    def __init__(self, tau: float = 1.0):
         super().__init__()
         self.tau = tau
 

@@ -46,6 +46,7 @@ from mkdeploy.distill.select import Candidate, Selection, best, choose, interpol
 from mkdeploy.distill.tokens import shared_vocab
 from mkdeploy.errors import MkdError, ModelError, OutputExistsError
 from mkdeploy.evaluate import error_rates, wer_by_group
+from mkdeploy.fsutil import atomic_write_text
 from mkdeploy.models.heads import ProjectionHeads, layer_map
 from mkdeploy.models.student import (
     apply_lora,
@@ -167,7 +168,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             run.mkdir(parents=True, exist_ok=True)
-            (run / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            atomic_write_text(run / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         self.acc.wait_for_everyone()
         return config
 
@@ -357,7 +358,7 @@ class Trainer:
             "data": self.stats,
             "world_size": self.acc.num_processes,
         }
-        (self.run / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+        atomic_write_text(self.run / "run.json", json.dumps(info, indent=2) + "\n")
 
     def _label_progress(self, total: int) -> Callable[[int], None]:
         """Log teacher pseudo-labelling progress every ~10% (it is the longest stage before training)."""
@@ -751,9 +752,10 @@ class Trainer:
         }
         if interrupted:
             if self.acc.is_main_process and first_wer is not None:
-                (self.run / "summary.json").write_text(
+                atomic_write_text(
+                    self.run / "summary.json",
                     json.dumps({"wer_before": first_wer, "interrupted": True, "wer_by_bucket_before": first_buckets})
-                    + "\n"
+                    + "\n",
                 )
             return summary
         return self._finish(summary, first_wer, first_buckets)
@@ -812,7 +814,7 @@ class Trainer:
             for key in ("wer_before", "wer_by_bucket_before"):
                 if summary.get(key) is None and prev.get(key) is not None:
                     summary[key] = prev[key]
-            (self.run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(self.run / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _recorded_candidates(self) -> list[Candidate]:

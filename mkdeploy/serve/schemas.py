@@ -10,7 +10,6 @@ from pydantic import BaseModel
 
 from mkdeploy.results import Transcription
 
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
 
 
