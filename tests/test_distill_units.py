@@ -173,28 +173,36 @@ def test_teacher_cache_fingerprint_is_the_same_for_relative_and_absolute_paths(
     assert fingerprint(tiny_multilingual_teacher, clip) != fingerprint(tiny_model_dir, clip)
 
 
+def _logits_teacher_pass(student_dir, teacher_dir, run_dir):
+    """A TeacherPass caching the logits only, with the teacher and its processor."""
+    from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
+
+    from mkdeploy.distill.data import TeacherNeeds, TeacherPass
+
+    s_proc = AutoProcessor.from_pretrained(student_dir)
+    teacher = WhisperForConditionalGeneration.from_pretrained(teacher_dir).eval()
+    t_proc = AutoProcessor.from_pretrained(teacher_dir)
+    tp = TeacherPass(
+        teacher, t_proc, s_proc, GenerationConfig.from_pretrained(student_dir),
+        shared_vocab(s_proc.tokenizer, t_proc.tokenizer), TeacherNeeds([], [], True), run_dir, "en",
+    )  # fmt: skip
+    return tp, teacher, t_proc
+
+
 def test_forced_filter_reads_the_teacher_along_the_reference_without_generate(
     tiny_model_dir, tiny_multilingual_teacher, speech_manifest, tmp_path
 ):
     """teacher_filter="forced": no generate call; the scored text is the teacher's argmax at each reference
     position given the reference before it (checked against a full forward pass); the cached logits are
     the ones the generated filter caches; the threshold drops on that text's WER."""
-    from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
 
     from mkdeploy.audio import load_audio
     from mkdeploy.data import load_manifest
-    from mkdeploy.distill.data import TeacherNeeds, TeacherPass
     from mkdeploy.distill.tokens import force, prompt_ids
     from mkdeploy.evaluate import error_rates
 
-    s_proc = AutoProcessor.from_pretrained(tiny_model_dir)
-    teacher = WhisperForConditionalGeneration.from_pretrained(tiny_multilingual_teacher).eval()
-    t_proc = AutoProcessor.from_pretrained(tiny_multilingual_teacher)
+    tp, teacher, t_proc = _logits_teacher_pass(tiny_model_dir, tiny_multilingual_teacher, tmp_path / "run")
     rows = load_manifest(speech_manifest)[:3]
-    tp = TeacherPass(
-        teacher, t_proc, s_proc, GenerationConfig.from_pretrained(tiny_model_dir),
-        shared_vocab(s_proc.tokenizer, t_proc.tokenizer), TeacherNeeds([], [], True), tmp_path / "run", "en",
-    )  # fmt: skip
     generated = tp.compute(rows, "fp", "missing", 10.0)
     real_generate = teacher.generate
     teacher.generate = lambda *a, **k: (_ for _ in ()).throw(AssertionError("generate called"))
@@ -242,21 +250,13 @@ def test_pseudo_labels_are_filtered_by_the_teachers_confidence_without_a_referen
     """pseudo_label="all" with min_avg_logprob: each row's record carries the teacher's mean token
     log-probability along its own transcript (equal to a full forward pass's), and exactly the rows below
     the threshold are dropped; the references are never read for the decision."""
-    from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
 
     from mkdeploy.audio import load_audio
     from mkdeploy.data import load_manifest
-    from mkdeploy.distill.data import TeacherNeeds, TeacherPass
     from mkdeploy.distill.tokens import force, prompt_ids
 
-    s_proc = AutoProcessor.from_pretrained(tiny_model_dir)
-    teacher = WhisperForConditionalGeneration.from_pretrained(tiny_multilingual_teacher).eval()
-    t_proc = AutoProcessor.from_pretrained(tiny_multilingual_teacher)
+    tp, teacher, t_proc = _logits_teacher_pass(tiny_model_dir, tiny_multilingual_teacher, tmp_path / "run")
     rows = load_manifest(speech_manifest)[:4]
-    tp = TeacherPass(
-        teacher, t_proc, s_proc, GenerationConfig.from_pretrained(tiny_model_dir),
-        shared_vocab(s_proc.tokenizer, t_proc.tokenizer), TeacherNeeds([], [], True), tmp_path / "run", "en",
-    )  # fmt: skip
     scored = [rec for rec, _ in tp.compute(rows, "fp", "all", None, min_avg_logprob=-1e9)]
     prompt = prompt_ids(t_proc.tokenizer, teacher.generation_config, "en")
     for r, rec in zip(rows, scored):
