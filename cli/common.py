@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from mkdeploy.errors import MkdError
+from mkdeploy.errors import MissingExtraError, MkdError
 
 # markup=False: what we print holds brackets ("mkdeploy[serve]", "[default: x]", paths); rich would read
 # them as markup tags and drop them (../shared/DESIGN.md §8). Styles go through `style=` / `error_line`.
@@ -78,10 +78,7 @@ def needs_extra(extra: str, what: str) -> Iterator[None]:
     try:
         yield
     except ImportError as exc:
-        missing = exc.name or str(exc)
-        raise MkdError(
-            f"{what} needs the mkdeploy[{extra}] extra ({missing} is missing): pip install 'mkdeploy[{extra}]'"
-        ) from None
+        raise MissingExtraError(extra, what, exc.name or str(exc)) from None
 
 
 def exit_on_failures(failures) -> None:

@@ -19,3 +19,13 @@ class DataError(MkdError):
 
 class OutputExistsError(MkdError):
     """An output that exists and would be overwritten without --force."""
+
+
+class MissingExtraError(MkdError):
+    """An optional dependency is not installed: the message names the extra that installs it, literally
+    (``mkdeploy[serve]``), so the suggested command fixes it."""
+
+    def __init__(self, extra: str, what: str, missing: str, hint: str = ""):
+        super().__init__(
+            f"{what} needs the mkdeploy[{extra}] extra ({missing} is missing): pip install 'mkdeploy[{extra}]'" + hint
+        )

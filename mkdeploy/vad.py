@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 
 from mkdeploy.audio import SAMPLE_RATE
-from mkdeploy.errors import MkdError
+from mkdeploy.errors import MissingExtraError
 
 #: Silero's speech-probability threshold (its default).
 VAD_THRESHOLD = 0.5
@@ -32,9 +32,7 @@ def _model():
         # optional heavy dependency: only the VAD needs it (pip install 'mkdeploy[serve]')
         from silero_vad import load_silero_vad  # optional [serve] extra
     except ImportError:
-        raise MkdError(
-            "the VAD needs the mkdeploy[serve] extra (silero-vad is missing): pip install 'mkdeploy[serve]' (or drop --vad)"
-        ) from None
+        raise MissingExtraError("serve", "the VAD", "silero-vad", " (or drop --vad)") from None
     return load_silero_vad(onnx=True)
 
 

@@ -48,8 +48,8 @@ def git_commit() -> str | None:
 
 def version_string() -> str:
     """``mkdeploy 0.1.0`` or ``mkdeploy 0.1.0 (commit abc1234)``: what ``mkd --version`` prints."""
-    commit = git_commit()
-    return f"mkdeploy {package_version()}" + (f" (commit {commit})" if commit else "")
+    info = version_info()
+    return f"mkdeploy {info['mkdeploy']}" + (f" (commit {info['commit']})" if info["commit"] else "")
 
 
 def version_info() -> dict[str, str | None]:

@@ -21,20 +21,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_SETUP = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")
+#: import name -> source folder, as setup.py maps them
+ROOTS: dict[str, str] = _SETUP["ROOTS"]
+
+
 def _discovered() -> list[str]:
-    return runpy.run_path(str(ROOT / "setup.py"), run_name="setup")["discover"]()
+    return _SETUP["discover"]()
 
 
 def _tree_packages() -> set[str]:
     """Every folder with an __init__.py under the four source folders, by its import name."""
     names = set()
-    roots = {
-        "mkdeploy": "mkdeploy",
-        "mkdeploy.cli": "cli",
-        "mkdeploy.models": "models",
-        "mkdeploy.exporters": "exporters",
-    }
-    for name, folder in roots.items():
+    for name, folder in ROOTS.items():
         for init in (ROOT / folder).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT / folder)
             names.add(".".join([name, *rel.parts]))
@@ -59,14 +58,9 @@ def _build(kind: str, out: Path) -> Path:
 
 def _source_files() -> dict[str, str]:
     """Every module and package-data file of the checkout, by its path inside the installed package."""
-    mapping = {
-        "mkdeploy": "mkdeploy",
-        "cli": "mkdeploy/cli",
-        "models": "mkdeploy/models",
-        "exporters": "mkdeploy/exporters",
-    }
     files = {}
-    for folder, target in mapping.items():
+    for name, folder in ROOTS.items():
+        target = name.replace(".", "/")
         for p in (ROOT / folder).rglob("*"):
             if p.is_file() and "__pycache__" not in p.parts and (p.suffix == ".py" or "assets" in p.parts):
                 files[f"{target}/{p.relative_to(ROOT / folder).as_posix()}"] = folder

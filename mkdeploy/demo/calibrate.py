@@ -76,7 +76,7 @@ class Decision:
     reason: str
 
 
-def _pool(name: str, cells: list[ConditionScore]) -> tuple[int, int, float, float]:
+def _pool(cells: list[ConditionScore]) -> tuple[int, int, float, float]:
     words = sum(c.ref_words for c in cells)
     teacher = sum(c.teacher_errors for c in cells) / max(words, 1)
     student = sum(c.student_errors for c in cells) / max(words, 1)
@@ -104,7 +104,7 @@ def decide(
         groups.setdefault(group(c), []).append(c)
     out = []
     for name, members in sorted(groups.items()):
-        clips, words, teacher, student = _pool(name, members)
+        clips, words, teacher, student = _pool(members)
         if teacher > max_teacher_wer:
             keep, reason = False, f"teacher WER {100 * teacher:.1f}% > {100 * max_teacher_wer:.0f}%"
         elif student < min_ratio * teacher or student <= teacher:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mkdeploy.distributed.config import FORWARDED_ENV, RayConfig
-from mkdeploy.errors import MkdError
+from mkdeploy.errors import MissingExtraError, MkdError
 
 
 @dataclass
@@ -45,7 +45,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     try:
         import ray
     except ImportError:
-        raise MkdError("Ray jobs need the mkdeploy[ray] extra (ray is missing): pip install 'mkdeploy[ray]'") from None
+        raise MissingExtraError("ray", "Ray jobs", "ray") from None
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
