@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
+from mkdeploy.distill.checkpoints import latest_checkpoint
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.losses import RetentionLoss
 from mkdeploy.distill.merge import merge_run
 from mkdeploy.distill.select import Candidate, Selection, best, interpolate_state, set_lora_scale
-from mkdeploy.distill.trainer import TrainArgs, latest_checkpoint, train
+from mkdeploy.distill.trainer import TrainArgs, train
 from mkdeploy.errors import MkdError
 
 

@@ -17,9 +17,10 @@ import torch
 from typer.testing import CliRunner
 
 from mkdeploy.cli.main import app
+from mkdeploy.distill.checkpoints import latest_checkpoint
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.merge import merge_run
-from mkdeploy.distill.trainer import TrainArgs, latest_checkpoint, train
+from mkdeploy.distill.trainer import TrainArgs, train
 from mkdeploy.errors import MkdError, OutputExistsError
 
 FAST = dict(batch_size=2, save_every=2, eval_every=0, warmup_steps=1, max_trainable=0.05, eval_max_new_tokens=8)
@@ -387,23 +388,24 @@ def test_frozen_encoder_states_are_cached_and_give_the_same_losses(
         tmp_path / "frozen",
         cfg={"max_steps": 1, "lora_dropout": 0.0},
     )
-    t = Trainer(args, log=lambda _: None)
-    t.build()
-    assert t.frozen_encoder and not t.enc_pairs and t.dec_pairs
-    t.module.eval()
+    s = Trainer(args, log=lambda _: None).state
+    assert s.frozen_encoder and not s.objective.enc_pairs and s.objective.dec_pairs
+    s.module.eval()
     idx = [0, 1]
-    cached = t.make_batch(idx)
-    assert cached["encoded"] is not None and cached["features"] is None and set(t._encoded) == set(idx)
-    first = t._encoded[0]
-    t.make_batch([1, 0])
-    assert t._encoded[0] is first  # computed once
-    t.frozen_encoder = False
-    fresh = t.make_batch(idx)
-    assert fresh["encoded"] is None and fresh["features"] is not None
+    cached = s.sampler.make(idx)
+    memo = s.sampler.encoder_states
+    assert cached.encoded is not None and cached.features is None and set(memo.states) == set(idx)
+    first = memo.states[0]
+    s.sampler.make([1, 0])
+    assert memo.states[0] is first  # computed once
+    s.sampler.encoder_states = None
+    fresh = s.sampler.make(idx)
+    assert fresh.encoded is None and fresh.features is not None
+    inner = s.module  # one process: the accelerator leaves it unwrapped
     torch.manual_seed(0)
-    a = t.compute_losses(cached)
+    a = s.objective.compute(s.module, inner, cached, "cpu")
     torch.manual_seed(0)
-    b = t.compute_losses(fresh)
+    b = s.objective.compute(s.module, inner, fresh, "cpu")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
@@ -413,6 +415,5 @@ def test_frozen_encoder_states_are_cached_and_give_the_same_losses(
             tiny_multilingual_teacher, tiny_model_dir, speech_manifest, tmp_path / "enc", cfg={"encoder_lora_layers": 1}
         ),
         lambda _: None,
-    )
-    trains.build()
+    ).state
     assert not trains.frozen_encoder  # encoder LoRA trains the encoder: nothing to cache

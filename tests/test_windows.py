@@ -406,23 +406,22 @@ def test_corpus_joins_sentences_per_clip():
 def test_bucketed_batches_come_from_one_bucket():
     from types import SimpleNamespace
 
-    from mkdeploy.distill.config import RecipeConfig
-    from mkdeploy.distill.trainer import Trainer
+    from mkdeploy.distill.batches import BatchSampler
 
-    t = Trainer.__new__(Trainer)
-    t.config = RecipeConfig(seed=3)
-    t.windows = WindowConfig(BUCKETS)
     seconds = [2.0] * 30 + [7.0] * 20 + [15.0] * 10
-    t.samples = [SimpleNamespace(audio=np.zeros(int(16000 * s), np.float32)) for s in seconds]
+    samples = [SimpleNamespace(audio=np.zeros(int(16000 * s), np.float32)) for s in seconds]
+    processor = SimpleNamespace(tokenizer=SimpleNamespace(convert_tokens_to_ids=lambda _: 0))
+    windows = WindowConfig(BUCKETS)
+    sampler = BatchSampler(samples, processor, seed=3, windows=windows)
     seen = set()
     for step in range(60):
-        idx = t.step_indices(step, 8)
-        assert len(idx) == 8 and len({t.windows.bucket_for(seconds[i]) for i in idx}) == 1
-        seen.add(t.windows.bucket_for(seconds[idx[0]]))
-        assert idx == t.step_indices(step, 8)  # a function of the step alone (resume, ranks)
+        idx = sampler.indices(step, 8)
+        assert len(idx) == 8 and len({windows.bucket_for(seconds[i]) for i in idx}) == 1
+        seen.add(windows.bucket_for(seconds[idx[0]]))
+        assert idx == sampler.indices(step, 8)  # a function of the step alone (resume, ranks)
     assert seen == {5, 10, 20}
-    t.windows = None  # without buckets: the seeded epoch permutation, as before
-    assert sorted(t.step_indices(0, 60)) == list(range(60))
+    # without buckets: the seeded epoch permutation, as before
+    assert sorted(BatchSampler(samples, processor, seed=3).indices(0, 60)) == list(range(60))
 
 
 def test_iobinding_sizes_short_window_outputs(windowed_export):

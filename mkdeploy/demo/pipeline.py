@@ -24,10 +24,11 @@ from mkdeploy.data import load_manifest
 from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec, build_corpus, demo_corpus, manifest_rows
 from mkdeploy.demo.report import Headline, set_figures, verdicts, wer_table
 from mkdeploy.demo.weights import import_package
+from mkdeploy.distill.checkpoints import latest_checkpoint
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.merge import merge_run
 from mkdeploy.distill.select import Selection
-from mkdeploy.distill.trainer import TrainArgs, latest_checkpoint, train
+from mkdeploy.distill.trainer import TrainArgs, train
 from mkdeploy.errors import MkdError
 from mkdeploy.evaluate import error_rates, wer_by_group
 from mkdeploy.exporters.onnx import ExportOptions, export_onnx

@@ -12,7 +12,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,6 +70,36 @@ class ForcedPass:
         keep = labels != -100
         logp = torch.log_softmax(self.logits.float()[keep], dim=-1)
         return float(logp.gather(1, labels[keep][:, None]).mean())
+
+
+@dataclass
+class TeacherOutputs:
+    """The teacher's cached outputs for one clip (one ``.pt`` file under the cache directory).
+
+    Attributes:
+        logits: [paired positions, shared vocabulary] at the student's paired positions (fp16).
+        encoder: teacher encoder layer j -> its states at the clip's valid frames [frames, d_teacher].
+        decoder: teacher decoder layer j -> its states at the paired positions [positions, d_teacher].
+    """
+
+    logits: torch.Tensor | None = None
+    encoder: dict[int, torch.Tensor] = field(default_factory=dict)
+    decoder: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def to_payload(self) -> dict[str, torch.Tensor]:
+        """The saved form: flat keys ``enc_{j}``, ``dec_{j}``, ``logits`` (what caches on disk hold)."""
+        out = {f"enc_{j}": v for j, v in self.encoder.items()} | {f"dec_{j}": v for j, v in self.decoder.items()}
+        return out | ({"logits": self.logits} if self.logits is not None else {})
+
+    @classmethod
+    def load(cls, path: Path, decoder_rows: bool = True) -> TeacherOutputs:
+        """Read a cache file. ``decoder_rows=False`` (a clip taught in timestamp mode pairs no decoder
+        position) keeps only the encoder states."""
+        d = torch.load(path, weights_only=True)
+        layers = {k: {int(n[4:]): v for n, v in d.items() if n.startswith(k)} for k in ("enc_", "dec_")}
+        if not decoder_rows:
+            return cls(None, layers["enc_"], {})
+        return cls(d.get("logits"), layers["enc_"], layers["dec_"])
 
 
 @dataclass
@@ -452,19 +482,19 @@ class TeacherPass:
         s_seq = force(self.tok_s, self.prompt_s, text)
         t_seq = forced.seq if forced is not None else force(self.tok_t, self.prompt_t, text)
         s_pos, t_pos = pair_positions(s_seq, t_seq)
-        payload = {}
+        out = TeacherOutputs()
         n_valid = valid_frames(n_samples)
         for j in self.needs.encoder_layers:
-            payload[f"enc_{j}"] = enc.hidden_states[j + 1][k, :n_valid].to(torch.float16).cpu()
+            out.encoder[j] = enc.hidden_states[j + 1][k, :n_valid].to(torch.float16).cpu()
         if self.needs.decoder_layers or self.needs.logits:
             teacher = forced or self._forced(t_seq, enc, k)
             tp = torch.tensor(t_pos, device=self.device)
             for j in self.needs.decoder_layers:
-                payload[f"dec_{j}"] = teacher.out.hidden_states[j + 1][0, tp].to(torch.float16).cpu()
+                out.decoder[j] = teacher.out.hidden_states[j + 1][0, tp].to(torch.float16).cpu()
             if self.needs.logits:
                 logits = teacher.logits[tp]
-                payload["logits"] = logits[:, self.shared.teacher_ids.to(self.device)].to(torch.float16).cpu()
-        return payload, {
+                out.logits = logits[:, self.shared.teacher_ids.to(self.device)].to(torch.float16).cpu()
+        return out.to_payload(), {
             "cache": f"{fp}_{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt",
             "student_pos": s_pos,
             "n_student": len(s_seq.input_ids) - len(self.prompt_s) + 1,

@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from mkdeploy.distill.select import Selection, interpolate_state, set_lora_scale
-from mkdeploy.distill.trainer import latest_checkpoint
+from mkdeploy.distill.checkpoints import CheckpointInfo, CheckpointStore
+from mkdeploy.distill.select import Selection
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.student import load_whisper
@@ -57,7 +56,7 @@ def _choose(
         return Path(checkpoint), 1.0 if alpha is None else alpha, "checkpoint given on the command line", None
     sel = Selection.load(run)
     if sel is None:
-        ck = latest_checkpoint(run)
+        ck = CheckpointStore(run).latest()
         return (
             ck,
             1.0 if alpha is None else alpha,
@@ -106,7 +105,7 @@ def merge_run(
     student_dir = Path(info["student"])
     model, processor = load_whisper(student_dir)
     model.eval()
-    step = json.loads((ck / "state.json").read_text())["step"] if ck else 0
+    step = CheckpointInfo.read(ck).step if ck else 0
     merged, before = _apply_checkpoint(model, ck, alpha)
     diff = _check_merged(merged, before, ck, atol)
     merged.config.mkdeploy_distilled = {
@@ -149,14 +148,6 @@ def _apply_checkpoint(model, ck: Path | None, alpha: float):
     """The student with ``alpha`` of the checkpoint's change applied, and its probe logits before merging."""
     if ck is None:  # the untrained student
         return model, _probe(model)
-    state = json.loads((ck / "state.json").read_text())
-    if state["train_mode"] == "lora":
-        from peft import PeftModel  # heavy; only LoRA runs need it
-
-        peft_model = PeftModel.from_pretrained(model, ck / "adapter").eval()
-        set_lora_scale(peft_model, alpha)
-        before = _probe(peft_model)
-        return peft_model.merge_and_unload(), before
-    start = {k: v.clone() for k, v in model.model.decoder.state_dict().items()}
-    model.model.decoder.load_state_dict(interpolate_state(start, load_file(ck / "decoder.safetensors"), alpha))
-    return model, _probe(model)
+    unmerged, fold = CheckpointStore.apply(model, ck, alpha)
+    before = _probe(unmerged)
+    return fold(), before
