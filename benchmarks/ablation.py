@@ -63,6 +63,89 @@ def main() -> None:
     base = {"teacher": scores("teacher_fp32", teacher), "untrained": scores("untrained_fp32", student)}
     runs: dict[str, list[dict]] = {}
     t_all = time.time()
+
+    def write_report() -> str:
+        """ablation.md and ablation.json from the runs so far (rewritten after each run: a cut session keeps them)."""
+
+        def mean_errors(rs: list[dict], split: str) -> list[float]:
+            per = [r["scores"][split]["word_errors"] for r in rs]
+            return [sum(col) / len(col) for col in zip(*per)]
+
+        words = {s: base["teacher"][s]["ref_words"] for s in TEST_SPLITS}
+        lines = [
+            f"# Recipe ablation over seeds ({version_string()})",
+            "",
+            f"`python benchmarks/ablation.py --from-demo {src} --seeds {a.seeds} --recipes {a.recipes}"
+            f"{' --labels ' + labels if a.labels else ''}`; {labels} labels, {steps} steps of {demo.batch_size} clips, "
+            f"PyTorch fp32, the demo's decoding; {(time.time() - t_all) / 60:.0f} min.",
+            "",
+            "WER, mean ± sd over seeds (%); *final*: the last step as trained, *shipped*: what dev selection merges:",
+            "",
+            "| model / recipe | " + " | ".join(TITLES[s] for s in TEST_SPLITS) + " | dev selected, by seed |",
+            "|---|" + "--:|" * len(TEST_SPLITS) + "---|",
+        ]
+        for row, sc in (("teacher base", base["teacher"]), ("tiny.en untrained", base["untrained"])):
+            lines.append(f"| {row} | " + " | ".join(f"{100 * sc[s]['wer']:.2f}" for s in TEST_SPLITS) + " | |")
+
+        def spread(rs: list[dict], key: str) -> str:
+            cells = []
+            for s in TEST_SPLITS:
+                xs = [100 * r[key][s]["wer"] for r in rs]
+                sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+                cells.append(f"{statistics.mean(xs):.2f} ± {sd:.2f}")
+            return " | ".join(cells)
+
+        for recipe, rs in runs.items():
+            lines.append(f"| {recipe}, final | {spread(rs, 'scores')} | |")
+            lines.append(
+                f"| {recipe}, shipped | {spread(rs, 'shipped')} | " + "; ".join(r["selected"] for r in rs) + " |"
+            )
+        lines += [
+            "",
+            "Paired bootstrap 95% intervals on the seed-averaged per-clip errors of the final steps (WER points; "
+            "negative: the first is better):",
+            "",
+            "| difference | " + " | ".join(TITLES[s] for s in TEST_SPLITS) + " |",
+            "|---|" + "--:|" * len(TEST_SPLITS),
+        ]
+        pairs = [(r, "untrained") for r in runs] + ([("manifold", "kd")] if {"manifold", "kd"} <= set(runs) else [])
+        table = {}
+        for x, y in pairs:
+            cells = []
+            for s in TEST_SPLITS:
+                ex = mean_errors(runs[x], s)
+                ey = base["untrained"][s]["word_errors"] if y == "untrained" else mean_errors(runs[y], s)
+                d = paired_bootstrap(ex, ey, words[s])
+                table[f"{x}-{y}.{s}"] = d.to_dict()
+                cells.append(f"{100 * d.delta:+.2f} [{100 * d.lo:+.2f}, {100 * d.hi:+.2f}]")
+            lines.append(f"| {x} − {y} | " + " | ".join(cells) + " |")
+        w.mkdir(parents=True, exist_ok=True)
+        (w / "ablation.md").write_text("\n".join(lines) + "\n")
+        (w / "ablation.json").write_text(
+            json.dumps(
+                {
+                    "labels": labels,
+                    "steps": steps,
+                    "extra": extra,
+                    "differences": table,
+                    "runs": {
+                        r: [
+                            {
+                                "seed": x["seed"],
+                                "selected": x["selected"],
+                                **{s: x["scores"][s]["wer"] for s in TEST_SPLITS},
+                                "shipped": {s: x["shipped"][s]["wer"] for s in TEST_SPLITS},
+                            }
+                            for x in rs
+                        ]
+                        for r, rs in runs.items()
+                    },
+                },
+                indent=2,
+            )
+        )
+        return "\n".join(lines)
+
     for recipe in a.recipes.split(","):
         for seed in range(a.seeds):
             name = f"{recipe}-{labels}-s{seed}"
@@ -103,83 +186,9 @@ def main() -> None:
                 ),
                 flush=True,
             )
+            write_report()
 
-    def mean_errors(rs: list[dict], split: str) -> list[float]:
-        per = [r["scores"][split]["word_errors"] for r in rs]
-        return [sum(col) / len(col) for col in zip(*per)]
-
-    words = {s: base["teacher"][s]["ref_words"] for s in TEST_SPLITS}
-    lines = [
-        f"# Recipe ablation over seeds ({version_string()})",
-        "",
-        f"`python benchmarks/ablation.py --from-demo {src} --seeds {a.seeds} --recipes {a.recipes}"
-        f"{' --labels ' + labels if a.labels else ''}`; {labels} labels, {steps} steps of {demo.batch_size} clips, "
-        f"PyTorch fp32, the demo's decoding; {(time.time() - t_all) / 60:.0f} min.",
-        "",
-        "WER, mean ± sd over seeds (%); *final*: the last step as trained, *shipped*: what dev selection merges:",
-        "",
-        "| model / recipe | " + " | ".join(TITLES[s] for s in TEST_SPLITS) + " | dev selected, by seed |",
-        "|---|" + "--:|" * len(TEST_SPLITS) + "---|",
-    ]
-    for row, sc in (("teacher base", base["teacher"]), ("tiny.en untrained", base["untrained"])):
-        lines.append(f"| {row} | " + " | ".join(f"{100 * sc[s]['wer']:.2f}" for s in TEST_SPLITS) + " | |")
-
-    def spread(rs: list[dict], key: str) -> str:
-        cells = []
-        for s in TEST_SPLITS:
-            xs = [100 * r[key][s]["wer"] for r in rs]
-            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-            cells.append(f"{statistics.mean(xs):.2f} ± {sd:.2f}")
-        return " | ".join(cells)
-
-    for recipe, rs in runs.items():
-        lines.append(f"| {recipe}, final | {spread(rs, 'scores')} | |")
-        lines.append(f"| {recipe}, shipped | {spread(rs, 'shipped')} | " + "; ".join(r["selected"] for r in rs) + " |")
-    lines += [
-        "",
-        "Paired bootstrap 95% intervals on the seed-averaged per-clip errors of the final steps (WER points; "
-        "negative: the first is better):",
-        "",
-        "| difference | " + " | ".join(TITLES[s] for s in TEST_SPLITS) + " |",
-        "|---|" + "--:|" * len(TEST_SPLITS),
-    ]
-    pairs = [(r, "untrained") for r in runs] + ([("manifold", "kd")] if {"manifold", "kd"} <= set(runs) else [])
-    table = {}
-    for x, y in pairs:
-        cells = []
-        for s in TEST_SPLITS:
-            ex = mean_errors(runs[x], s)
-            ey = base["untrained"][s]["word_errors"] if y == "untrained" else mean_errors(runs[y], s)
-            d = paired_bootstrap(ex, ey, words[s])
-            table[f"{x}-{y}.{s}"] = d.to_dict()
-            cells.append(f"{100 * d.delta:+.2f} [{100 * d.lo:+.2f}, {100 * d.hi:+.2f}]")
-        lines.append(f"| {x} − {y} | " + " | ".join(cells) + " |")
-    w.mkdir(parents=True, exist_ok=True)
-    (w / "ablation.md").write_text("\n".join(lines) + "\n")
-    (w / "ablation.json").write_text(
-        json.dumps(
-            {
-                "labels": labels,
-                "steps": steps,
-                "extra": extra,
-                "differences": table,
-                "runs": {
-                    r: [
-                        {
-                            "seed": x["seed"],
-                            "selected": x["selected"],
-                            **{s: x["scores"][s]["wer"] for s in TEST_SPLITS},
-                            "shipped": {s: x["shipped"][s]["wer"] for s in TEST_SPLITS},
-                        }
-                        for x in rs
-                    ]
-                    for r, rs in runs.items()
-                },
-            },
-            indent=2,
-        )
-    )
-    print("\n".join(lines))
+    print(write_report())
 
 
 if __name__ == "__main__":

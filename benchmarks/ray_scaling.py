@@ -29,7 +29,7 @@ from mkdeploy.distributed.cluster import connect
 from mkdeploy.distributed.config import RayConfig
 from mkdeploy.distributed.transcribe import ModelSpec, transcribe_on_ray
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
-from mkdeploy.serve.load import ServerProcess, run_load
+from mkdeploy.testing.load import ServerProcess, run_load
 
 
 def transcription_rows(args, rows, cores: int) -> list[str]:

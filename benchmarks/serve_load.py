@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mkdeploy.audio import expand_audio_paths, load_audio, reference_clips
-from mkdeploy.serve.load import LoadResult, ServerProcess, run_load
+from mkdeploy.testing.load import LoadResult, ServerProcess, run_load
 
 
 def main() -> None:

@@ -22,8 +22,6 @@ from mkdeploy.cli.common import (
     quiet_libraries,
 )
 from mkdeploy.distill.config import RecipeConfig
-from mkdeploy.distill.trainer import TrainArgs
-from mkdeploy.distill.trainer import train as run_training
 from mkdeploy.distributed.config import RayConfig
 
 
@@ -94,6 +92,11 @@ def train_cmd(**options: Any) -> None:
                 "cache_dir",
             )
         }
+        # the trainer imports torch, transformers and peft: loaded when a run starts, so `mkd --help` and the
+        # other commands do not pay for them
+        from mkdeploy.distill.trainer import TrainArgs
+        from mkdeploy.distill.trainer import train as run_training
+
         args = TrainArgs(
             options["teacher"],
             options["student"],

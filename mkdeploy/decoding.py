@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mkdeploy.constants import SAMPLE_RATE
+
 #: step(input_ids [B, S], past) -> (logits of every new position [B, S, V], past)
 StepFn = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]
 
@@ -32,11 +34,28 @@ def decoder_prompt(tokenizer, generation_config, language: str | None = "en", ta
     return ids
 
 
+def _zlib_ratio(data: bytes) -> float:
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
 def compression_ratio(tokens: Sequence[int], vocab_size: int) -> float:
-    """Hugging Face's ratio on token bytes (``_retrieve_compression_ratio``): raw / zlib-compressed length."""
+    """Hugging Face's ratio on token bytes (``_retrieve_compression_ratio``): raw / zlib-compressed length
+    (its loop test is 1.35, the decoding option ``compression_ratio_threshold``)."""
     width = int(math.log2(vocab_size) / 8) + 1
-    data = b"".join(int(t).to_bytes(width, "little") for t in tokens)
-    return len(data) / len(zlib.compress(data))
+    return _zlib_ratio(b"".join(int(t).to_bytes(width, "little") for t in tokens))
+
+
+def text_compression_ratio(text: str) -> float:
+    """openai/whisper's ``compression_ratio`` (its utils.py): UTF-8 bytes over their zlib-compressed length,
+    0 for empty text (its loop test is 2.4, :data:`mkdeploy.constants.COMPRESSION_RATIO_MAX`)."""
+    return _zlib_ratio(text.encode("utf-8"))
+
+
+def token_cap(n_samples: int, tokens_per_second: float, limit: int) -> int:
+    """The loop guard of a clip (or batch) of ``n_samples`` up to 30 s: ``tokens_per_second`` per second
+    plus 20, at most ``limit`` (the decoder's window less the prompt). Speech runs at about 4 tokens/s; a
+    repetition loop otherwise runs to the limit."""
+    return min(limit, int(tokens_per_second * n_samples / SAMPLE_RATE) + 20)
 
 
 @dataclass

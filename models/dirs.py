@@ -14,6 +14,12 @@ def is_onnx_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / "encoder_model.onnx").exists()
 
 
+def is_ct2_dir(path: str | Path) -> bool:
+    """A CTranslate2 model directory (model.bin, no Hugging Face weights beside it)."""
+    p = Path(path)
+    return (p / "model.bin").exists() and not any(p.glob("*.safetensors")) and not (p / "pytorch_model.bin").exists()
+
+
 def check_model_dir(path: str | Path) -> Path:
     """Raise a clear ModelError unless ``path`` is a usable Whisper directory (HF or ONNX)."""
     p = Path(path)
@@ -23,7 +29,7 @@ def check_model_dir(path: str | Path) -> Path:
         )
     if not p.is_dir():
         raise ModelError(f"{p}: is a file; give the model directory that holds config.json")
-    if (p / "model.bin").exists() and not any(p.glob("*.safetensors")) and not (p / "pytorch_model.bin").exists():
+    if is_ct2_dir(p):
         raise ModelError(f"{p}: a CTranslate2 model; convert it with `mkd import-ct2 {p} OUT_DIR` first")
     if not (p / "config.json").exists():
         raise ModelError(f"{p}: no config.json, not a Hugging Face Whisper directory")

@@ -22,10 +22,11 @@ per shape on GPU, batches group clips of one bucket) while a short clip pays for
 from __future__ import annotations
 
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from mkdeploy.constants import CHUNK_S, MEL_FRAMES_PER_S
+from mkdeploy.constants import CHUNK_S, MEL_FRAMES_PER_S, SAMPLE_RATE
 from mkdeploy.errors import MkdError
 
 #: config.json key of a windowed student's buckets (seconds).
@@ -217,3 +218,32 @@ class windowed_encoder_class:
 
     def __exit__(self, *exc) -> None:
         self._cls.forward = self._orig
+
+
+@contextmanager
+def segment_frames(model, window_s: int) -> Iterator[None]:
+    """Let ``generate`` work on a short window: it pads input features to 2 × ``config.max_source_positions``
+    mel frames (its segment length, also used by the temperature fallback and timestamps), so the config
+    names the window while the call runs. The encoder's own length check reads its attribute, not the
+    config (see :func:`enable_encoder_windows`), and the position table is untouched."""
+
+    config = model.config
+    full = config.max_source_positions
+    config.max_source_positions = min(full, window_frames(window_s) // 2)  # encoder frames: mel frames / 2
+    try:
+        yield
+    finally:
+        config.max_source_positions = full
+
+
+def window_features(feature_extractor, audios, window_s: int):
+    """Log-mel features of ``audios`` padded (or cut) to a ``window_s`` encoder window, not to 30 s: the
+    encoder's cost follows its input length. The transcriber's and the trainer's batches both use it."""
+    return feature_extractor(
+        list(audios),
+        sampling_rate=SAMPLE_RATE,
+        return_tensors="pt",
+        padding="max_length",
+        max_length=window_s * SAMPLE_RATE,
+        truncation=True,
+    ).input_features

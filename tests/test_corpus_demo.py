@@ -12,6 +12,7 @@ from mkdeploy.demo.augment import augment
 from mkdeploy.demo.corpus import SPLITS, CorpusSpec, build_corpus, clip_plan, manifest_rows, split_texts
 from mkdeploy.demo.synthesis import TRAIN_VOICES, UNSEEN_VOICES
 from mkdeploy.demo.text import everyday_sentences, fortunes
+from mkdeploy.errors import MkdError
 
 
 def test_text_sources_are_large_distinct_and_plain():
@@ -184,3 +185,16 @@ def test_the_demo_corpus_uses_what_calibration_kept():
     # the unseen-text set joins the shipped sentences too, each used once
     joined = " ".join(texts["test_unseen_text"])
     assert len(texts["test_unseen_text"]) < spec.n_test and all(s in joined for s in everyday_sentences())
+
+
+def test_an_interrupted_distillation_stops_the_demo(tmp_path, monkeypatch):
+    """A stop request during training (the trainer checkpoints and returns ``interrupted``) ends the demo
+    with the resume hint: nothing downstream merges or scores a half-trained run (the ablation, which calls
+    the same ``distil``, once scored one)."""
+    from mkdeploy.demo import pipeline
+    from mkdeploy.distill.config import RecipeConfig
+
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: {"step": 24, "max_steps": 60, "interrupted": True})
+    corpus = {"train": tmp_path / "train.jsonl", "dev": tmp_path / "dev.jsonl"}
+    with pytest.raises(MkdError, match="stopped at step 24 of 60.*again to resume"):
+        pipeline.distil(tmp_path / "run", tmp_path / "t", tmp_path / "s", corpus, RecipeConfig(max_steps=60), print)

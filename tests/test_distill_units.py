@@ -9,6 +9,7 @@ import torch
 
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.losses import CosineLoss, FitNetLoss, GeodesicLoss, InfoNCELoss, LogitKDLoss
+from mkdeploy.distill.records import LabelRules
 from mkdeploy.distill.tokens import force, pair_positions, prompt_ids, shared_vocab
 from mkdeploy.errors import MkdError
 from mkdeploy.models.heads import ProjectionHead, ProjectionHeads, TeacherIsometry, layer_map
@@ -124,7 +125,7 @@ def test_recipe_config_file_and_flags(tmp_path):
 def test_timestamped_sequence_and_share(tiny_model_dir):
     from transformers import AutoProcessor
 
-    from mkdeploy.distill.data import timestamp_mode
+    from mkdeploy.distill.records import timestamp_mode
     from mkdeploy.distill.tokens import force, force_segments
 
     tok = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
@@ -151,7 +152,8 @@ def test_teacher_cache_fingerprint_is_the_same_for_relative_and_absolute_paths(
     from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
 
     from mkdeploy.data import Utterance
-    from mkdeploy.distill.data import TeacherNeeds, TeacherPass
+    from mkdeploy.distill.data import TeacherPass
+    from mkdeploy.distill.records import TeacherNeeds
 
     s_proc = AutoProcessor.from_pretrained(tiny_model_dir)
     clip = tmp_path / "a.wav"
@@ -165,7 +167,7 @@ def test_teacher_cache_fingerprint_is_the_same_for_relative_and_absolute_paths(
             teacher, t_proc, s_proc, GenerationConfig.from_pretrained(tiny_model_dir),
             shared_vocab(s_proc.tokenizer, t_proc.tokenizer), TeacherNeeds([], [], True), tmp_path / "run", "en",
         )  # fmt: skip
-        return tp.fingerprint([Utterance(id="a", audio=Path(audio), text="hello")], "missing", 0.3)
+        return tp.fingerprint([Utterance(id="a", audio=Path(audio), text="hello")], LabelRules(wer_threshold=0.3))
 
     rel = Path(os.path.relpath(tiny_multilingual_teacher, tmp_path))
     assert fingerprint(tiny_multilingual_teacher, clip) == fingerprint(rel, "a.wav")
@@ -177,7 +179,8 @@ def _logits_teacher_pass(student_dir, teacher_dir, run_dir):
     """A TeacherPass caching the logits only, with the teacher and its processor."""
     from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
 
-    from mkdeploy.distill.data import TeacherNeeds, TeacherPass
+    from mkdeploy.distill.data import TeacherPass
+    from mkdeploy.distill.records import TeacherNeeds
 
     s_proc = AutoProcessor.from_pretrained(student_dir)
     teacher = WhisperForConditionalGeneration.from_pretrained(teacher_dir).eval()
@@ -203,10 +206,10 @@ def test_forced_filter_reads_the_teacher_along_the_reference_without_generate(
 
     tp, teacher, t_proc = _logits_teacher_pass(tiny_model_dir, tiny_multilingual_teacher, tmp_path / "run")
     rows = load_manifest(speech_manifest)[:3]
-    generated = tp.compute(rows, "fp", "missing", 10.0)
+    generated = tp.compute(rows, "fp", LabelRules(wer_threshold=10.0))
     real_generate = teacher.generate
     teacher.generate = lambda *a, **k: (_ for _ in ()).throw(AssertionError("generate called"))
-    forced = tp.compute(rows, "fp", "missing", 10.0, teacher_filter="forced")
+    forced = tp.compute(rows, "fp", LabelRules(wer_threshold=10.0, teacher_filter="forced"))
     prompt = prompt_ids(t_proc.tokenizer, teacher.generation_config, "en")
     for r, (rec, payload), (_, payload_gen) in zip(rows, forced, generated):
         seq = force(t_proc.tokenizer, prompt, r.text)
@@ -217,24 +220,24 @@ def test_forced_filter_reads_the_teacher_along_the_reference_without_generate(
             ).logits
         best = [t for t in logits[0, len(prompt) - 1 : -1].argmax(-1).tolist() if t < 50257]
         expect = t_proc.tokenizer.decode(best, skip_special_tokens=True).strip()
-        assert rec["filter"] == "forced" and rec["teacher"] == (expect or None) and rec["text"] == r.text
-        assert rec["teacher_wer"] == pytest.approx(error_rates([r.text], [expect]).wer)
+        assert rec.filter == "forced" and rec.teacher == (expect or None) and rec.text == r.text
+        assert rec.teacher_wer == pytest.approx(error_rates([r.text], [expect]).wer)
         assert torch.allclose(payload["logits"].float(), payload_gen["logits"].float(), atol=1e-2)
-    wers = sorted(rec["teacher_wer"] for rec, _ in forced)
+    wers = sorted(rec.teacher_wer for rec, _ in forced)
     cut = (wers[0] + wers[-1]) / 2 if wers[0] < wers[-1] else wers[0] - 0.01
-    kept = tp.compute(rows, "fp", "missing", cut, teacher_filter="forced")
-    assert [("dropped" in rec) for rec, _ in kept] == [rec["teacher_wer"] > cut for rec, _ in forced]
-    assert all(payload is None for rec, payload in kept if "dropped" in rec)
+    kept = tp.compute(rows, "fp", LabelRules(wer_threshold=cut, teacher_filter="forced"))
+    assert [(rec.dropped is not None) for rec, _ in kept] == [rec.teacher_wer > cut for rec, _ in forced]
+    assert all(payload is None for rec, payload in kept if rec.dropped is not None)
     teacher.generate = real_generate
     # rows without a reference still need the teacher's transcript: generate runs for them
     nolabel = [type(r)(r.id, r.audio, None) for r in rows[:1]]
-    ((rec, _),) = tp.compute(nolabel, "fp", "missing", 10.0, teacher_filter="forced")
-    assert "filter" not in rec and rec["text"] == rec["teacher"]
+    ((rec, _),) = tp.compute(nolabel, "fp", LabelRules(wer_threshold=10.0, teacher_filter="forced"))
+    assert rec.filter is None and rec.text == rec.teacher
 
 
 def test_avg_logprob_of_a_forced_pass_by_hand():
     """The mean log-probability over label positions only (the prompt's -100s are left out)."""
-    from mkdeploy.distill.data import ForcedPass
+    from mkdeploy.distill.records import ForcedPass
     from mkdeploy.distill.tokens import ForcedSequence
 
     logits = torch.tensor([[9.0, 9.0, 9.0], [0.0, 0.0, 1.0], [2.0, 0.0, 0.0]])
@@ -257,11 +260,11 @@ def test_pseudo_labels_are_filtered_by_the_teachers_confidence_without_a_referen
 
     tp, teacher, t_proc = _logits_teacher_pass(tiny_model_dir, tiny_multilingual_teacher, tmp_path / "run")
     rows = load_manifest(speech_manifest)[:4]
-    scored = [rec for rec, _ in tp.compute(rows, "fp", "all", None, min_avg_logprob=-1e9)]
+    scored = [rec for rec, _ in tp.compute(rows, "fp", LabelRules("all", min_avg_logprob=-1e9))]
     prompt = prompt_ids(t_proc.tokenizer, teacher.generation_config, "en")
     for r, rec in zip(rows, scored):
-        assert rec["text"] == rec["teacher"] and "dropped" not in rec
-        seq = force(t_proc.tokenizer, prompt, rec["text"])
+        assert rec.text == rec.teacher and rec.dropped is None
+        seq = force(t_proc.tokenizer, prompt, rec.text)
         feats = t_proc.feature_extractor([load_audio(r.audio)], sampling_rate=16000, return_tensors="pt")
         with torch.inference_mode():
             logits = teacher(
@@ -269,11 +272,11 @@ def test_pseudo_labels_are_filtered_by_the_teachers_confidence_without_a_referen
             ).logits
         logp = torch.log_softmax(logits[0], -1)
         expect = float(torch.stack([logp[p, t] for p, t in enumerate(seq.labels) if t != -100]).mean())
-        assert rec["avg_logprob"] == pytest.approx(expect, abs=1e-3)
-    lps = sorted(rec["avg_logprob"] for rec in scored)
+        assert rec.avg_logprob == pytest.approx(expect, abs=1e-3)
+    lps = sorted(rec.avg_logprob for rec in scored)
     cut = (lps[0] + lps[-1]) / 2
     no_refs = [type(r)(r.id, r.audio, None) for r in rows]  # the same decision without any reference
     for batch in (rows, no_refs):
-        kept = tp.compute(batch, "fp", "all", None, min_avg_logprob=cut)
-        assert [("dropped" in rec) for rec, _ in kept] == [rec["avg_logprob"] < cut for rec in scored]
-        assert all(p is None for rec, p in kept if "dropped" in rec)
+        kept = tp.compute(batch, "fp", LabelRules("all", min_avg_logprob=cut))
+        assert [(rec.dropped is not None) for rec, _ in kept] == [rec.avg_logprob < cut for rec in scored]
+        assert all(p is None for rec, p in kept if rec.dropped is not None)

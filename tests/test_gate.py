@@ -104,16 +104,16 @@ def test_scores_read_while_decoding_equal_the_teacher_forced_pass(tiny_en_teache
     """The greedy loop's no-speech probability and average log-probability are the ones score_speech
     reads in its own pass (``generate`` path), and that pass then runs only for clips the loop could not
     score (cut at the token cap)."""
-    import mkdeploy.runtime as runtime
+    import mkdeploy.gate as gate
 
     tr = WhisperTranscriber.from_pretrained(tiny_en_teacher, device="cpu")
     noise = np.random.default_rng(3).standard_normal(16000 * 2).astype(np.float32) * 0.05
     audios = [load_audio(p) for p, _ in speech_clips[:3]] + [noise]
     opts = dict(return_timestamps=False, no_speech_threshold=0.6, logprob_threshold=-1.0, batch_size=4)
     calls = []
-    real = runtime.score_speech
+    real = gate.score_speech
     monkeypatch.setattr(
-        runtime, "score_speech", lambda fn, p, seqs, *a, **k: calls.append(len(seqs)) or real(fn, p, seqs, *a, **k)
+        gate, "score_speech", lambda fn, p, seqs, *a, **k: calls.append(len(seqs)) or real(fn, p, seqs, *a, **k)
     )
     fast = tr.transcribe_arrays(audios, TranscriptionOptions(**opts))
     assert calls == []  # every clip ended on end-of-text: no second pass

@@ -15,7 +15,7 @@ pytest.importorskip("fastapi", reason="the [serve] extra")
 openai = pytest.importorskip("openai", reason="the [test] extra")
 
 from mkdeploy.evaluate import error_rates  # noqa: E402
-from mkdeploy.serve.load import ServerProcess  # noqa: E402
+from mkdeploy.testing.load import ServerProcess  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ openai = pytest.importorskip("openai", reason="the [test] extra")
 httpx = pytest.importorskip("httpx")
 
 from mkdeploy.evaluate import error_rates  # noqa: E402
-from mkdeploy.serve.load import ServerProcess, wav_bytes  # noqa: E402
+from mkdeploy.testing.load import ServerProcess, wav_bytes  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the [serve] extra")
 
 from mkdeploy.audio import reference_clips  # noqa: E402
-from mkdeploy.serve.load import run_load  # noqa: E402
+from mkdeploy.testing.load import run_load  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -163,8 +163,8 @@ def test_transcriber_groups_clips_by_bucket(tiny_model_dir, monkeypatch):
     tr = WhisperTranscriber.from_pretrained(tiny_model_dir, backend="torch", device="cpu")
     assert tr.model_buckets is None and tr.windows().buckets == (30,)  # an ordinary model keeps 30 s
     frames = []
-    real = tr.encode
-    monkeypatch.setattr(tr, "encode", lambda f: frames.append((f.shape[0], f.shape[-1])) or real(f))
+    real = tr.engine.encode
+    monkeypatch.setattr(tr.engine, "encode", lambda f: frames.append((f.shape[0], f.shape[-1])) or real(f))
     audios = [_noise(s, i) for i, s in enumerate((2.0, 7.0, 3.0, 4.5, 16.0))]
     opts = TranscriptionOptions(return_timestamps=False, batch_size=8, max_new_tokens=8, encoder_buckets=BUCKETS)
     out = tr.transcribe_arrays(audios, opts)

@@ -268,7 +268,7 @@ def distil(
     if summary.get("step") == cfg.max_steps and not summary.get("interrupted") and (run / "selection.json").exists():
         return summary
     resume = latest_checkpoint(run) is not None
-    return train(
+    summary = train(
         TrainArgs(
             teacher,
             student,
@@ -288,6 +288,14 @@ def distil(
             else None
         ),
     )
+    if summary.get("interrupted"):
+        # a stop request (SIGINT/SIGTERM) ends the job: the steps done are checkpointed, and nothing downstream
+        # may merge, score or report a run that stopped half way
+        raise MkdError(
+            f"{run}: training stopped at step {summary['step']} of {cfg.max_steps}; "
+            "run the same command again to resume from its checkpoint"
+        )
+    return summary
 
 
 def _merge(run: Path, merged: Path, log) -> None:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from mkdeploy.audio import SAMPLE_RATE
-from mkdeploy.distill.data import Sample, TeacherOutputs
-from mkdeploy.models.window import FULL_WINDOW_S, WindowConfig
+from mkdeploy.distill.records import Sample, TeacherOutputs
+from mkdeploy.models.window import FULL_WINDOW_S, WindowConfig, window_features
 
 
 def batch_indices(step: int, n: int, global_batch: int, seed: int) -> list[int]:
@@ -146,14 +146,7 @@ class BatchSampler:
         return self.windows.bucket_for(max(len(s.audio) for s in samples) / SAMPLE_RATE)
 
     def features(self, audios: list[np.ndarray], window: int = FULL_WINDOW_S) -> torch.Tensor:
-        return self.processor.feature_extractor(
-            audios,
-            sampling_rate=SAMPLE_RATE,
-            return_tensors="pt",
-            padding="max_length",
-            max_length=window * SAMPLE_RATE,
-            truncation=True,
-        ).input_features
+        return window_features(self.processor.feature_extractor, audios, window)
 
     def make(self, idx: list[int], step: int = 0) -> Batch:
         samples = [self.samples[i] for i in idx]

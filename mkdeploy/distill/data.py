@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,105 +22,24 @@ from transformers.modeling_outputs import BaseModelOutput
 from mkdeploy.audio import SAMPLE_RATE, load_audio
 from mkdeploy.constants import CHUNK_S, COMPRESSION_RATIO_MAX, SAMPLES_PER_FRAME
 from mkdeploy.data import Utterance
+from mkdeploy.decoding import text_compression_ratio, token_cap
+from mkdeploy.distill.records import (
+    ForcedPass,
+    LabelRecord,
+    LabelRules,
+    Sample,
+    TeacherNeeds,
+    TeacherOutputs,
+)
 from mkdeploy.distill.tokens import ForcedSequence, SharedVocab, force, force_segments, pair_positions, prompt_ids
 from mkdeploy.errors import DataError
 from mkdeploy.evaluate import error_rates
-
-
-def compression_ratio(text: str) -> float:
-    """len(text) / len(zlib(text)): high for repetition loops (openai/whisper drops above 2.4)."""
-
-    data = text.encode("utf-8")
-    return len(data) / max(1, len(zlib.compress(data)))
+from mkdeploy.options import TranscriptionOptions
 
 
 def valid_frames(n_samples: int, max_frames: int = 1500) -> int:
     """Encoder frames that carry audio; the rest is padding and is masked out of the alignment."""
     return max(1, min(max_frames, -(-n_samples // SAMPLES_PER_FRAME)))
-
-
-@dataclass
-class TeacherNeeds:
-    """What the recipe reads from the teacher."""
-
-    encoder_layers: list[int]
-    decoder_layers: list[int]
-    logits: bool
-
-    def key(self) -> str:
-        return json.dumps([self.encoder_layers, self.decoder_layers, self.logits])
-
-
-@dataclass
-class ForcedPass:
-    """The teacher's decoder run along a forced sequence: its outputs, the logits at every position, and
-    the text of its argmax at each label position (what the ``forced`` filter scores; "" when not read)."""
-
-    seq: ForcedSequence
-    out: Any
-    logits: torch.Tensor
-    text: str
-
-    def avg_logprob(self) -> float:
-        """The teacher's mean log-probability of the sequence's text tokens and end-of-text: Whisper's
-        ``avg_logprob`` of a greedy transcript when the sequence is the teacher's own transcript (openai/whisper
-        falls back below -1.0)."""
-        labels = torch.tensor(self.seq.labels, device=self.logits.device)
-        keep = labels != -100
-        logp = torch.log_softmax(self.logits.float()[keep], dim=-1)
-        return float(logp.gather(1, labels[keep][:, None]).mean())
-
-
-@dataclass
-class TeacherOutputs:
-    """The teacher's cached outputs for one clip (one ``.pt`` file under the cache directory).
-
-    Attributes:
-        logits: [paired positions, shared vocabulary] at the student's paired positions (fp16).
-        encoder: teacher encoder layer j -> its states at the clip's valid frames [frames, d_teacher].
-        decoder: teacher decoder layer j -> its states at the paired positions [positions, d_teacher].
-    """
-
-    logits: torch.Tensor | None = None
-    encoder: dict[int, torch.Tensor] = field(default_factory=dict)
-    decoder: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def to_payload(self) -> dict[str, torch.Tensor]:
-        """The saved form: flat keys ``enc_{j}``, ``dec_{j}``, ``logits`` (what caches on disk hold)."""
-        out = {f"enc_{j}": v for j, v in self.encoder.items()} | {f"dec_{j}": v for j, v in self.decoder.items()}
-        return out | ({"logits": self.logits} if self.logits is not None else {})
-
-    @classmethod
-    def load(cls, path: Path, decoder_rows: bool = True) -> TeacherOutputs:
-        """Read a cache file. ``decoder_rows=False`` (a clip taught in timestamp mode pairs no decoder
-        position) keeps only the encoder states."""
-        d = torch.load(path, weights_only=True)
-        layers = {k: {int(n[4:]): v for n, v in d.items() if n.startswith(k)} for k in ("enc_", "dec_")}
-        if not decoder_rows:
-            return cls(None, layers["enc_"], {})
-        return cls(d.get("logits"), layers["enc_"], layers["dec_"])
-
-
-@dataclass
-class Sample:
-    """One training clip, ready for the student.
-
-    Attributes:
-        audio: 16 kHz samples.
-        student: the student's teacher-forced sequence.
-        student_pos: paired student positions (indices into student.input_ids).
-        cache: path of the teacher's cached outputs for this clip.
-        timestamped: taught as a timed segment (cross-entropy and encoder alignment only).
-    """
-
-    id: str
-    audio: np.ndarray
-    text: str
-    student: ForcedSequence
-    student_pos: list[int]
-    cache: Path
-    n_positions: int
-    timestamped: bool = False
 
 
 def _resolved(name: str | Path) -> str:
@@ -137,72 +55,41 @@ def _fingerprint(*parts) -> str:
 
 def pseudo_label_and_cache(
     rows: list[Utterance],
-    teacher,
-    teacher_processor,
-    student_processor,
-    student_generation_config,
-    shared: SharedVocab,
-    needs: TeacherNeeds,
-    run_dir: Path,
-    language: str = "en",
-    pseudo_label: str = "missing",
-    wer_threshold: float | None = None,
+    tp: TeacherPass,
+    rules: LabelRules,
     batch_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
-    timestamp_prob: float = 0.0,
-    seed: int = 0,
     labeller: Labeller | None = None,
-    teacher_filter: str = "generated",
-    min_avg_logprob: float | None = None,
 ) -> tuple[list[Sample], dict]:
     """Label the rows with the teacher where needed, cache its outputs, and pair positions.
 
     Args:
         rows: manifest rows (text optional).
-        teacher: frozen ``WhisperForConditionalGeneration`` (eval mode).
-        pseudo_label: "missing" (label rows without text) or "all" (train on the teacher's transcripts).
-        wer_threshold: drop rows whose reference the teacher's transcript misses by more than this WER.
-        teacher_filter: "generated" (its transcript) or "forced" (its argmax along the reference), see
-            :meth:`TeacherPass.compute`.
-        min_avg_logprob: the reference-free filter of a corpus without transcripts: drop rows labelled by the
-            teacher whose transcript it gives a mean token log-probability below this (Whisper's -1.0).
-        timestamp_prob: share of clips taught in timestamp mode (:func:`timestamp_mode`); the cache does
-            not depend on it.
-        run_dir: the run directory; outputs go to run_dir/data (reused when the fingerprint matches).
+        tp: the teacher's pass (the teacher, both tokenizers, what to cache, where).
+        rules: how rows are labelled and filtered.
+        batch_size: rows per teacher batch.
+        on_progress: called with the number of rows just stored.
         labeller: computes the rows still to label elsewhere (``mkdeploy.distributed.label.RayLabeller``:
             teacher actors on Ray Data); this process stores what it returns. None: here, in batches.
 
     Returns:
         (samples, stats: rows kept and dropped, share of positions paired).
     """
-    tp = TeacherPass(
-        teacher, teacher_processor, student_processor, student_generation_config, shared, needs, run_dir, language
-    )
-    if teacher_filter not in ("generated", "forced"):
-        raise DataError(f"teacher_filter {teacher_filter!r}: use 'generated' or 'forced'")
-    fp = tp.fingerprint(rows, pseudo_label, wer_threshold, teacher_filter, min_avg_logprob)
+    rules.check()
+    fp = tp.fingerprint(rows, rules)
     done = tp.read_log(fp)
     todo = [r for r in rows if r.id not in done]
-
-    def timed(r: Utterance) -> bool:
-        return timestamp_mode(r.id, timestamp_prob, seed)
-
     spec = TeacherPassSpec(
-        _resolved(getattr(teacher, "name_or_path", "")),
-        _resolved(getattr(student_processor.tokenizer, "name_or_path", "")),
-        needs,
-        language,
+        _resolved(getattr(tp.teacher, "name_or_path", "")),
+        _resolved(getattr(tp.tok_s, "name_or_path", "")),
+        tp.needs,
+        tp.language,
         fp,
-        pseudo_label,
-        wer_threshold,
-        timestamp_prob,
-        seed,
+        rules,
         batch_size,
-        teacher_filter,
-        min_avg_logprob,
     )
 
-    def here(todo: list[Utterance], spec: TeacherPassSpec) -> Iterator[tuple[dict, dict | None]]:
+    def here(todo: list[Utterance], spec: TeacherPassSpec) -> Iterator[tuple[LabelRecord, dict | None]]:
         for start in range(0, len(todo), batch_size):
             yield from spec.compute(tp, todo[start : start + batch_size])
 
@@ -210,16 +97,16 @@ def pseudo_label_and_cache(
     for source in (labeller, here) if labeller is not None else (here,):
         pending = [r for r in todo if r.id not in done]
         for rec, payload in source(pending, spec) if pending else ():
-            if rec["id"] not in done:
-                done[rec["id"]] = tp.store(rec, payload)
+            if rec.id not in done:
+                done[rec.id] = tp.store(rec, payload)
                 if on_progress:
                     on_progress(1)
     # Timed segments still missing (a pass labelled before timestamp_prob was raised): generated now and
     # logged like the labels (a later line for the same clip wins when the log is read back).
-    missing = [r for r in rows if "dropped" not in done[r.id] and "segments" not in done[r.id] and timed(r)]
+    missing = [r for r in rows if done[r.id].dropped is None and done[r.id].segments is None and rules.timed(r)]
     for start in range(0, len(missing), batch_size):
         tp.segments(missing[start : start + batch_size], done)
-    return tp.samples(rows, done, timed)
+    return tp.samples(rows, done, rules.timed)
 
 
 @dataclass
@@ -232,13 +119,8 @@ class TeacherPassSpec:
     needs: TeacherNeeds
     language: str
     fingerprint: str
-    pseudo_label: str = "missing"
-    wer_threshold: float | None = None
-    timestamp_prob: float = 0.0
-    seed: int = 0
+    rules: LabelRules = field(default_factory=LabelRules)
     batch_size: int = 8
-    teacher_filter: str = "generated"
-    min_avg_logprob: float | None = None
 
     def open(self) -> TeacherPass:
         """Load the teacher and the student's tokenizer and prompt; the pass writes nowhere (run_dir None)."""
@@ -255,17 +137,11 @@ class TeacherPassSpec:
         shared = shared_vocab(s_proc.tokenizer, t_proc.tokenizer)
         return TeacherPass(teacher, t_proc, s_proc, s_gen, shared, self.needs, None, self.language)
 
-    def compute(self, tp: TeacherPass, batch: list[Utterance]) -> list[tuple[dict, dict[str, torch.Tensor] | None]]:
-        """:meth:`TeacherPass.compute` with this spec's rules."""
-        return tp.compute(
-            batch,
-            self.fingerprint,
-            self.pseudo_label,
-            self.wer_threshold,
-            lambda r: timestamp_mode(r.id, self.timestamp_prob, self.seed),
-            self.teacher_filter,
-            self.min_avg_logprob,
-        )
+    def compute(
+        self, tp: TeacherPass, batch: list[Utterance]
+    ) -> list[tuple[LabelRecord, dict[str, torch.Tensor] | None]]:
+        """:meth:`TeacherPass.compute` with this spec's fingerprint and rules."""
+        return tp.compute(batch, self.fingerprint, self.rules)
 
 
 class Labeller(Protocol):
@@ -274,7 +150,7 @@ class Labeller(Protocol):
 
     def __call__(
         self, rows: list[Utterance], spec: TeacherPassSpec
-    ) -> Iterator[tuple[dict, dict[str, torch.Tensor] | None]]: ...
+    ) -> Iterator[tuple[LabelRecord, dict[str, torch.Tensor] | None]]: ...
 
 
 class TeacherPass:
@@ -311,23 +187,17 @@ class TeacherPass:
             else {}
         )
 
-    def fingerprint(
-        self,
-        rows: list[Utterance],
-        pseudo_label: str,
-        wer_threshold: float | None,
-        teacher_filter: str = "generated",
-        min_avg_logprob: float | None = None,
-    ) -> str:
-        """What the labels and cache depend on: a changed input starts them afresh."""
+    def fingerprint(self, rows: list[Utterance], rules: LabelRules) -> str:
+        """What the labels and cache depend on: a changed input starts them afresh (not the timestamp
+        share or the seed: the cache does not depend on them)."""
         return _fingerprint(
-            *([teacher_filter] if teacher_filter != "generated" else []),  # earlier runs' prints stay valid
-            *([min_avg_logprob] if min_avg_logprob is not None else []),
+            *([rules.teacher_filter] if rules.teacher_filter != "generated" else []),  # earlier prints stay valid
+            *([rules.min_avg_logprob] if rules.min_avg_logprob is not None else []),
             [_resolved(r.audio) for r in rows],
             [r.text for r in rows],
             self.needs.key(),
-            pseudo_label,
-            wer_threshold,
+            rules.pseudo_label,
+            rules.wer_threshold,
             _resolved(getattr(self.teacher, "name_or_path", "")),
             _resolved(getattr(self.tok_s, "name_or_path", "")),
             self.teacher.config.to_dict().get("d_model"),
@@ -335,60 +205,55 @@ class TeacherPass:
             self.language,
         )
 
-    def read_log(self, fp: str) -> dict[str, dict]:
+    def read_log(self, fp: str) -> dict[str, LabelRecord]:
         """Rows already labelled under this fingerprint (the last line of a row wins)."""
-        done: dict[str, dict] = {}
+        done: dict[str, LabelRecord] = {}
         if self.labels_path.exists():
             for line in self.labels_path.read_text().splitlines():
-                rec = json.loads(line)
-                if rec.get("fp") == fp:
-                    done[rec["id"]] = rec
+                d = json.loads(line)
+                if d.get("fp") == fp:
+                    done[d["id"]] = LabelRecord.from_json(d)
         return done
 
-    def _log(self, rec: dict) -> None:
+    def _log(self, rec: LabelRecord) -> None:
         with open(self.labels_path, "a", encoding="utf-8") as log:
-            log.write(json.dumps(rec) + "\n")
+            log.write(json.dumps(rec.to_json()) + "\n")
 
     def _features(self, audios: list[np.ndarray]) -> torch.Tensor:
         return self.t_proc.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
 
     def compute(
-        self,
-        batch: list[Utterance],
-        fp: str,
-        pseudo_label: str,
-        wer_threshold: float | None,
-        timed: Callable[[Utterance], bool] = lambda r: False,
-        teacher_filter: str = "generated",
-        min_avg_logprob: float | None = None,
-    ) -> list[tuple[dict, dict[str, torch.Tensor] | None]]:
+        self, batch: list[Utterance], fp: str, rules: LabelRules
+    ) -> list[tuple[LabelRecord, dict[str, torch.Tensor] | None]]:
         """The records and cached outputs of ``batch``, written nowhere: :meth:`store` writes them, in the
         process that owns the run directory (a Ray actor returns them to it). One encoder pass serves the transcript (when one is
         needed), every cached output and the timed segments of the clips taught in timestamp mode.
 
-        ``teacher_filter``: how ``wer_threshold`` reads the teacher on a row with a reference:
+        ``rules.teacher_filter``: how ``rules.wer_threshold`` reads the teacher on a row with a reference:
         "generated" scores its free-running transcript (a ``generate`` call per batch); "forced" scores its
         argmax at each reference position given the reference before it, from the decoder pass the
         cache needs anyway (no ``generate``: a third of the pass's time on base, 2 CPU cores). Forced
         is the teacher's accuracy along the very sequence whose distributions it hands over.
 
-        ``min_avg_logprob``: rows whose training text is the teacher's own transcript are dropped when the
+        ``rules.min_avg_logprob``: rows whose training text is the teacher's own transcript are dropped when the
         teacher's mean log-probability along it is below this: read from the same decoder pass.
 
         Returns:
             per row, its label record and the teacher outputs to cache (None for a dropped row).
         """
         audios = [load_audio(r.audio) for r in batch]
-        out: list[tuple[dict, dict[str, torch.Tensor] | None]] = []
-        forced = teacher_filter == "forced" and pseudo_label != "all"
+        out: list[tuple[LabelRecord, dict[str, torch.Tensor] | None]] = []
+        wer_threshold, min_avg_logprob = rules.wer_threshold, rules.min_avg_logprob
+        forced = rules.teacher_filter == "forced" and rules.pseudo_label != "all"
         with torch.inference_mode():
             enc = self.teacher.model.encoder(self._features(audios).to(self.device), output_hidden_states=True)
             teacher_text: list[str | None] = [None] * len(batch)
-            if any(
-                pseudo_label == "all" or r.text is None or (wer_threshold is not None and not forced) for r in batch
-            ):
+            if any(rules.labelled_by_teacher(r) or (wer_threshold is not None and not forced) for r in batch):
                 ids = self.teacher.generate(
-                    encoder_outputs=enc, return_timestamps=False, max_new_tokens=_token_cap(audios), **self.gen_kw
+                    encoder_outputs=enc,
+                    return_timestamps=False,
+                    max_new_tokens=_token_cap(self.teacher, audios),
+                    **self.gen_kw,
                 )
                 teacher_text = self.tok_t.batch_decode(ids, skip_special_tokens=True)
             for k, (r, audio) in enumerate(zip(batch, audios)):
@@ -397,26 +262,24 @@ class TeacherPass:
                     # the filter reads the teacher along the reference: the decoder pass the cache needs anyway
                     dec = self._forced(force(self.tok_t, self.prompt_t, r.text), enc, k, read=True)
                     teacher_text[k] = dec.text
-                rec = _judge(r, fp, teacher_text[k], pseudo_label, wer_threshold)
+                rec = _judge(r, fp, teacher_text[k], rules)
                 if dec is not None:
-                    rec["filter"] = "forced"
-                labelled = pseudo_label == "all" or r.text is None
-                if min_avg_logprob is not None and labelled and "dropped" not in rec:
+                    rec.filter = "forced"
+                if min_avg_logprob is not None and rules.labelled_by_teacher(r) and rec.dropped is None:
                     # a pseudo-label: the teacher's confidence in it, from the pass the cache needs anyway
-                    dec = self._forced(force(self.tok_t, self.prompt_t, rec["text"]), enc, k)
-                    rec["avg_logprob"] = round(dec.avg_logprob(), 4)
-                    if rec["avg_logprob"] < min_avg_logprob:
-                        rec["dropped"] = f"teacher avg log-prob {rec['avg_logprob']:.2f} < {min_avg_logprob}"
+                    dec = self._forced(force(self.tok_t, self.prompt_t, rec.text), enc, k)
+                    rec.avg_logprob = round(dec.avg_logprob(), 4)
+                    if rec.avg_logprob < min_avg_logprob:
+                        rec.dropped = f"teacher avg log-prob {rec.avg_logprob:.2f} < {min_avg_logprob}"
                 payload = None
-                if "dropped" not in rec:
-                    payload, fields = self._outputs(r, rec["text"], enc, k, len(audio), fp, dec)
-                    rec.update(fields)
-                    if timed(r):
+                if rec.dropped is None:
+                    payload = self._outputs(rec, r, enc, k, len(audio), dec)
+                    if rules.timed(r):
                         # the timed segments from the same encoder states, no second encoder pass; one clip at
                         # a time, as transformers' segment loop cuts a finished row out of input_features,
                         # which encoder_outputs leaves unset
                         states = BaseModelOutput(last_hidden_state=enc.last_hidden_state[k : k + 1])
-                        rec["segments"] = self._generate_segments(states, [audio])[0]
+                        rec.segments = self._generate_segments(states, [audio])[0]
                 out.append((rec, payload))
         return out
 
@@ -438,13 +301,14 @@ class TeacherPass:
             text = self.tok_t.decode([t for t in best if t < eot], skip_special_tokens=True).strip()
         return ForcedPass(t_seq, dec, logits, text)
 
-    def store(self, rec: dict, payload: dict[str, torch.Tensor] | None) -> dict:
+    def store(self, rec: LabelRecord, payload: dict[str, torch.Tensor] | None) -> LabelRecord:
         """Write a row's cached outputs (atomically), then its line in ``labels.jsonl``: a line is only
         logged once its cache file is whole, so a killed pass resumes without reading a torn file."""
         if payload is not None:
-            tmp = self.cache_dir / f".{rec['cache']}.tmp"
+            assert rec.cache is not None
+            tmp = self.cache_dir / f".{rec.cache}.tmp"
             torch.save(payload, tmp)
-            tmp.replace(self.cache_dir / rec["cache"])
+            tmp.replace(self.cache_dir / rec.cache)
         self._log(rec)
         return rec
 
@@ -455,7 +319,7 @@ class TeacherPass:
             encoder_outputs=encoder_outputs,
             return_timestamps=True,
             return_segments=True,
-            max_new_tokens=_token_cap(audios),
+            max_new_tokens=_token_cap(self.teacher, audios),
             **self.gen_kw,
         )
         result = []
@@ -474,11 +338,12 @@ class TeacherPass:
         return result
 
     def _outputs(
-        self, r: Utterance, text: str, enc, k: int, n_samples: int, fp: str, forced: ForcedPass | None = None
-    ) -> tuple[dict[str, torch.Tensor], dict]:
-        """The teacher's outputs for row ``k`` of the batch at the paired positions, and the record's
-        pairing fields (with the cache file's name). ``forced``: the decoder pass along ``text`` when the
-        filter already ran it."""
+        self, rec: LabelRecord, r: Utterance, enc, k: int, n_samples: int, forced: ForcedPass | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The teacher's outputs for row ``k`` of the batch at the paired positions (what to cache); fills
+        the record's pairing fields and the cache file's name. ``forced``: the decoder pass along
+        ``rec.text`` when the filter already ran it."""
+        text = rec.text
         s_seq = force(self.tok_s, self.prompt_s, text)
         t_seq = forced.seq if forced is not None else force(self.tok_t, self.prompt_t, text)
         s_pos, t_pos = pair_positions(s_seq, t_seq)
@@ -494,47 +359,47 @@ class TeacherPass:
             if self.needs.logits:
                 logits = teacher.logits[tp]
                 out.logits = logits[:, self.shared.teacher_ids.to(self.device)].to(torch.float16).cpu()
-        return out.to_payload(), {
-            "cache": f"{fp}_{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt",
-            "student_pos": s_pos,
-            "n_student": len(s_seq.input_ids) - len(self.prompt_s) + 1,
-            "n_teacher": len(t_seq.input_ids) - len(self.prompt_t) + 1,
-        }
+        rec.cache = f"{rec.fp}_{hashlib.sha1(r.id.encode()).hexdigest()[:16]}.pt"
+        rec.student_pos = s_pos
+        rec.n_student = len(s_seq.input_ids) - len(self.prompt_s) + 1
+        rec.n_teacher = len(t_seq.input_ids) - len(self.prompt_t) + 1
+        return out.to_payload()
 
-    def segments(self, batch: list[Utterance], done: dict[str, dict]) -> None:
+    def segments(self, batch: list[Utterance], done: dict[str, LabelRecord]) -> None:
         """The teacher's timed segments of ``batch`` (timestamp-mode clips), added to their records."""
         audios = [load_audio(r.audio) for r in batch]
         with torch.inference_mode():
             enc = self.teacher.model.encoder(self._features(audios).to(self.device))
             found = self._generate_segments(enc, audios)
         for r, segs in zip(batch, found):
-            done[r.id]["segments"] = segs
+            done[r.id].segments = segs
             self._log(done[r.id])
 
     def samples(
-        self, rows: list[Utterance], done: dict[str, dict], timed: Callable[[Utterance], bool]
+        self, rows: list[Utterance], done: dict[str, LabelRecord], timed: Callable[[Utterance], bool]
     ) -> tuple[list[Sample], dict]:
         """The kept rows as training samples, and the pass's statistics."""
         samples, dropped, paired, total, n_timed = [], 0, 0, 0, 0
         for r in rows:
             rec = done[r.id]
-            if "dropped" in rec:
+            if rec.dropped is not None:
                 dropped += 1
                 continue
+            assert rec.cache is not None and rec.student_pos is not None and rec.n_student is not None
             audio = load_audio(r.audio)
-            cache = self.cache_dir / rec["cache"]
-            if timed(r) and rec.get("segments"):
+            cache = self.cache_dir / rec.cache
+            if timed(r) and rec.segments:
                 # taught in timestamp mode on the teacher's segments, cross-entropy only: no position pairs
                 # with the cached teacher rows
-                s_seq = force_segments(self.tok_s, self.prompt_s[:-1], [tuple(g) for g in rec["segments"]])
-                text = " ".join(g[2] for g in rec["segments"])
+                s_seq = force_segments(self.tok_s, self.prompt_s[:-1], [tuple(g) for g in rec.segments])
+                text = " ".join(g[2] for g in rec.segments)
                 samples.append(Sample(r.id, audio, text, s_seq, [], cache, 0, True))
                 n_timed += 1
                 continue
-            s_seq = force(self.tok_s, self.prompt_s, rec["text"])
-            samples.append(Sample(r.id, audio, rec["text"], s_seq, rec["student_pos"], cache, len(rec["student_pos"])))
-            paired += len(rec["student_pos"])
-            total += rec["n_student"]
+            s_seq = force(self.tok_s, self.prompt_s, rec.text)
+            samples.append(Sample(r.id, audio, rec.text, s_seq, rec.student_pos, cache, len(rec.student_pos)))
+            paired += len(rec.student_pos)
+            total += rec.n_student
         if not samples:
             raise DataError(f"no training rows left ({dropped} dropped by --wer-threshold or empty transcripts)")
         stats = {
@@ -547,33 +412,25 @@ class TeacherPass:
         return samples, stats
 
 
-def _judge(r: Utterance, fp: str, teacher_text: str | None, pseudo_label: str, wer_threshold: float | None) -> dict:
+def _judge(r: Utterance, fp: str, teacher_text: str | None, rules: LabelRules) -> LabelRecord:
     """A row's label record: the text it trains on, or why it is dropped (teacher too far from the
     reference, empty, or a repetition loop)."""
-    rec: dict[str, Any] = {"id": r.id, "fp": fp, "reference": r.text, "teacher": (teacher_text or "").strip() or None}
-    if wer_threshold is not None and r.text is not None:
-        rec["teacher_wer"] = error_rates([r.text], [rec["teacher"] or ""]).wer
-        if rec["teacher_wer"] > wer_threshold:
-            rec["dropped"] = f"teacher WER {rec['teacher_wer']:.2f} > {wer_threshold}"
-    text = rec["teacher"] if (pseudo_label == "all" or r.text is None) else r.text
+    rec = LabelRecord(r.id, fp, r.text, (teacher_text or "").strip() or None)
+    if rules.wer_threshold is not None and r.text is not None:
+        rec.teacher_wer = error_rates([r.text], [rec.teacher or ""]).wer
+        if rec.teacher_wer > rules.wer_threshold:
+            rec.dropped = f"teacher WER {rec.teacher_wer:.2f} > {rules.wer_threshold}"
+    text = (rec.teacher or "") if rules.labelled_by_teacher(r) else (r.text or "")
     if not text:
-        rec["dropped"] = rec.get("dropped", "empty transcript")
-    elif compression_ratio(text) > COMPRESSION_RATIO_MAX:
+        rec.dropped = rec.dropped or "empty transcript"
+    elif (ratio := text_compression_ratio(text)) > COMPRESSION_RATIO_MAX:
         # openai/whisper's threshold: a repetition loop, not a transcript
-        rec["dropped"] = rec.get("dropped", f"repetitive transcript (ratio {compression_ratio(text):.1f})")
-    rec["text"] = text
+        rec.dropped = rec.dropped or f"repetitive transcript (ratio {ratio:.1f})"
+    rec.text = text
     return rec
 
 
-def _token_cap(audios) -> int:
-    """The transcriber's loop guard for the teacher: 8 tokens per second of the longest clip, plus 20."""
-    return min(220, int(8 * max(len(a) for a in audios) / SAMPLE_RATE) + 20)
-
-
-def timestamp_mode(clip_id: str, prob: float, seed: int = 0) -> bool:
-    """Whether a clip trains in timestamp mode: a fixed, seeded share ``prob`` of the clips (by id, so the
-    choice survives resumes and is the same on every rank)."""
-    if prob <= 0:
-        return False
-    h = int(hashlib.sha1(f"{seed}:{clip_id}".encode()).hexdigest()[:8], 16)
-    return h / 0xFFFFFFFF < prob
+def _token_cap(teacher, audios) -> int:
+    """The transcriber's loop guard for the teacher (its default 8 tokens per second of the longest clip)."""
+    limit = teacher.config.max_target_positions // 2 - 4
+    return token_cap(max(len(a) for a in audios), TranscriptionOptions.max_tokens_per_second, limit)

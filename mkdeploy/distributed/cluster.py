@@ -74,11 +74,17 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
-def actor_gpus(config: RayConfig, device: str) -> float:
-    """GPUs per actor: as given, else one when the cluster has GPUs and the device is not forced to CPU."""
-    if config.actor_gpus is not None:
-        return config.actor_gpus
+def default_gpus(given: float | None, device: str) -> float:
+    """GPUs per actor or replica: as given, else one when the cluster has GPUs and the device is not forced
+    to CPU."""
+    if given is not None:
+        return given
     return 1.0 if device != "cpu" and cluster_gpus() >= 1 else 0.0
+
+
+def actor_gpus(config: RayConfig, device: str) -> float:
+    """GPUs per model actor (:func:`default_gpus` of ``--actor-gpus``)."""
+    return default_gpus(config.actor_gpus, device)
 
 
 def stream_results(

@@ -21,6 +21,7 @@ import torch
 
 from mkdeploy.data import Utterance
 from mkdeploy.distill.data import TeacherPassSpec
+from mkdeploy.distill.records import LabelRecord
 from mkdeploy.distributed.cluster import FaultInjection, actor_gpus, connect, stream_results
 from mkdeploy.distributed.config import RayConfig
 
@@ -41,7 +42,7 @@ class LabelActor:
         ]
         records, payloads = [], []
         for rec, payload in self.spec.compute(self.tp, rows):
-            records.append(json.dumps(rec))
+            records.append(json.dumps(rec.to_json()))
             buf = io.BytesIO()
             if payload is not None:
                 torch.save(payload, buf)
@@ -64,7 +65,7 @@ class RayLabeller:
     config: RayConfig
     fault: FaultInjection | None = None
 
-    def __call__(self, rows: list[Utterance], spec: TeacherPassSpec) -> Iterator[tuple[dict, dict | None]]:
+    def __call__(self, rows: list[Utterance], spec: TeacherPassSpec) -> Iterator[tuple[LabelRecord, dict | None]]:
         self.config.check()
         connect(self.config.ray_address)
         items = [
@@ -82,4 +83,4 @@ class RayLabeller:
         for result in stream_results(items, LabelActor, kwargs, self.config, spec.batch_size, gpus):
             data = bytes(result["payload"])
             payload = torch.load(io.BytesIO(data), weights_only=True) if data else None
-            yield json.loads(str(result["record"])), payload
+            yield LabelRecord.from_json(json.loads(str(result["record"]))), payload

@@ -17,10 +17,10 @@ from dataclasses import fields
 
 from ray import serve
 
-from mkdeploy.distributed.cluster import cluster_gpus, connect
+from mkdeploy.distributed.cluster import connect, default_gpus
 from mkdeploy.distributed.config import RayServeConfig
 from mkdeploy.errors import MkdError
-from mkdeploy.serve.app import create_app
+from mkdeploy.serve.app import configure_logging, create_app
 from mkdeploy.serve.config import ServeConfig
 from mkdeploy.serve.engine import Engine
 
@@ -36,7 +36,7 @@ class Transcriber:
     once its constructor returns), then serves the plain server's app."""
 
     def __init__(self, config: ServeConfig):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging()
         logger.setLevel(logging.INFO)
         self.config = config
         self.engine = Engine(config)
@@ -112,13 +112,11 @@ def run(config: ServeConfig, ray_config: RayServeConfig) -> None:
     """Deploy on Ray and serve until SIGTERM/SIGINT, then take the application down (blocking)."""
     import ray
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     logger.setLevel(logging.INFO)
     ray_config.bounds()  # a bad --autoscale fails before Ray starts
     connect(ray_config.ray_address)
-    gpus = ray_config.replica_gpus
-    if gpus is None:
-        gpus = 1.0 if config.device != "cpu" and cluster_gpus() >= 1 else 0.0
+    gpus = default_gpus(ray_config.replica_gpus, config.device)
     stop = threading.Event()
 
     def on_signal() -> None:

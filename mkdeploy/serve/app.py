@@ -140,9 +140,15 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()  # uvicorn's list of signals to re-raise (server.py)
 
 
+def configure_logging() -> None:
+    """The server's log format (one line per record, with time and logger), for `mkd serve` and its Ray
+    replicas alike."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def run(config: ServeConfig) -> None:
     """Serve until SIGTERM/SIGINT (blocking)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     logger.setLevel(logging.INFO)
     app = create_app(config)
     server = _Server(

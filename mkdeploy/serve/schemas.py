@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import zlib
 from typing import Literal
 
 from pydantic import BaseModel
 
+from mkdeploy import decoding
 from mkdeploy.results import Transcription
 
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
@@ -84,6 +84,5 @@ class Health(BaseModel):
 
 
 def text_compression_ratio(text: str) -> float:
-    """openai/whisper's ``compression_ratio`` (utils.py): text bytes over their zlib-compressed length."""
-    data = text.encode("utf-8")
-    return round(len(data) / len(zlib.compress(data)), 4) if data else 0.0
+    """:func:`mkdeploy.decoding.text_compression_ratio`, rounded for the response."""
+    return round(decoding.text_compression_ratio(text), 4)

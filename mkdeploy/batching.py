@@ -1,0 +1,108 @@
+"""Batch formation for transcription: which clips decode together, in which encoder window, and their
+model inputs (mel features; for long-form audio every sample and an attention mask)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mkdeploy.audio import SAMPLE_RATE
+from mkdeploy.engine import Engine
+from mkdeploy.models.window import FULL_WINDOW_S, WindowConfig, window_features
+
+#: Samples in one Whisper window (30 s).
+WINDOW_SAMPLES = FULL_WINDOW_S * SAMPLE_RATE
+
+
+@dataclass
+class ModelInputs:
+    """One batch's inputs on the model's device.
+
+    Attributes:
+        features: [B, mels, frames] log-mel features.
+        attention_mask: long-form audio's frame mask (None for clips of at most 30 s).
+        window_s: the encoder window the batch is encoded in.
+        longest: the longest clip, in samples.
+    """
+
+    features: torch.Tensor
+    attention_mask: torch.Tensor | None
+    window_s: int
+    longest: int
+
+    @property
+    def long_form(self) -> bool:
+        """Over 30 s: ``generate`` walks the audio window by window."""
+        return self.longest > WINDOW_SAMPLES
+
+    @property
+    def short(self) -> bool:
+        """Encoded in a window shorter than Whisper's 30 s."""
+        return self.window_s < FULL_WINDOW_S
+
+    def kwargs(self) -> dict[str, torch.Tensor]:
+        kw = {"input_features": self.features}
+        if self.attention_mask is not None:
+            kw["attention_mask"] = self.attention_mask
+        return kw
+
+    def select(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        """:meth:`kwargs` of some rows (a fallback decodes them again)."""
+        return {k: v[rows] for k, v in self.kwargs().items()}
+
+
+def _features(fe, audios: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    if max(len(a) for a in audios) > fe.n_samples:
+        # Long-form: keep every sample; generate() walks the audio window by window (seeking on the
+        # last timestamp), so nothing past 30 s is dropped.
+        inputs = fe(
+            list(audios),
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+            truncation=False,
+            padding="longest",
+            return_attention_mask=True,
+        )
+        if inputs.input_features.shape[-1] >= fe.nb_max_frames:
+            return inputs.input_features, inputs.attention_mask
+    inputs = fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=True)
+    return inputs.input_features, inputs.attention_mask
+
+
+def model_inputs(engine: Engine, audios: Sequence[np.ndarray], window_s: int = FULL_WINDOW_S) -> ModelInputs:
+    """Mel features (and the long-form attention mask) of ``audios`` on the engine's device, in
+    ``window_s`` when every clip fits it, else Whisper's 30 s window (or long-form)."""
+    longest = max(len(a) for a in audios)
+    fe = engine.processor.feature_extractor
+    mask = None
+    if window_s < FULL_WINDOW_S and longest <= window_s * SAMPLE_RATE:
+        features = window_features(fe, audios, window_s)
+    else:
+        window_s = FULL_WINDOW_S
+        features, mask = _features(fe, audios)
+    dtype = getattr(engine.model, "dtype", torch.float32)
+    features = features.to(engine.device, dtype=dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32)
+    return ModelInputs(features, mask.to(engine.device) if mask is not None else None, window_s, longest)
+
+
+def plan_batches(lengths: dict[int, int], windows: WindowConfig, batch_size: int) -> list[tuple[int, list[int]]]:
+    """(encoder window, clip indices) per batch. Batches of similar length waste less padding (long-form
+    pads every clip to the longest), and a batch never mixes encoder windows: each clip is encoded in the
+    smallest bucket that holds it.
+
+    Args:
+        lengths: clip index -> its length in samples (the clips to decode).
+        windows: the encoder buckets.
+        batch_size: clips per batch at most.
+    """
+    groups: dict[int, list[int]] = {}
+    for i in sorted(lengths, key=lambda i: lengths[i]):
+        groups.setdefault(windows.bucket_for(lengths[i] / SAMPLE_RATE), []).append(i)
+    return [
+        (bucket, members[start : start + batch_size])
+        for bucket, members in groups.items()
+        for start in range(0, len(members), batch_size)
+    ]
