@@ -7,7 +7,10 @@ failed on every command while the editable one (whole folders) worked; ``find_pa
 folder cannot forget one. tests/test_packaging.py checks the list against the tree and the built wheel.
 """
 
+import shutil
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 #: import name -> source folder
 ROOTS = {"mkdeploy": "mkdeploy", "mkdeploy.cli": "cli", "mkdeploy.models": "models", "mkdeploy.exporters": "exporters"}
@@ -21,5 +24,16 @@ def discover() -> list[str]:
     return sorted(packages)
 
 
+class CleanBuildPy(build_py):
+    """Start every build from an empty ``build/lib``: setuptools copies into it and never deletes, so a module
+    removed from the tree would ship in the next wheel built in this checkout (it happened: the wheel built
+    after ``mkdeploy/serve/load.py`` moved to ``mkdeploy/testing/`` still held it; the wheel rebuilt from the
+    sdist did not, and tests/test_packaging.py caught the difference)."""
+
+    def run(self) -> None:
+        shutil.rmtree(self.build_lib, ignore_errors=True)
+        super().run()
+
+
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import discover() alone
-    setup(package_dir=ROOTS, packages=discover())
+    setup(package_dir=ROOTS, packages=discover(), cmdclass={"build_py": CleanBuildPy})
