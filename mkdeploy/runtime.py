@@ -159,8 +159,6 @@ class WhisperTranscriber:
 
     def decode_timestamped(self, audios: Sequence[np.ndarray], options: TranscriptionOptions) -> list[list[Segment]]:
         """:func:`mkdeploy.strategies.decode_timestamped` on clips of at most 30 s."""
-        if max(len(a) for a in audios) > WINDOW_SAMPLES:
-            raise ValueError("decode_timestamped takes clips of at most 30 s")
         return decode_timestamped(self.engine, model_inputs(self.engine, list(audios)), options)
 
     def transcribe_files(

@@ -62,6 +62,11 @@ class TrainArgs:
     labeller: Labeller | None = None  # the teacher's pass elsewhere (Ray actors); None: in this process
 
 
+def base_model(student):
+    """The plain Whisper model under a peft wrapper (its adapters stay active in it); a plain model as is."""
+    return student.get_base_model() if hasattr(student, "get_base_model") else student
+
+
 class DistillModule(nn.Module):
     """Student and heads in one module, so DDP averages the gradients of both."""
 
@@ -76,7 +81,7 @@ class DistillModule(nn.Module):
     @property
     def base(self):
         """The plain Whisper model under the peft wrapper (adapters stay active in it)."""
-        return self.student.get_base_model() if hasattr(self.student, "get_base_model") else self.student
+        return base_model(self.student)
 
 
 def lr_lambda(config: RecipeConfig) -> Callable[[int], float]:
@@ -245,7 +250,7 @@ def setup(args: TrainArgs, acc, run: RunDir, log: Callable[[str], None] = print)
     pruned = is_pruned(student)
     windows = _windows(cfg, student, log)
     student, trainable_enc, start_decoder, reference = _trainable(cfg, student, pruned, log)
-    base = student.get_base_model() if hasattr(student, "get_base_model") else student
+    base = base_model(student)
     tc, sc = teacher.config, student.config
     # Only layers that train get aligned: a frozen encoder layer's states can't move (and a pruned
     # student's copied encoder equals the teacher's: nothing to align).
