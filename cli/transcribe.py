@@ -61,6 +61,13 @@ class DecodeFlags:
     no_speech_threshold: float = field(
         default=0.6, metadata={"help": "Whisper's no-speech gate (with avg logprob < -1); 1 turns it off."}
     )
+    prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text the decoder reads as the previous context (Whisper's initial prompt, the API's prompt): "
+            "names and spellings to prefer."
+        },
+    )
 
 
 def transcribe(**options: Any) -> None:
@@ -184,6 +191,7 @@ def _options(flags: DecodeFlags):
         encoder_buckets=parse_buckets(",".join(map(str, flags.encoder_buckets))) if flags.encoder_buckets else None,
         vad_filter=flags.vad,
         no_speech_threshold=None if flags.no_speech_threshold >= 1.0 else flags.no_speech_threshold,
+        initial_prompt=flags.prompt or None,
     )
 
 

@@ -132,5 +132,11 @@ def test_transcribe_options_come_from_the_flags_dataclass(tiny_model_dir, clips,
     assert "encoder windows: 10 s, 30 s" in r.output and (tmp_path / "t" / "c0.txt").exists()
     r = runner.invoke(app, [*args, "--batch-size", "0", "--force"])
     assert r.exit_code == 2 and "--batch-size" in r.output
+    from mkdeploy.cli.transcribe import _options
+
+    assert _options(DecodeFlags(prompt="Kubernetes, kubectl")).initial_prompt == "Kubernetes, kubectl"
+    assert _options(DecodeFlags()).initial_prompt is None
+    r = runner.invoke(app, [*args, "--prompt", "Kubernetes, kubectl", "--force", "-f", "json"])
+    assert r.exit_code == 0, r.output
     r = runner.invoke(app, [*args, "--encoder-buckets", "45", "--force"])
     assert r.exit_code == 2 and "Traceback" not in r.output
