@@ -25,16 +25,18 @@ def main() -> None:
 
     quiet_libraries()
     from mkdeploy.demo.corpus import build_corpus, demo_corpus
-    from mkdeploy.demo.pipeline import distil, score_model
+    from mkdeploy.demo.pipeline import DemoOptions, distil, score_model
     from mkdeploy.distill.checkpoints import latest_checkpoint
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.merge import merge_run
 
     w, x = Path("work/demo"), Path("work/probes") / name
     corpus = build_corpus(w / "corpus", demo_corpus())
+    demo = DemoOptions()  # the demo's recipe and batch, written once there
     cfg = RecipeConfig(
-        recipe="kd", max_steps=steps, batch_size=8, eval_every=steps, save_every=20, select_alphas=[], **overrides
-    ).validate()
+        recipe=demo.recipe, max_steps=steps, batch_size=demo.batch_size, eval_every=steps, save_every=20,
+        select_alphas=[], **overrides,
+    ).validate()  # fmt: skip
     t = time.time()
     s = distil(x / "run", w / "models" / "base", w / "models" / "tiny.en", corpus, cfg, print,
                cache_dir=Path("work/probes") / f"cache-{labels}", labels=labels)  # fmt: skip
