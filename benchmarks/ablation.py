@@ -25,7 +25,9 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path("work/ablation"))
-    ap.add_argument("--from-demo", type=Path, required=True, help="a finished `mkd demo` workdir")
+    ap.add_argument(
+        "--from-demo", type=Path, required=True, help="a `mkd demo` workdir (its models and corpus at least)"
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--recipes", default="ce,kd,fitnet,manifold")
     ap.add_argument("--labels", default=None, help="pseudo or reference (default: the demo's)")
@@ -51,8 +53,10 @@ def main() -> None:
     steps = a.steps or demo.steps
     teacher, student = src / "models" / "base", src / "models" / "tiny.en"
     corpus = build_corpus(src / "corpus", demo.corpus)
-    # the demo's run holds the teacher's pass over this corpus under its labels; other labels get their own
-    cache = src / "run" if labels == demo.labels else w / f"cache-{labels}"
+    # a finished demo's run holds the teacher's pass over this corpus under its labels; otherwise (other
+    # labels, or only the demo's first two stages done) the ablation computes its own once
+    done = (src / "run" / "summary.json").exists()
+    cache = src / "run" if labels == demo.labels and done else w / f"cache-{labels}"
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
 
     def scores(name: str, model: Path) -> dict[str, dict]:

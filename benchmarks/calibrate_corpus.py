@@ -64,7 +64,7 @@ def main() -> None:
     for name, path in (("teacher", teacher), ("student", student)):
         t = time.time()
         tr = WhisperTranscriber.from_pretrained(path, device="cpu")
-        res, _ = tr.transcribe_files(audio, TranscriptionOptions(return_timestamps=False))
+        res, _ = tr.transcribe_files(audio, TranscriptionOptions(language="en", return_timestamps=False))
         by = {r.path: r.text for r in res}
         scored = error_rates(refs, [by.get(str(a), "") for a in audio])
         errors[name] = [u.word_errors for u in scored.utterances]

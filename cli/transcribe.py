@@ -39,7 +39,13 @@ class DecodeFlags:
     """The options of `mkd transcribe` that pick the engine and how it decodes, one ``--option`` per field
     (help in the field's metadata), so a new one reaches the CLI without a second edit."""
 
-    language: str = field(default="en", metadata={"help": "Language code for multilingual models."})
+    language: str = field(
+        default="auto",
+        metadata={
+            "help": "Language code for multilingual models; auto detects it per file from its first 30 s "
+            "(.en models are always English)."
+        },
+    )
     task: str = field(default="transcribe", metadata={"help": "transcribe or translate (multilingual models)."})
     batch_size: int = field(default=8, metadata={"help": "Clips decoded together."})
     backend: str = field(default="auto", metadata={"help": "auto, torch or onnx."})
@@ -184,7 +190,7 @@ def _options(flags: DecodeFlags):
     from mkdeploy.runtime import TranscriptionOptions
 
     return TranscriptionOptions(
-        language=flags.language,
+        language=None if flags.language.lower() == "auto" else flags.language,
         task=flags.task,
         batch_size=flags.batch_size,
         return_timestamps=flags.timestamps,
@@ -221,6 +227,8 @@ def _write_and_print(results, failures, writers, output_dir: Path) -> None:
         for w in writers:
             w(r, force=True)
         note = GATE_NOTES.get(r.gate, "")
+        if r.language_probability is not None:  # detected, not given: say what was decided
+            note += f" [language {r.language}, p={r.language_probability:.2f}]"
         out.print(f"{r.path}: {r.text}{note}", highlight=False, soft_wrap=True)
     out.print(f"{len(results)} transcribed -> {output_dir}")
     exit_on_failures(failures)

@@ -10,7 +10,9 @@ class TranscriptionOptions:
     """Decoding options shared by both backends.
 
     Attributes:
-        language: language code for multilingual models ("en" by default); ignored by ``.en`` models.
+        language: language code for multilingual models; None (or "auto") detects it per clip from the
+            first 30 s (:mod:`mkdeploy.language`), as openai/whisper and faster-whisper do when none is given.
+            ``.en`` models are always English.
         task: "transcribe" or "translate" (multilingual models only).
         batch_size: clips decoded together.
         return_timestamps: predict timestamp tokens (segments with times); needed for audio over 30 s.
@@ -47,7 +49,7 @@ class TranscriptionOptions:
             speed gain there is not measured).
     """
 
-    language: str | None = "en"
+    language: str | None = None
     task: str = "transcribe"
     batch_size: int = 8
     return_timestamps: bool = True

@@ -32,6 +32,10 @@ class Transcription:
         avg_logprob: mean log-probability of the decoded tokens and end-of-text (openai/whisper's).
         gate: why the text is empty although audio was given: "silence" (digital silence), "vad" (the
             voice-activity detector found no speech), "no_speech" (Whisper's own no-speech test); "" otherwise.
+        language: the language the clip was decoded in (a Whisper code; "en" for ``.en`` models; None when
+            nothing was decoded).
+        language_probability: the detector's probability of ``language`` (None when it was given, not
+            detected).
     """
 
     path: str
@@ -43,6 +47,8 @@ class Transcription:
     no_speech_prob: float | None = None
     avg_logprob: float | None = None
     gate: str = ""
+    language: str | None = None
+    language_probability: float | None = None
 
     @classmethod
     def of_silence(cls, path: str, duration: float) -> Transcription:

@@ -5,13 +5,14 @@ spirit), composed of small parts:
 - batch formation (which clips decode together, their inputs): :mod:`mkdeploy.batching`
 - the decoding strategies behind one interface: :mod:`mkdeploy.strategies`
 - the silence, VAD and no-speech gates: :mod:`mkdeploy.gate`
+- the spoken language when none is given: :mod:`mkdeploy.language`
 - long-form audio: ``generate`` walks it window by window (:class:`~mkdeploy.strategies.GenerateSegments`)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from mkdeploy.batching import WINDOW_SAMPLES, model_inputs, plan_batches
 from mkdeploy.engine import Backend, Device, Engine, load_engine, resolve_device, resolve_dtype, set_torch_threads
 from mkdeploy.errors import AudioError
 from mkdeploy.gate import no_speech_gate, pre_gate
+from mkdeploy.language import check_language, detect_languages
 from mkdeploy.models.window import WindowConfig, segment_frames
 from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Segment, Transcription
@@ -126,12 +128,44 @@ class WhisperTranscriber:
         if not options.return_timestamps and any(len(a) > WINDOW_SAMPLES for a in audios):
             options = TranscriptionOptions(**{**asdict(options), "return_timestamps": True})
         win = self.windows(options)
+        language = check_language(self.engine, options.language)
         results: list[Transcription | None] = [pre_gate(a, options) for a in audios]
         todo = {i: len(audios[i]) for i in range(len(audios)) if results[i] is None}
         for bucket, idx in plan_batches(todo, win, options.batch_size):
-            for i, t in zip(idx, self._transcribe_batch([audios[i] for i in idx], options, bucket)):
+            if language is not None or not self.multilingual:
+                fixed = replace(options, language=language or "en")
+                for i, t in zip(idx, self._transcribe_batch([audios[i] for i in idx], fixed, bucket)):
+                    t.language, results[i] = fixed.language, t
+                continue
+            for i, t in zip(idx, self._detect_and_transcribe([audios[i] for i in idx], options, bucket)):
                 results[i] = t
         return [r for r in results if r is not None]
+
+    def _detect_and_transcribe(
+        self, audios: list[np.ndarray], options: TranscriptionOptions, window_s: int
+    ) -> list[Transcription]:
+        """No language given to a multilingual model: detect each clip's (:mod:`mkdeploy.language`), then
+        decode each language's clips together. The encoder's states of the detection pass are kept for
+        the decode (a batch of one language, in a 30 s window, is encoded once)."""
+        e = self.engine
+        own_memo = e.states_memo is None
+        if own_memo:
+            e.states_memo = {}
+        try:
+            guesses = detect_languages(e, audios, batch_size=len(audios))
+            by_language: dict[str, list[int]] = {}
+            for i, g in enumerate(guesses):
+                by_language.setdefault(g.language, []).append(i)
+            out: list[Transcription | None] = [None] * len(audios)
+            for lang, rows in by_language.items():
+                decoded = self._transcribe_batch([audios[i] for i in rows], replace(options, language=lang), window_s)
+                for i, t in zip(rows, decoded):
+                    t.language, t.language_probability = lang, guesses[i].probability
+                    out[i] = t
+        finally:
+            if own_memo:
+                e.states_memo = None
+        return [t for t in out if t is not None]
 
     def _transcribe_batch(
         self, audios: list[np.ndarray], options: TranscriptionOptions, window_s: int = 30

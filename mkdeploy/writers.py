@@ -61,6 +61,8 @@ class WriteJSON(ResultWriter):
             "duration": result.duration,
             "silent": result.silent,
             "gate": result.gate,
+            "language": result.language,
+            "language_probability": result.language_probability,
             "no_speech_prob": result.no_speech_prob,
             "avg_logprob": result.avg_logprob,
             "segments": [

@@ -91,7 +91,7 @@ def test_sdk_gets_every_response_format(base_server, clips):
     verbose = client.audio.transcriptions.create(
         file=("a.wav", audio), model=model, response_format="verbose_json", timestamp_granularities=["segment"]
     )
-    assert verbose.text == js.text and verbose.language == "en"
+    assert verbose.text == js.text and verbose.language == "english"  # detected: no language was sent
     assert abs(verbose.duration - sf.info(io.BytesIO(audio)).duration) < 0.01
     seg = verbose.segments[0]
     assert seg.start == 0.0 and seg.end > 1.0 and seg.no_speech_prob < 0.5 and seg.avg_logprob > -1.0
@@ -132,6 +132,29 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(base_server
     assert base_server.metric('mkd_errors_total{kind="too_large"}') >= 1
 
 
+def test_translations_and_detected_language(base_server, tiny_en_server_url):
+    """German speech: verbose_json names the language detected; /v1/audio/translations answers in English;
+    an English-only model refuses to translate with a 400 and keeps serving."""
+    from mkdeploy.demo.synthesis import Voice, synthesize
+
+    german = wav_bytes(synthesize("Guten Morgen, ich wohne seit zehn Jahren in Berlin.", Voice("espeak-ng", "de")))
+    client = base_server.client()
+    verbose = client.audio.transcriptions.create(
+        file=("de.wav", german), model="whisper-1", response_format="verbose_json"
+    )
+    assert verbose.language == "german" and "Berlin" in verbose.text and "Morgen" in verbose.text
+    english = client.audio.translations.create(file=("de.wav", german), model="whisper-1")
+    assert "Good morning" in english.text and "Berlin" in english.text
+    vt = client.audio.translations.create(file=("de.wav", german), model="whisper-1", response_format="verbose_json")
+    assert vt.task == "translate" and vt.language == "german" and vt.text == english.text
+    refused = httpx.post(
+        f"{tiny_en_server_url}/v1/audio/translations", files={"file": ("de.wav", german)},
+        data={"model": "whisper-1"}, timeout=60,
+    )  # fmt: skip
+    assert refused.status_code == 400 and "English-only" in refused.json()["error"]["message"]
+    assert _post(tiny_en_server_url, german).status_code == 200
+
+
 def test_noise_hum_and_silence_give_empty_text(base_server):
     client = base_server.client()
     for name, audio in _noises().items():
@@ -147,6 +170,11 @@ def small_server(tiny_en_teacher, tmp_path_factory):
     )  # fmt: skip
     yield s
     assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_en_server_url(small_server) -> str:
+    return small_server.url
 
 
 def _post(url: str, audio: bytes, **fields) -> httpx.Response:

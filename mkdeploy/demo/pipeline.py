@@ -78,7 +78,7 @@ def score(model: Path | WhisperTranscriber, manifest: Path, cache: Path) -> dict
     rows = manifest_rows(manifest)
     utts = load_manifest(manifest, require_text=True)
     tr = model if isinstance(model, WhisperTranscriber) else WhisperTranscriber.from_pretrained(model, device="cpu")
-    res, _ = tr.transcribe_files([u.audio for u in utts], TranscriptionOptions(return_timestamps=False))
+    res, _ = tr.transcribe_files([u.audio for u in utts], TranscriptionOptions(language="en", return_timestamps=False))
     by = {t.path: t.text for t in res}
     refs, hyps = [u.text or "" for u in utts], [by.get(str(u.audio), "") for u in utts]
     scored = error_rates(refs, hyps)

@@ -26,7 +26,7 @@ from mkdeploy.serve.config import ServeConfig
 from mkdeploy.serve.engine import Engine
 from mkdeploy.serve.errors import error_body, install_error_handlers
 from mkdeploy.serve.metrics import Metrics
-from mkdeploy.serve.routers import health, models, transcriptions
+from mkdeploy.serve.routers import health, models, transcriptions, translations
 
 logger = logging.getLogger("mkdeploy.serve")
 
@@ -50,6 +50,7 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     app.state.created = int(time.time())
     install_error_handlers(app)
     app.include_router(transcriptions.router)
+    app.include_router(translations.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(UploadLimit, limit=int(config.max_upload_mb * 1024 * 1024), metrics=metrics)

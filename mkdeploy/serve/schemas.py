@@ -41,9 +41,12 @@ class TranscriptionVerbose(BaseModel):
     segments: list[TranscriptionSegment]
 
     @classmethod
-    def from_result(cls, r: Transcription, language: str, temperature: float) -> TranscriptionVerbose:
+    def from_result(
+        cls, r: Transcription, language: str, temperature: float, task: str = "transcribe"
+    ) -> TranscriptionVerbose:
         segs = r.segments or []
         return cls(
+            task=task,  # type: ignore[arg-type]  # the routers pass "transcribe" or "translate" only
             language=language,
             duration=round(r.duration, 3),
             text=r.text,

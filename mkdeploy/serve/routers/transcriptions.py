@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from mkdeploy.audio import decode_audio_bytes
-from mkdeploy.errors import AudioError
+from mkdeploy.errors import AudioError, MkdError
+from mkdeploy.language import check_language, language_name
 from mkdeploy.results import Transcription
 from mkdeploy.runtime import TranscriptionOptions
 from mkdeploy.serve.auth import require_api_key
@@ -39,10 +41,31 @@ async def create_transcription(
     temperature: float = Form(0.0),
     timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
 ) -> Response:
+    return await handle_audio(
+        request, file, model, language, prompt, response_format, temperature, timestamp_granularities or [],
+        task="transcribe",
+    )  # fmt: skip
+
+
+async def handle_audio(
+    request: Request,
+    file: UploadFile,
+    model: str,
+    language: str | None,
+    prompt: str | None,
+    response_format: str,
+    temperature: float,
+    granularities: list[str],
+    task: str,
+) -> Response:
+    """What transcriptions and translations share: checks, upload, decoding, the chosen format.
+
+    ``task``: "transcribe", or "translate" (into English; the translations router checks the model first).
+    """
     state = request.app.state
     t0 = time.perf_counter()
-    _check_ready(state)
-    _check_request(state, model, response_format, temperature, timestamp_granularities or [])
+    check_ready(state)
+    _check_request(state, model, response_format, temperature, granularities)
     data = await file.read()
     limit = int(state.config.max_upload_mb * 1024 * 1024)
     if len(data) > limit:
@@ -53,7 +76,7 @@ async def create_transcription(
     except AudioError as exc:
         raise OpenAIError(400, str(exc), "bad_audio", code="invalid_audio", param="file") from None
     request.state.audio_seconds = info.duration
-    options = _options(state, language, prompt, response_format, temperature)
+    options = replace(_options(state, language, prompt, response_format, temperature), task=task)
     result = await _transcribe(state, audio, options)
     request.state.text = result.text
     state.metrics.latency.observe(time.perf_counter() - t0)
@@ -70,7 +93,7 @@ def too_large(size: int, limit_mb: float) -> OpenAIError:
     )
 
 
-def _check_ready(state) -> None:
+def check_ready(state) -> None:
     if not state.engine.ready.is_set():
         detail = state.engine.error or "the model is still loading"
         raise OpenAIError(
@@ -104,14 +127,11 @@ def _check_request(state, model: str, fmt: str, temperature: float, granularitie
 
 
 def _options(state, language: str | None, prompt: str | None, fmt: str, temperature: float) -> TranscriptionOptions:
-    tr = state.engine.transcriber
-    lang = (language or "en").lower()
-    lang_to_id = getattr(tr.model.generation_config, "lang_to_id", None) or {}
-    if tr.multilingual and f"<|{lang}|>" not in lang_to_id:
-        raise OpenAIError(400, f"language {lang!r}: not a Whisper language code (en, de, fr, ...)", "bad_request",
-                          param="language")  # fmt: skip
-    if not tr.multilingual and lang != "en":
-        raise OpenAIError(400, f"language {lang!r}: this model is English-only", "bad_request", param="language")
+    try:
+        # none given: a multilingual model detects it per request (OpenAI's API does), an .en model is English
+        lang = check_language(state.engine.transcriber.engine, language)
+    except MkdError as exc:
+        raise OpenAIError(400, str(exc), "bad_request", param="language") from None
     # openai/whisper's fallback ladder, starting from the temperature asked for
     ladder = tuple(round(temperature + 0.2 * i, 2) for i in range(6) if temperature + 0.2 * i <= 1.0 + 1e-9)
     return TranscriptionOptions(
@@ -143,7 +163,9 @@ def _render(result: Transcription, fmt: str, options: TranscriptionOptions, temp
     if fmt == "json":
         return JSONResponse(TranscriptionJson(text=result.text).model_dump())
     if fmt == "verbose_json":
-        body = TranscriptionVerbose.from_result(result, options.language or "en", temperature)
+        body = TranscriptionVerbose.from_result(
+            result, language_name(result.language or options.language), temperature, task=options.task
+        )
         return JSONResponse(body.model_dump())
     if fmt == "text":
         return PlainTextResponse(result.text + "\n" if result.text else "")
