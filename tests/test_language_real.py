@@ -1,7 +1,7 @@
 """Language detection and translation with the real multilingual base, on espeak-ng's German and Spanish
 (and Piper's English): `mkd transcribe --language auto` and the library. espeak-ng's French voice is not
-used: base hears it as Thai (p 0.29), a fault of the voice, not of the detector (benchmarks/results/
-language_detection.md)."""
+used: base hears it as Thai (p 0.29), which says more of the voice than of the detector (README,
+*Languages*)."""
 
 import json
 
