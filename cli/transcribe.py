@@ -67,6 +67,13 @@ class DecodeFlags:
     no_speech_threshold: float = field(
         default=0.6, metadata={"help": "Whisper's no-speech gate (with avg logprob < -1); 1 turns it off."}
     )
+    word_timestamps: bool = field(
+        default=False,
+        metadata={
+            "help": "Each word's start, end and probability (json; srt/vtt get one cue per word): "
+            "cross-attention alignment, PyTorch (an ONNX export is aligned by the model it was exported from)."
+        },
+    )
     prompt: str | None = field(
         default=None,
         metadata={
@@ -99,7 +106,7 @@ def transcribe(**options: Any) -> None:
         paths = expand_audio_paths(options["audio"])
         if not paths:
             raise MkdError(f"no audio files found in {', '.join(map(str, options['audio']))}")
-        writers = [get_writer(f, output_dir) for f in fmt]
+        writers = [get_writer(f, output_dir, word_level=flags.word_timestamps) for f in fmt]
         kw = {"variant": flags.variant} if flags.variant else {}
         tr = WhisperTranscriber.from_pretrained(
             options["model"], flags.backend, flags.device, flags.threads, flags.dtype, **kw
@@ -198,6 +205,7 @@ def _options(flags: DecodeFlags):
         vad_filter=flags.vad,
         no_speech_threshold=None if flags.no_speech_threshold >= 1.0 else flags.no_speech_threshold,
         initial_prompt=flags.prompt or None,
+        word_timestamps=flags.word_timestamps,
     )
 
 

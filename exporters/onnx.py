@@ -13,7 +13,6 @@ unmerged pair optimum also writes would double the size on disk for nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -29,7 +28,7 @@ from mkdeploy.audio import reference_clips
 from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.fsutil import atomic_output_dir
-from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
+from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
 from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR, windowed_encoder_class
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 from mkdeploy.version import version_info
@@ -103,18 +102,6 @@ class ExportManifest:
     seconds: float = 0.0
     #: what exported it: the package version and, from a git checkout, the commit
     mkdeploy: dict = field(default_factory=version_info)
-
-
-def hash_model_dir(path: Path) -> str:
-    """SHA-256 over the weight files (sorted by name), so a manifest names exactly what was exported."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    for p in files:
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def _opset_of(path: Path) -> int:

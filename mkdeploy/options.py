@@ -43,6 +43,9 @@ class TranscriptionOptions:
             no-speech gate lets through.
         initial_prompt: text given to the decoder as previous context (``<|startofprev|>``), as
             openai/whisper's ``initial_prompt`` and the OpenAI API's ``prompt``.
+        word_timestamps: each word's start and end (cross-attention over the alignment heads and DTW,
+            :mod:`mkdeploy.alignment`; one extra decoder pass per clip, and for an ONNX export a PyTorch
+            pass of the model it was exported from). Fills ``Transcription.words`` and each segment's.
         static_decoder: greedy decoding of PyTorch models on CUDA runs the static-cache step of
             :mod:`mkdeploy.static_decoder`, captured as a CUDA graph (same tokens, without a kernel launch
             per operation); None: on for PyTorch on CUDA, off elsewhere (on CPU it gives the same tokens; a
@@ -64,4 +67,5 @@ class TranscriptionOptions:
     logprob_threshold: float | None = -1.0
     vad_filter: bool = False
     initial_prompt: str | None = None
+    word_timestamps: bool = False
     static_decoder: bool | None = None

@@ -7,13 +7,26 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass
+class Word:
+    """One word with its time in seconds (cross-attention alignment, :mod:`mkdeploy.alignment`) and the
+    decoder's mean probability of its tokens."""
+
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass
 class Segment:
-    """A stretch of transcript with its times in seconds (from Whisper's timestamp tokens)."""
+    """A stretch of transcript with its times in seconds (from Whisper's timestamp tokens); ``words`` when
+    word timestamps were asked for."""
 
     start: float
     end: float
     text: str
     tokens: list[int] = field(default_factory=list)
+    words: list[Word] = field(default_factory=list)
 
 
 @dataclass
@@ -36,6 +49,7 @@ class Transcription:
             nothing was decoded).
         language_probability: the detector's probability of ``language`` (None when it was given, not
             detected).
+        words: every word with its time (``TranscriptionOptions.word_timestamps``; empty otherwise).
     """
 
     path: str
@@ -49,6 +63,7 @@ class Transcription:
     gate: str = ""
     language: str | None = None
     language_probability: float | None = None
+    words: list[Word] = field(default_factory=list)
 
     @classmethod
     def of_silence(cls, path: str, duration: float) -> Transcription:

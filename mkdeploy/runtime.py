@@ -6,6 +6,7 @@ spirit), composed of small parts:
 - the decoding strategies behind one interface: :mod:`mkdeploy.strategies`
 - the silence, VAD and no-speech gates: :mod:`mkdeploy.gate`
 - the spoken language when none is given: :mod:`mkdeploy.language`
+- word timestamps: :mod:`mkdeploy.alignment`
 - long-form audio: ``generate`` walks it window by window (:class:`~mkdeploy.strategies.GenerateSegments`)
 """
 
@@ -18,12 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mkdeploy.alignment import add_words
 from mkdeploy.audio import load_audio_with_info
 from mkdeploy.batching import WINDOW_SAMPLES, model_inputs, plan_batches
 from mkdeploy.engine import Backend, Device, Engine, load_engine, resolve_device, resolve_dtype, set_torch_threads
 from mkdeploy.errors import AudioError
 from mkdeploy.gate import no_speech_gate, pre_gate
 from mkdeploy.language import check_language, detect_languages
+from mkdeploy.models.dirs import export_source
+from mkdeploy.models.student import load_whisper
 from mkdeploy.models.window import WindowConfig, segment_frames
 from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Segment, Transcription
@@ -70,6 +74,7 @@ class WhisperTranscriber:
         self.engine = Engine(model, processor, backend, device, provider, path)
         self.engine.windows()  # a windowed student whose export takes 30 s windows only fails here, not mid-batch
         self.lean = LeanGreedy()
+        self._aligner = None  # loaded by aligner() on the first request for word timestamps (ONNX)
 
     @classmethod
     def from_pretrained(
@@ -180,8 +185,9 @@ class WhisperTranscriber:
             decoded = choose_strategy(options, inputs, self.lean).decode(e, inputs, options, kw)
             results = transcriptions(e, audios, decoded)
             # long-form audio is gated window by window inside generate (Engine.generate_kwargs)
+            states = decoded.states
             if options.no_speech_threshold is not None and not inputs.long_form:
-                states = decoded.states if decoded.states is not None else e.encode(inputs.features).last_hidden_state
+                states = states if states is not None else e.encode(inputs.features).last_hidden_state
                 # a score read during decoding holds for the tokens it was read on (a special token the
                 # results drop would change them)
                 known = [
@@ -189,7 +195,24 @@ class WhisperTranscriber:
                     for k, r, seq in zip(decoded.known, results, decoded.sequences)
                 ]
                 no_speech_gate(e, results, states, options, known)
+            if options.word_timestamps:
+                # PyTorch aligns on the states it decoded with; an export's are recomputed by its source
+                own = e.backend == "torch" and not inputs.long_form
+                if own and states is None:
+                    states = e.encode(inputs.features).last_hidden_state
+                add_words(e, self.aligner(), audios, results, options, states if own else None)
         return results
+
+    def aligner(self):
+        """The PyTorch model that aligns words (:mod:`mkdeploy.alignment`): this one on PyTorch; for an ONNX
+        export, the directory it was exported from (its manifest names it and its weights' hash), loaded
+        once on first use on the CPU (ONNX graphs do not output attention weights)."""
+        if self.backend == "torch":
+            return self.model
+        if self._aligner is None:
+            model, _ = load_whisper(export_source(self.path))
+            self._aligner = model.to("cuda" if self.device == "cuda" else "cpu").eval()
+        return self._aligner
 
     def decode_timestamped(self, audios: Sequence[np.ndarray], options: TranscriptionOptions) -> list[list[Segment]]:
         """:func:`mkdeploy.strategies.decode_timestamped` on clips of at most 30 s."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from mkdeploy.fsutil import atomic_write_text
@@ -20,12 +21,18 @@ def format_timestamp(seconds: float, always_include_hours: bool = False, decimal
 
 
 class ResultWriter:
-    """Writes one transcription to ``output_dir/<audio stem>.<extension>`` atomically."""
+    """Writes one transcription to ``output_dir/<audio stem>.<extension>`` atomically.
+
+    Args:
+        output_dir: where the files go.
+        word_level: subtitle formats write one cue per word when the result has word timestamps.
+    """
 
     extension: str = ""
 
-    def __init__(self, output_dir: str | Path):
+    def __init__(self, output_dir: str | Path, word_level: bool = False):
         self.output_dir = Path(output_dir)
+        self.word_level = word_level
 
     def path_for(self, result: Transcription) -> Path:
         return self.output_dir / f"{Path(result.path).stem or 'audio'}.{self.extension}"
@@ -36,8 +43,9 @@ class ResultWriter:
     def render(self, result: Transcription) -> str:
         raise NotImplementedError
 
-    @staticmethod
-    def _segments(result: Transcription):
+    def _segments(self, result: Transcription):
+        if self.word_level and result.words:
+            return [(w.start, w.end, w.word.strip()) for w in result.words]
         # A transcript decoded without timestamps still gets one cue covering the clip.
         if result.segments:
             return [(s.start, s.end, s.text) for s in result.segments]
@@ -66,9 +74,17 @@ class WriteJSON(ResultWriter):
             "no_speech_prob": result.no_speech_prob,
             "avg_logprob": result.avg_logprob,
             "segments": [
-                {"id": i, "start": s.start, "end": s.end, "text": s.text, "tokens": s.tokens}
+                {
+                    "id": i,
+                    "start": s.start,
+                    "end": s.end,
+                    "text": s.text,
+                    "tokens": s.tokens,
+                    **({"words": [asdict(w) for w in s.words]} if result.words else {}),
+                }
                 for i, s in enumerate(result.segments)
             ],
+            **({"words": [asdict(w) for w in result.words]} if result.words else {}),
         }
         return json.dumps(d, ensure_ascii=False, indent=2) + "\n"
 
@@ -96,7 +112,7 @@ class WriteVTT(ResultWriter):
 WRITERS: dict[str, type[ResultWriter]] = {"txt": WriteTXT, "json": WriteJSON, "srt": WriteSRT, "vtt": WriteVTT}
 
 
-def get_writer(fmt: str, output_dir: str | Path) -> ResultWriter:
+def get_writer(fmt: str, output_dir: str | Path, word_level: bool = False) -> ResultWriter:
     if fmt not in WRITERS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(WRITERS)}")
-    return WRITERS[fmt](output_dir)
+    return WRITERS[fmt](output_dir, word_level)

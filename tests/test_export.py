@@ -204,3 +204,27 @@ def test_real_tiny_en_export_is_token_identical(tiny_en_teacher, speech_clips, t
         assert [r.tokens for r in ox.transcribe_arrays(clips, win)] == [
             r.tokens for r in pt.transcribe_arrays(clips, win)
         ]
+
+
+def test_onnx_word_timestamps_come_from_the_source_model(tiny_export, tiny_model_dir, samples, tmp_path):
+    """An export has no attention outputs: its words are aligned by the PyTorch model its manifest names, so
+    the fp32 export's words equal PyTorch's; a moved source is a one-line error naming the fix."""
+    from mkdeploy.errors import ModelError
+    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+
+    opts = TranscriptionOptions(
+        return_timestamps=False, max_new_tokens=8, word_timestamps=True, no_speech_threshold=None
+    )
+    pt = WhisperTranscriber.from_pretrained(tiny_model_dir, device="cpu").transcribe_arrays(samples, opts)
+    ort = WhisperTranscriber.from_pretrained(tiny_export, backend="onnx", device="cpu").transcribe_arrays(samples, opts)
+    assert [r.tokens for r in ort] == [r.tokens for r in pt]
+    assert [r.words for r in ort] == [r.words for r in pt] and all(r.words for r in pt)
+    moved = tmp_path / "moved-onnx"
+    shutil.copytree(tiny_export, moved)
+    manifest = json.loads((moved / "mkdeploy_export.json").read_text())
+    manifest["source"] = str(tmp_path / "gone")
+    (moved / "mkdeploy_export.json").write_text(json.dumps(manifest))
+    tr = WhisperTranscriber.from_pretrained(moved, backend="onnx", device="cpu")
+    assert tr.transcribe_arrays(samples[:1], TranscriptionOptions(max_new_tokens=4))[0].tokens  # decoding unaffected
+    with pytest.raises(ModelError, match="not there any more"):
+        tr.transcribe_arrays(samples[:1], opts)

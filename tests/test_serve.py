@@ -299,3 +299,27 @@ def test_packed_batches_give_each_caller_its_own_words(tiny_en_teacher, clips, t
     assert error_rates(refs, texts).wer <= 0.1
     for i, hyp in enumerate(texts):
         assert min(range(8), key=lambda j: error_rates([refs[j]], [hyp]).wer) == i
+
+
+def test_word_timestamps_in_verbose_json(base_server, clips):
+    """``timestamp_granularities[]=word`` as the openai SDK sends it: words with times inside the clip, in
+    order, spelling the transcript; alone, segments are left out (OpenAI's shape); with other formats a 400."""
+    audio, text = clips[0]
+    client = base_server.client()
+    both = client.audio.transcriptions.create(
+        file=("a.wav", audio), model="whisper-1", response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )  # fmt: skip
+    words = both.words
+    assert words and both.segments
+    assert " ".join(w.word for w in words) == both.text.strip()
+    times = [t for w in words for t in (w.start, w.end)]
+    assert times == sorted(times) and 0.0 <= times[0] and times[-1] <= both.duration + 0.05
+    only = client.audio.transcriptions.create(
+        file=("a.wav", audio), model="whisper-1", response_format="verbose_json", timestamp_granularities=["word"]
+    )
+    assert [w.word for w in only.words] == [w.word for w in words] and not only.segments
+    with pytest.raises(openai.BadRequestError, match="verbose_json"):
+        client.audio.transcriptions.create(
+            file=("a.wav", audio), model="whisper-1", response_format="json", timestamp_granularities=["word"]
+        )

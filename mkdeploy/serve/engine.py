@@ -54,7 +54,8 @@ class Engine:
 
     def decode(self, audios, options: TranscriptionOptions):
         assert self.transcriber is not None, "decode before the model was loaded"
-        if self.config.pack and len(audios) > 1:
+        # packed windows hold several callers' clips: words are aligned per clip, so those requests decode unpacked
+        if self.config.pack and len(audios) > 1 and not options.word_timestamps:
             results, redone = transcribe_packed(self.transcriber, audios, options)
             if redone:
                 logger.info(

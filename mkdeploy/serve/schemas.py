@@ -33,20 +33,39 @@ class TranscriptionSegment(BaseModel):
     no_speech_prob: float
 
 
+class TranscriptionWord(BaseModel):
+    """A word with its times (``timestamp_granularities[]=word``), as OpenAI shapes it."""
+
+    word: str
+    start: float
+    end: float
+
+
 class TranscriptionVerbose(BaseModel):
     task: Literal["transcribe", "translate"] = "transcribe"
     language: str
     duration: float
     text: str
-    segments: list[TranscriptionSegment]
+    segments: list[TranscriptionSegment] | None = None
+    words: list[TranscriptionWord] | None = None
 
     @classmethod
     def from_result(
-        cls, r: Transcription, language: str, temperature: float, task: str = "transcribe"
+        cls,
+        r: Transcription,
+        language: str,
+        temperature: float,
+        task: str = "transcribe",
+        granularities: tuple[str, ...] = ("segment",),
     ) -> TranscriptionVerbose:
+        """OpenAI's verbose_json: ``segments`` when "segment" is among ``granularities`` (its default),
+        ``words`` when "word" is."""
         segs = r.segments or []
         return cls(
             task=task,  # type: ignore[arg-type]  # the routers pass "transcribe" or "translate" only
+            words=[TranscriptionWord(word=w.word.strip(), start=w.start, end=w.end) for w in r.words]
+            if "word" in granularities
+            else None,
             language=language,
             duration=round(r.duration, 3),
             text=r.text,
@@ -64,7 +83,9 @@ class TranscriptionVerbose(BaseModel):
                     no_speech_prob=r.no_speech_prob if r.no_speech_prob is not None else 0.0,
                 )
                 for i, s in enumerate(segs)
-            ],
+            ]
+            if "segment" in granularities
+            else None,
         )
 
 

@@ -76,11 +76,17 @@ async def handle_audio(
     except AudioError as exc:
         raise OpenAIError(400, str(exc), "bad_audio", code="invalid_audio", param="file") from None
     request.state.audio_seconds = info.duration
-    options = replace(_options(state, language, prompt, response_format, temperature), task=task)
+    # OpenAI: granularities apply to verbose_json; none given means segments
+    grains = tuple(granularities) or ("segment",)
+    options = replace(
+        _options(state, language, prompt, response_format, temperature),
+        task=task,
+        word_timestamps=response_format == "verbose_json" and "word" in grains,
+    )
     result = await _transcribe(state, audio, options)
     request.state.text = result.text
     state.metrics.latency.observe(time.perf_counter() - t0)
-    return _render(result, response_format, options, temperature)
+    return _render(result, response_format, options, temperature, grains)
 
 
 def too_large(size: int, limit_mb: float) -> OpenAIError:
@@ -118,10 +124,15 @@ def _check_request(state, model: str, fmt: str, temperature: float, granularitie
         raise OpenAIError(
             400, f"temperature {temperature}: must be between 0 and 1", "bad_request", param="temperature"
         )
-    bad = [g for g in granularities if g != "segment"]
+    bad = [g for g in granularities if g not in ("segment", "word")]
     if bad:
         raise OpenAIError(
-            400, f"timestamp_granularities {bad[0]!r}: only 'segment' is supported", "bad_request",
+            400, f"timestamp_granularities {bad[0]!r}: choose 'segment' and/or 'word'", "bad_request",
+            param="timestamp_granularities",
+        )  # fmt: skip
+    if granularities and fmt != "verbose_json":
+        raise OpenAIError(
+            400, "timestamp_granularities needs response_format 'verbose_json' (as OpenAI's API)", "bad_request",
             param="timestamp_granularities",
         )  # fmt: skip
 
@@ -159,12 +170,14 @@ async def _transcribe(state, audio, options: TranscriptionOptions) -> Transcript
         ) from None  # fmt: skip
 
 
-def _render(result: Transcription, fmt: str, options: TranscriptionOptions, temperature: float) -> Response:
+def _render(
+    result: Transcription, fmt: str, options: TranscriptionOptions, temperature: float, grains: tuple[str, ...]
+) -> Response:
     if fmt == "json":
         return JSONResponse(TranscriptionJson(text=result.text).model_dump())
     if fmt == "verbose_json":
         body = TranscriptionVerbose.from_result(
-            result, language_name(result.language or options.language), temperature, task=options.task
+            result, language_name(result.language or options.language), temperature, options.task, grains
         )
         return JSONResponse(body.model_dump())
     if fmt == "text":
