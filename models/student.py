@@ -68,6 +68,13 @@ def init_pruned_student(
         layer.self_attn.layer_idx = idx  # the KV cache indexes layers by position
         layer.encoder_attn.layer_idx = idx
     cfg.decoder_layers, cfg.encoder_layers = len(keep_dec), len(keep_enc)
+    # word timestamps read these heads: a kept layer's heads keep their role under its new index; heads of
+    # dropped layers go (none left: mkdeploy/alignment.py chooses heads by measurement on the clips at hand)
+    gen = model.generation_config
+    if getattr(gen, "alignment_heads", None):
+        gen.alignment_heads = [
+            [keep_dec.index(layer), h] for layer, h in gen.alignment_heads if layer in keep_dec
+        ] or None
     cfg.num_hidden_layers = len(keep_enc)
     setattr(
         cfg,

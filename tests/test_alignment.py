@@ -74,3 +74,18 @@ def test_alignment_heads_out_of_range_are_not_used(tiny_model_dir):
         assert model_alignment_heads(tr.model) == [[0, 1]]
     finally:
         gen.alignment_heads = saved
+
+
+def test_pruning_keeps_the_alignment_heads_of_kept_layers(tiny_multilingual_teacher, tmp_path):
+    import json
+    import shutil
+
+    from mkdeploy.models.student import init_pruned_student
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_multilingual_teacher, teacher)
+    gen = json.loads((teacher / "generation_config.json").read_text())
+    gen["alignment_heads"] = [[0, 1], [1, 0], [2, 1]]
+    (teacher / "generation_config.json").write_text(json.dumps(gen))
+    student = init_pruned_student(teacher, tmp_path / "pruned", decoder_layers=2)  # keeps layers 0 and 2
+    assert json.loads((student / "generation_config.json").read_text())["alignment_heads"] == [[0, 1], [1, 1]]
