@@ -46,6 +46,9 @@ class TranscriptionOptions:
         word_timestamps: each word's start and end (cross-attention over the alignment heads and DTW,
             :mod:`mkdeploy.alignment`; one extra decoder pass per clip, and for an ONNX export a PyTorch
             pass of the model it was exported from). Fills ``Transcription.words`` and each segment's.
+        batched_long_form: audio over 30 s is cut at Silero VAD's pauses into pieces of at most 30 s that
+            are decoded as batches with everything else (:mod:`mkdeploy.longform`; needs the ``[serve]``
+            extra) instead of ``generate``'s window-by-window walk; results are joined, times mapped back.
         static_decoder: greedy decoding of PyTorch models on CUDA runs the static-cache step of
             :mod:`mkdeploy.static_decoder`, captured as a CUDA graph (same tokens, without a kernel launch
             per operation); None: on for PyTorch on CUDA, off elsewhere (on CPU it gives the same tokens; a
@@ -68,4 +71,5 @@ class TranscriptionOptions:
     vad_filter: bool = False
     initial_prompt: str | None = None
     word_timestamps: bool = False
+    batched_long_form: bool = False
     static_decoder: bool | None = None

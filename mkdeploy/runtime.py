@@ -7,6 +7,7 @@ spirit), composed of small parts:
 - the silence, VAD and no-speech gates: :mod:`mkdeploy.gate`
 - the spoken language when none is given: :mod:`mkdeploy.language`
 - word timestamps: :mod:`mkdeploy.alignment`
+- long audio cut at pauses and batched: :mod:`mkdeploy.longform`
 - long-form audio: ``generate`` walks it window by window (:class:`~mkdeploy.strategies.GenerateSegments`)
 """
 
@@ -20,12 +21,13 @@ import numpy as np
 import torch
 
 from mkdeploy.alignment import add_words
-from mkdeploy.audio import load_audio_with_info
+from mkdeploy.audio import SAMPLE_RATE, load_audio_with_info
 from mkdeploy.batching import WINDOW_SAMPLES, model_inputs, plan_batches
 from mkdeploy.engine import Backend, Device, Engine, load_engine, resolve_device, resolve_dtype, set_torch_threads
 from mkdeploy.errors import AudioError
 from mkdeploy.gate import no_speech_gate, pre_gate
 from mkdeploy.language import check_language, detect_languages
+from mkdeploy.longform import MAX_PIECE_S, Piece, join, plan_pieces
 from mkdeploy.models.dirs import export_source
 from mkdeploy.models.student import load_whisper
 from mkdeploy.models.window import WindowConfig, segment_frames
@@ -33,6 +35,7 @@ from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Segment, Transcription
 from mkdeploy.static_decoder import StaticGreedyDecoder
 from mkdeploy.strategies import LeanGreedy, choose_strategy, decode_timestamped, token_cap, transcriptions
+from mkdeploy.vad import speech_spans
 
 __all__ = [
     "WINDOW_SAMPLES",
@@ -130,6 +133,8 @@ class WhisperTranscriber:
             One :class:`Transcription` per input, in input order.
         """
         options = options or TranscriptionOptions()
+        if options.batched_long_form and any(len(a) > WINDOW_SAMPLES for a in audios):
+            return self._transcribe_pieces(audios, options)
         if not options.return_timestamps and any(len(a) > WINDOW_SAMPLES for a in audios):
             options = TranscriptionOptions(**{**asdict(options), "return_timestamps": True})
         win = self.windows(options)
@@ -145,6 +150,30 @@ class WhisperTranscriber:
             for i, t in zip(idx, self._detect_and_transcribe([audios[i] for i in idx], options, bucket)):
                 results[i] = t
         return [r for r in results if r is not None]
+
+    def _transcribe_pieces(self, audios: Sequence[np.ndarray], options: TranscriptionOptions) -> list[Transcription]:
+        """Batched long-form (:mod:`mkdeploy.longform`): inputs over 30 s cut at VAD pauses, every piece
+        and every short input decoded in the same batches, the long ones joined back."""
+        plan: list[tuple[int, Piece]] = []
+        for i, a in enumerate(audios):
+            if len(a) <= WINDOW_SAMPLES:
+                plan.append((i, Piece(0, len(a))))
+            else:
+                # a speech stretch over 29 s is split by Silero at its longest pause; pieces keep 1 s of room
+                plan += [(i, p) for p in plan_pieces(speech_spans(a, MAX_PIECE_S - 1), len(a))]
+        decoded = self.transcribe_arrays(
+            [audios[i][p.start : p.end] for i, p in plan], replace(options, batched_long_form=False)
+        )
+        parts: dict[int, list[tuple[Piece, Transcription]]] = {i: [] for i in range(len(audios))}
+        for (i, p), r in zip(plan, decoded):
+            parts[i].append((p, r))
+        out = []
+        for i, a in enumerate(audios):
+            if len(a) <= WINDOW_SAMPLES:
+                out.append(parts[i][0][1])
+            else:
+                out.append(join("", len(a) / SAMPLE_RATE, parts[i]))
+        return out
 
     def _detect_and_transcribe(
         self, audios: list[np.ndarray], options: TranscriptionOptions, window_s: int

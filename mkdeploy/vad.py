@@ -63,6 +63,29 @@ def speech_seconds(audio: np.ndarray, threshold: float = VAD_THRESHOLD, min_spee
     return sum(s["end"] - s["start"] for s in stamps) / SAMPLE_RATE
 
 
+def speech_spans(
+    audio: np.ndarray, max_speech_s: float = float("inf"), threshold: float = VAD_THRESHOLD
+) -> list[tuple[int, int]]:
+    """Silero VAD's speech stretches of ``audio`` as (start, end) sample indices, each at most
+    ``max_speech_s`` long (Silero splits a longer one at its longest pause, else hard)."""
+    import torch  # heavy; imported on use so the core import stays light
+
+    model = _model()
+    from silero_vad import get_speech_timestamps  # optional [serve] extra
+
+    with _lock:
+        stamps = get_speech_timestamps(
+            torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
+            model,
+            threshold=threshold,
+            sampling_rate=SAMPLE_RATE,
+            min_speech_duration_ms=MIN_SPEECH_MS,
+            max_speech_duration_s=max_speech_s,
+            speech_pad_ms=200,  # Whisper drops a word cut at its first phoneme: keep some room
+        )
+    return [(int(s["start"]), int(s["end"])) for s in stamps]
+
+
 def has_speech(audio: np.ndarray, threshold: float = VAD_THRESHOLD) -> bool:
     """Whether Silero VAD finds any speech in ``audio`` (see :func:`speech_seconds`)."""
     return speech_seconds(audio, threshold) > 0.0

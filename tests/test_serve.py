@@ -323,3 +323,58 @@ def test_word_timestamps_in_verbose_json(base_server, clips):
         client.audio.transcriptions.create(
             file=("a.wav", audio), model="whisper-1", response_format="json", timestamp_granularities=["word"]
         )
+
+
+@pytest.fixture(scope="module")
+def piece_server(tiny_en_teacher, tmp_path_factory):
+    """tiny.en, one clip per batch (so the order in which pieces and clips are decoded shows), 120 s limit."""
+    s = Server(
+        tiny_en_teacher, "--max-batch", "1", "--request-timeout", "120",
+        log=tmp_path_factory.mktemp("serve") / "pieces.log",
+    )  # fmt: skip
+    yield s
+    assert s.stop() == 0
+
+
+def _long_audio(clips, times: int) -> np.ndarray:
+    pause = np.zeros(16000, np.float32)
+    return np.concatenate([x for a, _ in clips for x in (sf.read(io.BytesIO(a), dtype="float32")[0], pause)] * times)
+
+
+def test_stream_sends_openai_text_events(piece_server, clips):
+    """``stream=True`` through the openai SDK: a ``transcript.text.delta`` per piece of a long upload, then
+    ``transcript.text.done`` whose text is the deltas joined and matches the unstreamed answer."""
+    audio = wav_bytes(_long_audio(clips, 2))  # ~55 s: two pieces at least
+    client = piece_server.client()
+    events = list(client.audio.transcriptions.create(file=("long.wav", audio), model="whisper-1", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[-1] == "transcript.text.done" and kinds.count("transcript.text.delta") >= 2
+    deltas = "".join(e.delta for e in events if e.type == "transcript.text.delta")
+    assert deltas == events[-1].text
+    plain = client.audio.transcriptions.create(file=("long.wav", audio), model="whisper-1").text
+    assert plain == events[-1].text
+    refs = " ".join(t for _, t in clips * 2)
+    assert error_rates([refs], [plain]).wer <= 0.15
+    with pytest.raises(openai.BadRequestError, match="cannot stream"):
+        client.audio.transcriptions.create(
+            file=("a.wav", clips[0][0]), model="whisper-1", stream=True, response_format="srt"
+        )
+
+
+def test_a_short_clip_is_not_held_behind_a_long_upload(piece_server, clips):
+    """One request at a time (--max-batch 1): the long file is decoded piece by piece, so a short clip sent
+    after it starts is answered before the file is, not after it (the ordering is the test, not a time)."""
+    long = wav_bytes(_long_audio(clips, 3))  # ~80 s
+    finished: dict[str, float] = {}
+
+    def send(name: str, audio: bytes, delay: float) -> int:
+        time.sleep(delay)
+        r = _post(piece_server.url, audio)
+        finished[name] = time.monotonic()
+        return r.status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        f_long = pool.submit(send, "long", long, 0.0)
+        f_short = pool.submit(send, "short", clips[0][0], 1.5)
+        assert f_short.result() == 200 and f_long.result() in (200, 504)
+    assert finished["short"] < finished["long"]

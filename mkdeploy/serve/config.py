@@ -45,6 +45,13 @@ class ServeConfig:
         metadata={"help": "Pack short requests of a batch into shared 30 s windows (one encoder pass for many)."},
     )
     vad: bool = field(default=True, metadata={"help": "Silero VAD before decoding: no speech gives ''."})
+    batched_long_form: bool = field(
+        default=True,
+        metadata={
+            "help": "Audio over 30 s is cut at VAD pauses into pieces of at most 30 s, sent to the batcher "
+            "max-batch at a time: other callers' clips share those batches instead of waiting behind the file."
+        },
+    )
     log_text: bool = field(default=False, metadata={"help": "Put transcripts in the request log lines."})
 
     @property

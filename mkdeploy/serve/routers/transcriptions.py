@@ -4,22 +4,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import replace
 
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from mkdeploy.audio import decode_audio_bytes
+from mkdeploy.batching import WINDOW_SAMPLES
 from mkdeploy.errors import AudioError, MkdError
 from mkdeploy.language import check_language, language_name
+from mkdeploy.longform import MAX_PIECE_S, Piece, join, plan_pieces
 from mkdeploy.results import Transcription
 from mkdeploy.runtime import TranscriptionOptions
 from mkdeploy.serve.auth import require_api_key
 from mkdeploy.serve.batcher import QueueFull
-from mkdeploy.serve.errors import OpenAIError
+from mkdeploy.serve.errors import OpenAIError, error_body
 from mkdeploy.serve.schemas import RESPONSE_FORMATS, TranscriptionJson, TranscriptionVerbose
+from mkdeploy.vad import speech_spans
 from mkdeploy.writers import WRITERS
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -40,10 +44,11 @@ async def create_transcription(
     response_format: str = Form("json"),
     temperature: float = Form(0.0),
     timestamp_granularities: list[str] | None = Form(None, alias="timestamp_granularities[]"),
+    stream: bool = Form(False),
 ) -> Response:
     return await handle_audio(
         request, file, model, language, prompt, response_format, temperature, timestamp_granularities or [],
-        task="transcribe",
+        task="transcribe", stream=stream,
     )  # fmt: skip
 
 
@@ -57,15 +62,23 @@ async def handle_audio(
     temperature: float,
     granularities: list[str],
     task: str,
+    stream: bool = False,
 ) -> Response:
     """What transcriptions and translations share: checks, upload, decoding, the chosen format.
 
     ``task``: "transcribe", or "translate" (into English; the translations router checks the model first).
+    ``stream``: server-sent events as OpenAI's API sends them: ``transcript.text.delta`` per piece decoded
+    (pieces cut at VAD pauses, :mod:`mkdeploy.longform`), then ``transcript.text.done`` with the text.
     """
     state = request.app.state
     t0 = time.perf_counter()
     check_ready(state)
     _check_request(state, model, response_format, temperature, granularities)
+    if stream and response_format not in ("json", "text"):
+        raise OpenAIError(
+            400, f"stream=true sends text deltas; response_format {response_format!r} cannot stream, use json or text",
+            "bad_request", param="stream",
+        )  # fmt: skip
     data = await file.read()
     limit = int(state.config.max_upload_mb * 1024 * 1024)
     if len(data) > limit:
@@ -83,10 +96,68 @@ async def handle_audio(
         task=task,
         word_timestamps=response_format == "verbose_json" and "word" in grains,
     )
-    result = await _transcribe(state, audio, options)
+    long = len(audio) > WINDOW_SAMPLES and state.config.batched_long_form
+    if stream:
+        # streamed, even a long file with --no-batched-long-form is cut into pieces: deltas need pieces
+        pieces = await run_in_threadpool(_pieces, audio) if len(audio) > WINDOW_SAMPLES else None
+        return StreamingResponse(_events(request, state, audio, pieces, options, t0), media_type="text/event-stream")
+    if long:
+        pieces = await run_in_threadpool(_pieces, audio)
+        parts = [part async for part in _decode_pieces(state, audio, pieces, options, t0)]
+        result = join("", info.duration, parts)
+    else:
+        result = await _transcribe(state, audio, options, t0)
     request.state.text = result.text
     state.metrics.latency.observe(time.perf_counter() - t0)
     return _render(result, response_format, options, temperature, grains)
+
+
+def _pieces(audio) -> list[Piece]:
+    """Pieces of at most 30 s cut at Silero VAD's pauses (runs on a worker thread: the VAD is CPU work)."""
+    return plan_pieces(speech_spans(audio, MAX_PIECE_S - 1), len(audio))
+
+
+async def _decode_pieces(state, audio, pieces: list[Piece], options: TranscriptionOptions, t0: float):
+    """(piece, result) in order. ``max_batch`` pieces are queued at a time, so one long file holds at most
+    that many queue places, and clips of other callers queued meanwhile are decoded in the next batches
+    rather than after the whole file."""
+    step = max(1, state.config.max_batch)
+    for k in range(0, len(pieces), step):
+        group = pieces[k : k + step]
+        done = await asyncio.gather(*(_transcribe(state, audio[p.start : p.end], options, t0) for p in group))
+        for p, r in zip(group, done):
+            yield p, r
+
+
+async def _events(request: Request, state, audio, pieces: list[Piece] | None, options, t0: float):
+    """OpenAI's transcription stream: a delta per piece with text, then the whole text."""
+    texts: list[str] = []
+    try:
+        if pieces is None:  # a clip of at most 30 s: one piece
+            parts = [(Piece(0, len(audio)), await _transcribe(state, audio, options, t0))]
+            source = _aiter(parts)
+        else:
+            source = _decode_pieces(state, audio, pieces, options, t0)
+        async for _, r in source:
+            if r.text:
+                delta = r.text if not texts else " " + r.text
+                texts.append(r.text)
+                yield _sse({"type": "transcript.text.delta", "delta": delta})
+        text = " ".join(texts)
+        request.state.text = text
+        state.metrics.latency.observe(time.perf_counter() - t0)
+        yield _sse({"type": "transcript.text.done", "text": text})
+    except OpenAIError as exc:  # the status line is sent already: the error goes in the stream, in OpenAI's shape
+        yield _sse({"type": "error", **error_body(exc.message, exc.type, exc.code, exc.param)})
+
+
+async def _aiter(items):
+    for item in items:
+        yield item
+
+
+def _sse(event: dict) -> str:
+    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
 def too_large(size: int, limit_mb: float) -> OpenAIError:
@@ -155,9 +226,12 @@ def _options(state, language: str | None, prompt: str | None, fmt: str, temperat
     )
 
 
-async def _transcribe(state, audio, options: TranscriptionOptions) -> Transcription:
+async def _transcribe(state, audio, options: TranscriptionOptions, t0: float | None = None) -> Transcription:
+    """One clip through the batcher, within what is left of the request's ``--request-timeout`` (counted
+    from ``t0``, the request's start, so a file decoded in pieces has one deadline, not one per piece)."""
+    left = state.config.request_timeout - (time.perf_counter() - t0 if t0 is not None else 0.0)
     try:
-        return await asyncio.wait_for(state.batcher.submit(audio, options), state.config.request_timeout)
+        return await asyncio.wait_for(state.batcher.submit(audio, options), max(0.0, left))
     except QueueFull:
         raise OpenAIError(
             503, f"server busy: {state.config.max_queue} requests already queued; retry after {RETRY_AFTER_S} s",
