@@ -80,7 +80,8 @@ def main() -> None:
             f"# Recipe ablation over seeds ({version_string()})",
             "",
             f"`python benchmarks/ablation.py --from-demo {src} --seeds {a.seeds} --recipes {a.recipes}"
-            f"{' --labels ' + labels if a.labels else ''}`; {labels} labels, {steps} steps of {demo.batch_size} clips, "
+            f"{' --labels ' + labels if a.labels else ''}{f' --steps {a.steps}' if a.steps else ''}"
+            f"{''.join(f' --set {x}' for x in a.set)}`; {labels} labels, {steps} steps of {demo.batch_size} clips, "
             f"PyTorch fp32, the demo's decoding; {(time.time() - t_all) / 60:.0f} min.",
             "",
             "WER, mean ± sd over seeds (%); *final*: the last step as trained, *shipped*: what dev selection merges:",
