@@ -22,6 +22,8 @@ from mkdeploy.results import Segment, Transcription, Word
 
 #: longest piece, in seconds: Whisper's window
 MAX_PIECE_S = 30.0
+#: room kept around each speech span when cutting, in ms (Whisper drops a word cut at its first phoneme)
+PIECE_PAD_MS = 200
 
 
 @dataclass(frozen=True)

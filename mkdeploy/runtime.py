@@ -27,7 +27,7 @@ from mkdeploy.engine import Backend, Device, Engine, load_engine, resolve_device
 from mkdeploy.errors import AudioError
 from mkdeploy.gate import no_speech_gate, pre_gate
 from mkdeploy.language import check_language, detect_languages
-from mkdeploy.longform import MAX_PIECE_S, Piece, join, plan_pieces
+from mkdeploy.longform import MAX_PIECE_S, PIECE_PAD_MS, Piece, join, plan_pieces
 from mkdeploy.models.dirs import export_source
 from mkdeploy.models.student import load_whisper
 from mkdeploy.models.window import WindowConfig, segment_frames
@@ -160,7 +160,7 @@ class WhisperTranscriber:
                 plan.append((i, Piece(0, len(a))))
             else:
                 # a speech stretch over 29 s is split by Silero at its longest pause; pieces keep 1 s of room
-                plan += [(i, p) for p in plan_pieces(speech_spans(a, MAX_PIECE_S - 1), len(a))]
+                plan += [(i, p) for p in plan_pieces(speech_spans(a, MAX_PIECE_S - 1, pad_ms=PIECE_PAD_MS), len(a))]
         decoded = self.transcribe_arrays(
             [audios[i][p.start : p.end] for i, p in plan], replace(options, batched_long_form=False)
         )

@@ -47,6 +47,21 @@ def speech_seconds(audio: np.ndarray, threshold: float = VAD_THRESHOLD, min_spee
     Returns:
         total duration of the detected speech stretches (0.0: no speech).
     """
+    spans = speech_spans(audio, threshold=threshold, min_speech_ms=min_speech_ms)
+    return sum(end - start for start, end in spans) / SAMPLE_RATE
+
+
+def speech_spans(
+    audio: np.ndarray,
+    max_speech_s: float = float("inf"),
+    threshold: float = VAD_THRESHOLD,
+    min_speech_ms: int = MIN_SPEECH_MS,
+    pad_ms: int = 30,
+) -> list[tuple[int, int]]:
+    """Silero VAD's speech stretches of ``audio`` as (start, end) sample indices, each at most
+    ``max_speech_s`` long (Silero splits a longer one at its longest pause, else hard), widened by
+    ``pad_ms`` each side (Silero's default 30; cutting long audio into pieces wants more, since Whisper
+    drops a word cut at its first phoneme)."""
     import torch  # heavy; imported on use so the core import stays light
 
     model = _model()  # first: it names the extra when silero-vad is missing
@@ -59,31 +74,10 @@ def speech_seconds(audio: np.ndarray, threshold: float = VAD_THRESHOLD, min_spee
             threshold=threshold,
             sampling_rate=SAMPLE_RATE,
             min_speech_duration_ms=min_speech_ms,
-        )
-    return sum(s["end"] - s["start"] for s in stamps) / SAMPLE_RATE
-
-
-def speech_spans(
-    audio: np.ndarray, max_speech_s: float = float("inf"), threshold: float = VAD_THRESHOLD
-) -> list[tuple[int, int]]:
-    """Silero VAD's speech stretches of ``audio`` as (start, end) sample indices, each at most
-    ``max_speech_s`` long (Silero splits a longer one at its longest pause, else hard)."""
-    import torch  # heavy; imported on use so the core import stays light
-
-    model = _model()
-    from silero_vad import get_speech_timestamps  # optional [serve] extra
-
-    with _lock:
-        stamps = get_speech_timestamps(
-            torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)),
-            model,
-            threshold=threshold,
-            sampling_rate=SAMPLE_RATE,
-            min_speech_duration_ms=MIN_SPEECH_MS,
             max_speech_duration_s=max_speech_s,
-            speech_pad_ms=200,  # Whisper drops a word cut at its first phoneme: keep some room
+            speech_pad_ms=pad_ms,
         )
-    return [(int(s["start"]), int(s["end"])) for s in stamps]
+    return [(int(st["start"]), int(st["end"])) for st in stamps]
 
 
 def has_speech(audio: np.ndarray, threshold: float = VAD_THRESHOLD) -> bool:

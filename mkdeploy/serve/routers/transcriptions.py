@@ -16,7 +16,7 @@ from mkdeploy.audio import decode_audio_bytes
 from mkdeploy.batching import WINDOW_SAMPLES
 from mkdeploy.errors import AudioError, MkdError
 from mkdeploy.language import check_language, language_name
-from mkdeploy.longform import MAX_PIECE_S, Piece, join, plan_pieces
+from mkdeploy.longform import MAX_PIECE_S, PIECE_PAD_MS, Piece, join, plan_pieces
 from mkdeploy.results import Transcription
 from mkdeploy.runtime import TranscriptionOptions
 from mkdeploy.serve.auth import require_api_key
@@ -114,7 +114,7 @@ async def handle_audio(
 
 def _pieces(audio) -> list[Piece]:
     """Pieces of at most 30 s cut at Silero VAD's pauses (runs on a worker thread: the VAD is CPU work)."""
-    return plan_pieces(speech_spans(audio, MAX_PIECE_S - 1), len(audio))
+    return plan_pieces(speech_spans(audio, MAX_PIECE_S - 1, pad_ms=PIECE_PAD_MS), len(audio))
 
 
 async def _decode_pieces(state, audio, pieces: list[Piece], options: TranscriptionOptions, t0: float):
