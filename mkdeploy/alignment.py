@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from mkdeploy.audio import SAMPLE_RATE
+from mkdeploy.batching import WINDOW_SAMPLES, model_inputs
+from mkdeploy.decoding import forced_ids
 from mkdeploy.results import Word
 
 #: encoder frames per second (Whisper's 2x downsampled 100 Hz mel: 1500 frames per 30 s)
@@ -152,10 +154,7 @@ def align_words(
     Returns:
         One list of :class:`Word` per clip (empty for a clip with no tokens).
     """
-    width = max((len(s) for s in token_seqs), default=0) + 1
-    rows = [list(prompt) + list(s) + [eot] * (width - len(s)) for s in token_seqs]
-    ids = torch.tensor(rows, dtype=torch.long, device=states.device)
-    weights, logits = cross_attention(model, states, ids, heads)
+    weights, logits = cross_attention(model, states, forced_ids(prompt, token_seqs, eot, states.device), heads)
     probs = torch.softmax(logits, dim=-1)
     out: list[list[Word]] = []
     p0 = len(prompt)
@@ -228,10 +227,7 @@ def choose_alignment_heads(
     """
     cfg = model.config
     every = [[layer, head] for layer in range(cfg.decoder_layers) for head in range(cfg.decoder_attention_heads)]
-    width = max(len(s) for s in token_seqs) + 1
-    rows = [list(prompt) + list(s) + [eot] * (width - len(s)) for s in token_seqs]
-    ids = torch.tensor(rows, dtype=torch.long, device=states.device)
-    weights, _ = cross_attention(model, states, ids, every)
+    weights, _ = cross_attention(model, states, forced_ids(prompt, token_seqs, eot, states.device), every)
     p0 = len(prompt)
     score = np.zeros(len(every))
     for b, seq in enumerate(token_seqs):
@@ -270,8 +266,6 @@ def add_words(engine, aligner, audios: Sequence[np.ndarray], results, options, s
         options: the decoding options (language, task: the decoder prompt).
         states: the aligner's encoder states of the batch when already computed (clips of at most 30 s).
     """
-    from mkdeploy.batching import WINDOW_SAMPLES, model_inputs  # a layer below; imported here as it is small
-
     tok = engine.processor.tokenizer
     eot = tok.convert_tokens_to_ids("<|endoftext|>")
     prompt = engine.prompt(options)

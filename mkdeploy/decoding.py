@@ -256,6 +256,16 @@ def no_speech_token(tokenizer, generation_config) -> int:
     return int(generation_config.no_timestamps_token_id) - 1
 
 
+def forced_ids(
+    prompt: Sequence[int], sequences: Sequence[Sequence[int]], eot: int, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """[B, len(prompt) + longest + 1] decoder input for a teacher-forced pass: ``prompt + tokens``, then
+    ``<|endoftext|>`` to the common width (every row ends with at least one)."""
+    width = max((len(s) for s in sequences), default=0) + 1
+    rows = [list(prompt) + list(s) + [eot] * (width - len(s)) for s in sequences]
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
 def score_speech(
     logits_fn: LogitsFn,
     prompt: list[int],
@@ -275,9 +285,7 @@ def score_speech(
     """
     eos = generation_config.eos_token_id
     eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-    width = max(len(s) for s in sequences) + 1
-    rows = [list(prompt) + list(s) + [eos] * (width - len(s)) for s in sequences]
-    ids = torch.tensor(rows, dtype=torch.long, device=device)
+    ids = forced_ids(prompt, sequences, eos, device)
     logits = logits_fn(ids).to(torch.float32, copy=True)  # masked in place below
     no_speech = logits[:, 0].softmax(-1)[:, no_speech_id]
     suppress = list(generation_config.suppress_tokens or [])

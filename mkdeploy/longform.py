@@ -19,6 +19,7 @@ import numpy as np
 
 from mkdeploy.audio import SAMPLE_RATE
 from mkdeploy.results import Segment, Transcription, Word
+from mkdeploy.vad import speech_spans
 
 #: longest piece, in seconds: Whisper's window
 MAX_PIECE_S = 30.0
@@ -66,6 +67,12 @@ def plan_pieces(spans: Sequence[tuple[int, int]], n_samples: int, max_s: float =
     if cur is not None:
         pieces.append(Piece(cur[0], cur[1]))
     return pieces
+
+
+def cut_at_pauses(audio: np.ndarray) -> list[Piece]:
+    """Pieces of ``audio`` of at most 30 s cut at Silero VAD's pauses (a speech stretch over 29 s is split by
+    Silero at its longest pause, so a piece keeps 1 s of room for the padding)."""
+    return plan_pieces(speech_spans(audio, MAX_PIECE_S - 1, pad_ms=PIECE_PAD_MS), len(audio))
 
 
 def shift(result: Transcription, offset: float, piece_len: float) -> list[Segment]:

@@ -27,7 +27,7 @@ from mkdeploy.engine import Backend, Device, Engine, load_engine, resolve_device
 from mkdeploy.errors import AudioError
 from mkdeploy.gate import no_speech_gate, pre_gate
 from mkdeploy.language import check_language, detect_languages
-from mkdeploy.longform import MAX_PIECE_S, PIECE_PAD_MS, Piece, join, plan_pieces
+from mkdeploy.longform import Piece, cut_at_pauses, join
 from mkdeploy.models.dirs import export_source
 from mkdeploy.models.student import load_whisper
 from mkdeploy.models.window import WindowConfig, segment_frames
@@ -35,7 +35,6 @@ from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Segment, Transcription
 from mkdeploy.static_decoder import StaticGreedyDecoder
 from mkdeploy.strategies import LeanGreedy, choose_strategy, decode_timestamped, token_cap, transcriptions
-from mkdeploy.vad import speech_spans
 
 __all__ = [
     "WINDOW_SAMPLES",
@@ -159,8 +158,7 @@ class WhisperTranscriber:
             if len(a) <= WINDOW_SAMPLES:
                 plan.append((i, Piece(0, len(a))))
             else:
-                # a speech stretch over 29 s is split by Silero at its longest pause; pieces keep 1 s of room
-                plan += [(i, p) for p in plan_pieces(speech_spans(a, MAX_PIECE_S - 1, pad_ms=PIECE_PAD_MS), len(a))]
+                plan += [(i, p) for p in cut_at_pauses(a)]
         decoded = self.transcribe_arrays(
             [audios[i][p.start : p.end] for i, p in plan], replace(options, batched_long_form=False)
         )
@@ -235,7 +233,7 @@ class WhisperTranscriber:
     def aligner(self):
         """The PyTorch model that aligns words (:mod:`mkdeploy.alignment`): this one on PyTorch; for an ONNX
         export, the directory it was exported from (its manifest names it and its weights' hash), loaded
-        once on first use on the CPU (ONNX graphs do not output attention weights)."""
+        once on first use, on the export's device (ONNX graphs do not output attention weights)."""
         if self.backend == "torch":
             return self.model
         if self._aligner is None:

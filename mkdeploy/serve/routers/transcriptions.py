@@ -16,14 +16,13 @@ from mkdeploy.audio import decode_audio_bytes
 from mkdeploy.batching import WINDOW_SAMPLES
 from mkdeploy.errors import AudioError, MkdError
 from mkdeploy.language import check_language, language_name
-from mkdeploy.longform import MAX_PIECE_S, PIECE_PAD_MS, Piece, join, plan_pieces
+from mkdeploy.longform import Piece, cut_at_pauses, join
 from mkdeploy.results import Transcription
 from mkdeploy.runtime import TranscriptionOptions
 from mkdeploy.serve.auth import require_api_key
 from mkdeploy.serve.batcher import QueueFull
 from mkdeploy.serve.errors import OpenAIError, error_body
 from mkdeploy.serve.schemas import RESPONSE_FORMATS, TranscriptionJson, TranscriptionVerbose
-from mkdeploy.vad import speech_spans
 from mkdeploy.writers import WRITERS
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
@@ -99,10 +98,10 @@ async def handle_audio(
     long = len(audio) > WINDOW_SAMPLES and state.config.batched_long_form
     if stream:
         # streamed, even a long file with --no-batched-long-form is cut into pieces: deltas need pieces
-        pieces = await run_in_threadpool(_pieces, audio) if len(audio) > WINDOW_SAMPLES else None
+        pieces = await run_in_threadpool(cut_at_pauses, audio) if len(audio) > WINDOW_SAMPLES else None
         return StreamingResponse(_events(request, state, audio, pieces, options, t0), media_type="text/event-stream")
     if long:
-        pieces = await run_in_threadpool(_pieces, audio)
+        pieces = await run_in_threadpool(cut_at_pauses, audio)
         parts = [part async for part in _decode_pieces(state, audio, pieces, options, t0)]
         result = join("", info.duration, parts)
     else:
@@ -110,11 +109,6 @@ async def handle_audio(
     request.state.text = result.text
     state.metrics.latency.observe(time.perf_counter() - t0)
     return _render(result, response_format, options, temperature, grains)
-
-
-def _pieces(audio) -> list[Piece]:
-    """Pieces of at most 30 s cut at Silero VAD's pauses (runs on a worker thread: the VAD is CPU work)."""
-    return plan_pieces(speech_spans(audio, MAX_PIECE_S - 1, pad_ms=PIECE_PAD_MS), len(audio))
 
 
 async def _decode_pieces(state, audio, pieces: list[Piece], options: TranscriptionOptions, t0: float):
@@ -133,12 +127,8 @@ async def _events(request: Request, state, audio, pieces: list[Piece] | None, op
     """OpenAI's transcription stream: a delta per piece with text, then the whole text."""
     texts: list[str] = []
     try:
-        if pieces is None:  # a clip of at most 30 s: one piece
-            parts = [(Piece(0, len(audio)), await _transcribe(state, audio, options, t0))]
-            source = _aiter(parts)
-        else:
-            source = _decode_pieces(state, audio, pieces, options, t0)
-        async for _, r in source:
+        whole = [Piece(0, len(audio))]  # a clip of at most 30 s is one piece
+        async for _, r in _decode_pieces(state, audio, whole if pieces is None else pieces, options, t0):
             if r.text:
                 delta = r.text if not texts else " " + r.text
                 texts.append(r.text)
@@ -149,11 +139,6 @@ async def _events(request: Request, state, audio, pieces: list[Piece] | None, op
         yield _sse({"type": "transcript.text.done", "text": text})
     except OpenAIError as exc:  # the status line is sent already: the error goes in the stream, in OpenAI's shape
         yield _sse({"type": "error", **error_body(exc.message, exc.type, exc.code, exc.param)})
-
-
-async def _aiter(items):
-    for item in items:
-        yield item
 
 
 def _sse(event: dict) -> str:
