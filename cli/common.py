@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import os
 import sys
 import types
 import typing
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
@@ -116,16 +116,48 @@ def _option_type(hint: Any) -> type | None:
     return None
 
 
-def cli_parameter(name: str, annotation: Any, default: Any, positional: bool = False) -> inspect.Parameter:
-    """One parameter of a command whose signature is assembled (with :func:`dataclass_options`)."""
-    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if positional else inspect.Parameter.KEYWORD_ONLY
-    return inspect.Parameter(name, kind, default=default, annotation=annotation)
+class _FieldGroup:
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
 
 
-#: the MODEL argument of the commands that load one
-MODEL_ARGUMENT = cli_parameter(
-    "model", Path, typer.Argument(..., help="HF Whisper directory or ONNX export directory."), positional=True
-)
+def Fields(cls: type) -> Any:  # capitalised like typer.Option, whose place it takes
+    """The default of a command parameter that stands for one ``--option`` per field of a config dataclass.
+
+    A command declared with :func:`config_command` receives, in that parameter, the fields the user gave
+    (``{field: value}``, lists split on commas), ready for ``cls(**values)`` or a ``build`` that merges a
+    config file. Every other parameter is a plain Typer parameter, so all commands read the same way.
+    Typed ``Any`` as ``typer.Option`` is, so ``param: dict[str, Any] = Fields(cls)`` type-checks.
+    """
+    return _FieldGroup(cls)
+
+
+def config_command(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Make a plain Typer command whose ``Fields(cls)`` parameters expand into the dataclasses' options.
+
+    Typer reads a command's parameters from its signature; the wrapper's signature is the command's own
+    parameters followed by those of :func:`dataclass_options` for each ``Fields`` group, and the call folds
+    each group's values back into one dict (:func:`parse_dataclass_options`).
+    """
+    signature = inspect.signature(command, eval_str=True)
+    groups = {name: p.default.cls for name, p in signature.parameters.items() if isinstance(p.default, _FieldGroup)}
+    own = [p for p in signature.parameters.values() if p.name not in groups]
+    expanded = [q for cls in groups.values() for q in dataclass_options(cls)]
+    names = [p.name for p in own] + list(groups) + [q.name for q in expanded]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise TypeError(f"{command.__name__}: parameter names declared twice: {', '.join(twice)}")
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> Any:
+        kwargs = {p.name: values[p.name] for p in own}
+        kwargs.update({name: parse_dataclass_options(cls, values) for name, cls in groups.items()})
+        return command(**kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + expanded)  # type: ignore[attr-defined]
+    # Typer reads types from the annotations too: those of the signature it is given, not the command's
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + expanded}
+    return wrapper
 
 
 def dataclass_options(cls: type) -> list[inspect.Parameter]:

@@ -4,28 +4,18 @@ Every field of :class:`~mkdeploy.distill.config.RecipeConfig` is an option (``--
 generated from the dataclass with its help text, so a new recipe field needs no edit here.
 """
 
-import inspect
-import typing
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from mkdeploy.cli.common import (
-    cli_errors,
-    console,
-    dataclass_options,
-    needs_extra,
-    out,
-    parse_dataclass_options,
-    progress,
-    quiet_libraries,
-)
+from mkdeploy.cli.common import Fields, cli_errors, config_command, console, needs_extra, out, progress, quiet_libraries
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distributed.config import RayConfig
 
 
-def _run_options(
+@config_command
+def train_cmd(
     teacher: Path = typer.Option(..., "--teacher", help="Teacher HF Whisper directory (e.g. the imported base)."),
     student: Path = typer.Option(
         ..., "--student", help="Student HF Whisper directory (pre-trained or `mkd student init`)."
@@ -69,43 +59,34 @@ def _run_options(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run directory and start over."),
+    recipe_fields: dict[str, Any] = Fields(RecipeConfig),
+    ray_fields: dict[str, Any] = Fields(RayConfig),
 ) -> None:
-    """The run's own options; the recipe's come from RecipeConfig."""
-
-
-def train_cmd(**options: Any) -> None:
     """Train; Ctrl-C saves a checkpoint and exits, --resume continues from it."""
     quiet_libraries()
     with cli_errors():
-        cfg = RecipeConfig.build(options["config"], **parse_dataclass_options(RecipeConfig, options))
-        run = {
-            k: options[k]
-            for k in (
-                "eval",
-                "resume",
-                "force",
-                "pseudo_label",
-                "wer_threshold",
-                "teacher_filter",
-                "min_avg_logprob",
-                "eval_limit",
-                "cache_dir",
-            )
-        }
+        cfg = RecipeConfig.build(config, **recipe_fields)
         # the trainer imports torch, transformers and peft: loaded when a run starts, so `mkd --help` and the
         # other commands do not pay for them
         from mkdeploy.distill.trainer import TrainArgs
         from mkdeploy.distill.trainer import train as run_training
 
         args = TrainArgs(
-            options["teacher"],
-            options["student"],
-            options["train"],
-            options["output"],
+            teacher,
+            student,
+            train,
+            output,
             cfg,
-            eval_manifest=run.pop("eval"),
-            labeller=_ray_labeller(options) if options["label_with_ray"] else None,
-            **run,
+            eval_manifest=eval,
+            labeller=_ray_labeller(ray_fields) if label_with_ray else None,
+            resume=resume,
+            force=force,
+            pseudo_label=pseudo_label,
+            wer_threshold=wer_threshold,
+            teacher_filter=teacher_filter,
+            min_avg_logprob=min_avg_logprob,
+            eval_limit=eval_limit,
+            cache_dir=cache_dir,
         )
         with progress() as bar:
             job = bar.add_task("training", total=cfg.max_steps)
@@ -127,20 +108,12 @@ def train_cmd(**options: Any) -> None:
             f"at alpha {summary['selected']['alpha']:.2f} ({summary['selection_reason']})"
         )
     out.print(line)
-    out.print(f"run: {options['output']} (merge with `mkd merge {options['output']} OUT`)")
+    out.print(f"run: {output} (merge with `mkd merge {output} OUT`)")
 
 
-def _ray_labeller(options: dict[str, Any]):
+def _ray_labeller(ray: dict[str, Any]):
     # imported on use: Ray only for --label-with-ray
     with needs_extra("ray", "mkd train --label-with-ray"):
         from mkdeploy.distributed.label import RayLabeller
 
-    return RayLabeller(RayConfig(**parse_dataclass_options(RayConfig, options)).check())
-
-
-_hints = typing.get_type_hints(_run_options)
-train_cmd.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [p.replace(annotation=_hints[p.name]) for p in inspect.signature(_run_options).parameters.values()]
-    + dataclass_options(RecipeConfig)
-    + dataclass_options(RayConfig)
-)
+    return RayLabeller(RayConfig(**ray).check())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,15 +9,13 @@ from typing import Any
 import typer
 
 from mkdeploy.cli.common import (
-    MODEL_ARGUMENT,
+    Fields,
     cli_errors,
-    cli_parameter,
+    config_command,
     console,
-    dataclass_options,
     exit_on_failures,
     needs_extra,
     out,
-    parse_dataclass_options,
     progress,
     quiet_libraries,
 )
@@ -90,7 +87,20 @@ class DecodeFlags:
     )
 
 
-def transcribe(**options: Any) -> None:
+@config_command
+def transcribe(
+    model: Path = typer.Argument(..., help="HF Whisper directory or ONNX export directory."),
+    audio: list[Path] = typer.Argument(..., help="Audio files or folders of audio files."),
+    output_dir: Path = typer.Option(Path("transcripts"), "--output-dir", "-o", help="Where transcripts go."),
+    fmt: list[str] = typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing transcripts."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray (the [ray] extra): AUDIO is one manifest or folder."),
+    shard_size: int = typer.Option(
+        64, "--shard-size", help="With --ray: inputs per output shard (the unit a re-run skips)."
+    ),
+    decode_fields: dict[str, Any] = Fields(DecodeFlags),
+    ray_fields: dict[str, Any] = Fields(RayConfig),
+) -> None:
     """Transcribe audio files; bad files are listed and the rest still transcribed.
 
     With --ray: AUDIO is one manifest or folder, transcribed by --actors model actors on Ray Data into JSONL
@@ -102,26 +112,21 @@ def transcribe(**options: Any) -> None:
 
     quiet_libraries()
     with cli_errors():
-        flags = DecodeFlags(**parse_dataclass_options(DecodeFlags, options))
-        fmt, output_dir = options["fmt"], options["output_dir"]
+        flags = DecodeFlags(**decode_fields)
         bad = [f for f in fmt if f not in WRITERS]
         if bad:
             raise MkdError(f"--format {bad[0]}: choose txt, json, srt or vtt")
         _check_flags(flags)
-        if options["ray"]:
-            return _transcribe_on_ray(options, flags)
-        paths = expand_audio_paths(options["audio"])
+        if ray:
+            return _transcribe_on_ray(model, audio, output_dir, force, shard_size, flags, RayConfig(**ray_fields))
+        paths = expand_audio_paths(audio)
         if not paths:
-            raise MkdError(f"no audio files found in {', '.join(map(str, options['audio']))}")
+            raise MkdError(f"no audio files found in {', '.join(map(str, audio))}")
         writers = [get_writer(f, output_dir, word_level=flags.word_timestamps) for f in fmt]
         kw = {"variant": flags.variant} if flags.variant else {}
-        tr = WhisperTranscriber.from_pretrained(
-            options["model"], flags.backend, flags.device, flags.threads, flags.dtype, **kw
-        )
-        console.print(
-            f"model {options['model']} on {tr.backend}/{tr.device}" + (f" ({tr.provider})" if tr.provider else "")
-        )
-        _check_targets(paths, writers, options["force"])
+        tr = WhisperTranscriber.from_pretrained(model, flags.backend, flags.device, flags.threads, flags.dtype, **kw)
+        console.print(f"model {model} on {tr.backend}/{tr.device}" + (f" ({tr.provider})" if tr.provider else ""))
+        _check_targets(paths, writers, force)
         opts = _options(flags)
         _print_windows(tr, opts)
         with progress(disable=len(paths) < 2) as bar:
@@ -130,64 +135,41 @@ def transcribe(**options: Any) -> None:
         _write_and_print(results, failures, writers, output_dir)
 
 
-transcribe.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [
-        MODEL_ARGUMENT,
-        cli_parameter(
-            "audio", list[Path], typer.Argument(..., help="Audio files or folders of audio files."), positional=True
-        ),
-        cli_parameter(
-            "output_dir",
-            Path,
-            typer.Option(Path("transcripts"), "--output-dir", "-o", help="Where transcripts go."),
-        ),
-        cli_parameter(
-            "fmt", list[str], typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable).")
-        ),
-        cli_parameter("force", bool, typer.Option(False, "--force", help="Overwrite existing transcripts.")),
-        cli_parameter(
-            "ray",
-            bool,
-            typer.Option(False, "--ray", help="Run on Ray (the [ray] extra): AUDIO is one manifest or folder."),
-        ),
-        cli_parameter(
-            "shard_size",
-            int,
-            typer.Option(64, "--shard-size", help="With --ray: inputs per output shard (the unit a re-run skips)."),
-        ),
-    ]
-    + dataclass_options(DecodeFlags)
-    + dataclass_options(RayConfig)
-)
-
-
-def _transcribe_on_ray(options: dict[str, Any], flags: DecodeFlags) -> None:
+def _transcribe_on_ray(
+    model: Path,
+    audio: list[Path],
+    output_dir: Path,
+    force: bool,
+    shard_size: int,
+    flags: DecodeFlags,
+    config: RayConfig,
+) -> None:
     # imported on use: Ray only for --ray, and `mkd --help` stays fast
     from mkdeploy.data import load_manifest
 
     with needs_extra("ray", "mkd transcribe --ray"):
         from mkdeploy.distributed.transcribe import ModelSpec, transcribe_on_ray
 
-    if len(options["audio"]) != 1:
+    if len(audio) != 1:
         raise MkdError("--ray takes one manifest (JSONL) or one folder of audio files")
-    rows = load_manifest(options["audio"][0])
-    config = RayConfig(**parse_dataclass_options(RayConfig, options)).check()
-    model = ModelSpec(options["model"], flags.backend, flags.device, flags.variant, flags.threads, flags.dtype)
-    console.print(f"{len(rows)} inputs, {config.actors} actors on Ray, shards of {options['shard_size']}")
+    rows = load_manifest(audio[0])
+    config = config.check()
+    spec = ModelSpec(str(model), flags.backend, flags.device, flags.variant, flags.threads, flags.dtype)
+    console.print(f"{len(rows)} inputs, {config.actors} actors on Ray, shards of {shard_size}")
     job = transcribe_on_ray(
         rows,
-        model,
+        spec,
         _options(flags),
-        options["output_dir"],
+        output_dir,
         config,
-        shard_size=options["shard_size"],
-        force=options["force"],
+        shard_size=shard_size,
+        force=force,
         on_shard=lambda p, n: console.print(f"wrote {p} ({n} rows)", highlight=False),
     )
     rate = f", {job.audio_seconds / job.seconds:.1f} audio-s/s" if job.seconds else ""
     out.print(
         f"{job.rows} transcribed in {job.seconds:.1f} s{rate}; {len(job.written)} shards written, "
-        f"{len(job.skipped)} already done -> {options['output_dir']}"
+        f"{len(job.skipped)} already done -> {output_dir}"
     )
 
 

@@ -140,3 +140,46 @@ def test_transcribe_options_come_from_the_flags_dataclass(tiny_model_dir, clips,
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, [*args, "--encoder-buckets", "45", "--force"])
     assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_config_command_folds_dataclass_options_into_one_parameter():
+    """One CLI style: a plain Typer signature; a `Fields(cls)` parameter becomes one option per field and
+    arrives as the dict of the fields given (unset ones absent, lists split on commas)."""
+    import dataclasses
+
+    import pytest
+    import typer
+
+    from mkdeploy.cli.common import Fields, config_command
+
+    @dataclasses.dataclass
+    class Knobs:
+        rate: float = dataclasses.field(default=0.5, metadata={"help": "a rate"})
+        names: list[str] = dataclasses.field(default_factory=list, metadata={"help": "names"})
+
+    seen = {}
+
+    @config_command
+    def cmd(path: str = typer.Argument(...), loud: bool = typer.Option(False, "--loud"), knobs=Fields(Knobs)):
+        seen.update(path=path, loud=loud, knobs=knobs)
+
+    probe = typer.Typer(rich_markup_mode=None)  # as cli/main.py: help printed as written
+    probe.command()(cmd)
+    probe.command("other")(lambda: None)  # two commands: invoked by name
+    r = CliRunner().invoke(probe, ["cmd", "x", "--names", "a, b", "--loud"])
+    assert r.exit_code == 0, r.output
+    assert seen == {"path": "x", "loud": True, "knobs": {"names": ["a", "b"]}}
+    r = CliRunner().invoke(probe, ["cmd", "--help"], terminal_width=200)
+    assert "--rate" in r.output and "a rate [default: 0.5]" in r.output and "--knobs" not in r.output
+
+    with pytest.raises(TypeError, match="rate"):  # an own option named like a field is refused at import
+
+        @config_command
+        def clash(rate: float = typer.Option(1.0), knobs=Fields(Knobs)):
+            pass
+
+    with pytest.raises(TypeError, match="rate"):  # so is a group named like one of its fields
+
+        @config_command
+        def clash_group(rate=Fields(Knobs)):
+            pass
