@@ -6,6 +6,10 @@ times it), hence the decoding time and the time per generated token; for ONNX Ru
 decoder's session alone on the same inputs (``session.run`` with numpy, no Python wrapper), so the wrapper's
 share of a step shows.
 
+The second table times the greedy loop itself (the encoder's states given) through optimum's decoder
+wrapper and through mkdeploy's raw-session step (:class:`mkdeploy.ort.LeanDecoderStep`): per decoder
+step, the loop's time, the time inside the session's run calls, and what is left outside them.
+
     python benchmarks/cpu_profile.py ONNX_INT8_DIR CT2_DIR MANIFEST --threads 2 --limit 12 \\
         --out benchmarks/results/cpu_profile_tiny.en.md
 """
@@ -72,6 +76,67 @@ def profile_ort(path: Path, audios, threads: int, repeats: int) -> dict:
     return summarise(enc_s, clip_s, tokens) | {"raw_step_ms": 1000 * step_raw[0]}
 
 
+def profile_loop(path: Path, audios, threads: int, repeats: int) -> dict[str, dict]:
+    """Per decoder step: the greedy loop's time, the time inside the decoder session's run calls, and the
+    difference (what the Python side costs), through optimum's wrapper and through the raw-session step."""
+    import torch
+
+    from mkdeploy.decoding import greedy_decode, no_speech_token
+    from mkdeploy.options import TranscriptionOptions
+
+    engine = load_runner(ModelSpec("ort", path), "cpu", "en", threads=threads).tr.engine
+    fe, gen = engine.processor.feature_extractor, engine.model.generation_config
+    prompt = engine.prompt(TranscriptionOptions(language="en"))
+    no_speech = no_speech_token(engine.processor.tokenizer, gen)
+    session = engine.model.decoder.session
+    inside = [0.0]
+    for name in ("run", "run_with_iobinding", "run_with_ort_values"):  # the session's three ways in
+        original = getattr(session, name)
+
+        def timed(*a, _original=original, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _original(*a, **kw)
+            finally:
+                inside[0] += time.perf_counter() - t0
+
+        setattr(session, name, timed)
+    states = [
+        engine.encode(
+            torch.from_numpy(fe([a], sampling_rate=16000, return_tensors="np").input_features)
+        ).last_hidden_state
+        for a in audios
+    ]
+    out = {}
+    for label, lean in (("optimum wrapper", False), ("raw session (LeanDecoderStep)", True)):
+        engine.lean_onnx_decoder = lean
+        loop_s, steps, tokens = 0.0, 0, []
+        inside[0] = 0.0
+        for h in states:
+            for _ in range(repeats):
+                step, calls = engine.decoder_step(h), [0]
+
+                def counted(ids, past, _step=step, _calls=calls):
+                    _calls[0] += 1
+                    return _step(ids, past)
+
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    [r] = greedy_decode(counted, 1, prompt, gen, 128, engine.model.config.vocab_size, 2.4,
+                                        no_speech_id=no_speech)  # fmt: skip
+                loop_s += time.perf_counter() - t0
+                steps += calls[0]
+            tokens.append(r.tokens)
+        out[label] = {
+            "steps": steps / repeats,
+            "loop_ms": 1000 * loop_s / steps,
+            "session_ms": 1000 * inside[0] / steps,
+            "outside_ms": 1000 * (loop_s - inside[0]) / steps,
+            "tokens": tokens,
+        }
+    return out
+
+
 def profile_ct2(path: Path, audios, threads: int, repeats: int) -> dict:
     run = load_runner(ModelSpec("ct2", path, compute_type="int8"), "cpu", "en", threads=threads)
     enc_s, clip_s, tokens = [], [], []
@@ -125,6 +190,23 @@ def main() -> None:
             lines.append(
                 f"| {name} | {th} | {r['clip_p50_ms']:.0f} | {r['encoder_ms']:.0f} | {r['decoding_ms']:.0f} "
                 f"| {r['tokens']:.0f} | {r['ms_per_token']:.2f} | {raw} |"
+            )
+            print(lines[-1], flush=True)
+    lines += [
+        "",
+        "Per decoder step of the greedy loop (encoder states given; batch 1, the no-speech score read on the way): "
+        "through optimum's wrapper and through the raw session",
+        "",
+        "| decoder step | threads | steps | loop ms / step | inside the session | outside it | same tokens |",
+        "|---|--:|--:|--:|--:|--:|---|",
+    ]
+    for th in [int(t) for t in args.threads.split(",")]:
+        loops = profile_loop(args.onnx, audios, th, args.repeats)
+        ref = next(iter(loops.values()))["tokens"]
+        for label, r in loops.items():
+            lines.append(
+                f"| {label} | {th} | {r['steps']:.0f} | {r['loop_ms']:.2f} | {r['session_ms']:.2f} "
+                f"| {r['outside_ms']:.2f} | {'yes' if r['tokens'] == ref else 'NO'} |"
             )
             print(lines[-1], flush=True)
     if args.out:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from mkdeploy.decoding import decoder_prompt
+from mkdeploy.decoding import StepFn, decoder_prompt, ort_step, torch_step
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
 from mkdeploy.models.student import load_whisper
@@ -26,7 +26,7 @@ from mkdeploy.models.window import (
     model_buckets,
 )
 from mkdeploy.options import TranscriptionOptions
-from mkdeploy.ort import OrtOptions, load_ort_model
+from mkdeploy.ort import LeanDecoderStep, OrtOptions, lean_decoder_session, load_ort_model
 
 Backend = Literal["auto", "torch", "onnx"]
 Device = Literal["auto", "cuda", "cpu"]
@@ -87,6 +87,9 @@ class Engine:
         #: encoder cannot change between calls (the trainer scoring dev with a frozen encoder, where
         #: the encoder was half of each evaluation's time)
         self.states_memo: dict[str, Any] | None = None
+        #: ONNX on CPU: drive the merged decoder's session directly (:class:`~mkdeploy.ort.LeanDecoderStep`);
+        #: False goes through optimum's wrapper (benchmarks/cpu_profile.py compares the two)
+        self.lean_onnx_decoder = True
 
     @property
     def token_limit(self) -> int:
@@ -144,6 +147,16 @@ class Engine:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(0)
             return self.model.generate(**kw)
+
+    def decoder_step(self, encoder_hidden_states) -> StepFn:
+        """The step function the greedy loops of :mod:`mkdeploy.decoding` call, over these encoder states:
+        PyTorch's decoder, the raw ONNX session on CPU, or optimum's ONNX wrapper (CUDA, unmerged graphs)."""
+        if self.backend == "torch":
+            return torch_step(self.model, encoder_hidden_states)
+        session = lean_decoder_session(self.model) if self.lean_onnx_decoder else None
+        if session is not None:
+            return LeanDecoderStep(session, encoder_hidden_states)
+        return ort_step(self.model, encoder_hidden_states)
 
     def encode(self, features):
         """Run the encoder alone on mel features of any window; returns a ``BaseModelOutput``."""

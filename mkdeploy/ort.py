@@ -175,3 +175,77 @@ def _check_graph_paths(model, path: Path) -> None:
                 f"{path}: optimum loaded {part.path} instead of this folder's graph; load the variant "
                 "folder itself (e.g. OUT/int8)"
             )
+
+
+class LeanDecoderStep:
+    """One decoder step on the merged decoder's ONNX Runtime session itself: numpy in, the KV cache kept
+    as ORT values from one step to the next, no optimum wrapper on the hot path.
+
+    optimum's ``ORTDecoderForSeq2Seq`` converts every input and output between torch and numpy and rebuilds
+    the past tuple at each token. Here the ``present.*`` outputs are handed back as the next step's
+    ``past_key_values.*`` inputs unchanged (``run_with_ort_values``: no copy), the encoder's cross-attention
+    cache is computed once (first step) and never requested again, and only the logits become a tensor
+    (zero-copy from numpy). Tokens are the same as through optimum (tests/test_export.py). Measured on
+    tiny.en int8, 2 threads (benchmarks/results/cpu_profile_tiny.en.md): ~1.2 ms per step outside the
+    session against ~1.5 through optimum; the session itself (~9 ms) is most of a step.
+
+    CPU only: on CUDA optimum's IOBinding path keeps its tensors on the device
+    (:func:`load_ort_model`), and this class is not used there.
+
+    Args:
+        session: the ``decoder_model_merged.onnx`` session (optimum's ``model.decoder.session``).
+        encoder_hidden_states: ``[batch, frames, d_model]``, the encoder's output for the batch.
+    """
+
+    def __init__(self, session, encoder_hidden_states) -> None:
+        import numpy as np
+        import onnxruntime as ort  # heavy; only the ONNX backend needs it
+
+        self.session = session
+        self._value = ort.OrtValue.ortvalue_from_numpy
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        self._dtype = np.float16 if inputs["encoder_hidden_states"].type == "tensor(float16)" else np.float32
+        hidden = encoder_hidden_states.detach().cpu().numpy().astype(self._dtype, copy=False)
+        self.hidden = self._value(np.ascontiguousarray(hidden))
+        batch = hidden.shape[0]
+        # the first step's empty self-attention cache and placeholder cross-attention cache
+        self._empty = {}
+        for name in self.past_names:
+            _, heads, _, dim = inputs[name].shape
+            self._empty[name] = self._value(np.zeros((batch, heads, 0, dim), dtype=self._dtype))
+        self._first_outputs = ["logits"] + [n.replace("past_key_values", "present") for n in self.past_names]
+        self._step_outputs = ["logits"] + [
+            n.replace("past_key_values", "present") for n in self.past_names if ".decoder." in n
+        ]
+        self._flags = {b: self._value(np.array([b])) for b in (False, True)}
+
+    def __call__(self, ids, past):
+        """``ids`` ``[batch, new]`` (torch, int64) and the previous step's cache (None at first) ->
+        (logits ``[batch, new, vocab]`` as a torch tensor, the cache for the next step)."""
+        import torch
+
+        first = past is None
+        feeds = {
+            "input_ids": self._value(ids.detach().cpu().numpy().astype("int64", copy=False)),
+            "encoder_hidden_states": self.hidden,
+            "use_cache_branch": self._flags[not first],
+        }
+        feeds.update(self._empty if first else past)
+        names = self._first_outputs if first else self._step_outputs
+        outs = self.session.run_with_ort_values(names, feeds)
+        cache = {} if first else dict(past)
+        for name, value in zip(names[1:], outs[1:]):
+            cache[name.replace("present", "past_key_values")] = value
+        return torch.from_numpy(outs[0].numpy()), cache
+
+
+def lean_decoder_session(model):
+    """The merged decoder's session when :class:`LeanDecoderStep` can drive it (CPU, merged graph), else
+    None (CUDA's IOBinding path, or an export with separate decoder graphs)."""
+    decoder = getattr(model, "decoder", None)
+    session = getattr(decoder, "session", None)
+    if session is None or session.get_providers()[0] != "CPUExecutionProvider":
+        return None
+    names = {i.name for i in session.get_inputs()}
+    return session if "use_cache_branch" in names else None

@@ -28,8 +28,6 @@ from mkdeploy.decoding import (
     greedy_decode,
     greedy_decode_timestamps,
     no_speech_token,
-    ort_step,
-    torch_step,
 )
 from mkdeploy.engine import Engine
 from mkdeploy.options import TranscriptionOptions
@@ -98,7 +96,7 @@ class LeanGreedy:
                 self.static = StaticGreedyDecoder(engine.model, gen, length)
             results = self.static.decode(states, prompt, kw["max_new_tokens"], options.compression_ratio_threshold)
         else:
-            step = (torch_step if engine.backend == "torch" else ort_step)(engine.model, states)
+            step = engine.decoder_step(states)
             results = greedy_decode(
                 step,
                 states.shape[0],
@@ -190,7 +188,7 @@ def decode_timestamped(engine: Engine, inputs: ModelInputs, options: Transcripti
     ts_begin = tok.convert_tokens_to_ids("<|notimestamps|>") + 1
     with torch.inference_mode():
         states = engine.encode(inputs.features).last_hidden_state
-        step = (torch_step if engine.backend == "torch" else ort_step)(engine.model, states)
+        step = engine.decoder_step(states)
         sequences = greedy_decode_timestamps(
             step,
             states.shape[0],

@@ -228,3 +228,28 @@ def test_onnx_word_timestamps_come_from_the_source_model(tiny_export, tiny_model
     assert tr.transcribe_arrays(samples[:1], TranscriptionOptions(max_new_tokens=4))[0].tokens  # decoding unaffected
     with pytest.raises(ModelError, match="not there any more"):
         tr.transcribe_arrays(samples[:1], opts)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "fp16"])
+def test_lean_onnx_decoder_gives_optimums_tokens(tiny_export, samples, variant):
+    """The raw-session step (the cache kept as ORT values) decodes the same tokens as optimum's wrapper,
+    in the lean greedy loop (batch of 3, no-speech scores read on the way) and in the timestamped pass.
+    fp16 has separate decoder graphs (no merged cache branch): it stays on optimum's wrapper."""
+    from mkdeploy.ort import LeanDecoderStep
+
+    ox = WhisperTranscriber.from_pretrained(tiny_export, device="cpu", variant=variant)
+    features = ox.engine.processor.feature_extractor(samples, sampling_rate=16000, return_tensors="pt")
+    step = ox.engine.decoder_step(ox.engine.encode(features.input_features).last_hidden_state)
+    assert isinstance(step, LeanDecoderStep) == (variant != "fp16")
+    results = {}
+    for lean in (True, False):
+        ox.engine.lean_onnx_decoder = lean
+        greedy = ox.transcribe_arrays(samples, GREEDY)
+        stamped = ox.decode_timestamped(samples, TranscriptionOptions(batch_size=3))
+        results[lean] = (
+            [r.tokens for r in greedy],
+            [r.no_speech_prob for r in greedy],
+            [[(s.start, s.end, s.text) for s in segs] for segs in stamped],
+        )
+    assert results[True] == results[False]
+    assert any(len(t) > 3 for t in results[True][0])  # something was decoded
