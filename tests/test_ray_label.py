@@ -15,9 +15,10 @@ ray = pytest.importorskip("ray", reason="the [ray] extra")
 
 from mkdeploy.cli.main import app  # noqa: E402
 from mkdeploy.distill.trainer import TrainArgs, train  # noqa: E402
-from mkdeploy.distributed.cluster import FaultInjection, connect  # noqa: E402
+from mkdeploy.distributed.cluster import connect  # noqa: E402
 from mkdeploy.distributed.config import RayConfig  # noqa: E402
 from mkdeploy.distributed.label import RayLabeller  # noqa: E402
+from mkdeploy.testing.faults import FaultInjection  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

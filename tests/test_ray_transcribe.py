@@ -15,10 +15,11 @@ import soundfile as sf
 ray = pytest.importorskip("ray", reason="the [ray] extra")
 
 from mkdeploy.data import Utterance, load_manifest, write_manifest  # noqa: E402
-from mkdeploy.distributed.cluster import FaultInjection, connect  # noqa: E402
+from mkdeploy.distributed.cluster import connect  # noqa: E402
 from mkdeploy.distributed.config import RayConfig  # noqa: E402
 from mkdeploy.distributed.transcribe import ModelSpec, read_shards, transcribe_on_ray  # noqa: E402
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber  # noqa: E402
+from mkdeploy.testing.faults import FaultInjection  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +102,7 @@ def test_killed_actor_still_yields_every_row_once(local_ray, tiny_en_teacher, co
         tmp_path / "shards",
         RayConfig(actors=2, actor_cpus=1),
         shard_size=4,
-        fault=FaultInjection(index=5, marker=str(marker)),
+        before_batch=FaultInjection(index=5, marker=str(marker)),
     )
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # an actor process did die
     got = read_shards(tmp_path / "shards")

@@ -12,28 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from mkdeploy.distributed.config import FORWARDED_ENV, RayConfig
 from mkdeploy.errors import MissingExtraError, MkdError
 
-
-@dataclass
-class FaultInjection:
-    """Makes an actor's process exit the first time it reaches input ``index`` (a ``marker`` file records
-    that it happened, so the restarted actor goes on): a real crash mid-batch, for the fault-tolerance
-    tests and for trying a cluster's recovery by hand."""
-
-    index: int
-    marker: str
-
-    def maybe_crash(self, indices: Iterable) -> None:
-        if self.index in {int(i) for i in indices} and not os.path.exists(self.marker):
-            Path(self.marker).write_text(str(os.getpid()))
-            os._exit(1)  # a crash, not an exception: no cleanup, the process is gone mid-batch
+#: called inside an actor with the input indices of each batch before it runs (None: nothing); the tests pass
+#: mkdeploy/testing/faults.py's FaultInjection to crash one actor mid-job
+BatchHook = Callable[[Iterable[int]], None]
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:

@@ -22,20 +22,20 @@ import torch
 from mkdeploy.data import Utterance
 from mkdeploy.distill.data import TeacherPassSpec
 from mkdeploy.distill.records import LabelRecord
-from mkdeploy.distributed.cluster import FaultInjection, actor_gpus, connect, stream_results
+from mkdeploy.distributed.cluster import BatchHook, actor_gpus, connect, stream_results
 from mkdeploy.distributed.config import RayConfig
 
 
 class LabelActor:
     """One teacher per actor; called with a batch of manifest rows, returns their records and outputs."""
 
-    def __init__(self, spec: TeacherPassSpec, fault: FaultInjection | None = None):
-        self.spec, self.fault = spec, fault
+    def __init__(self, spec: TeacherPassSpec, before_batch: BatchHook | None = None):
+        self.spec, self.before_batch = spec, before_batch
         self.tp = spec.open()
 
     def __call__(self, batch: dict) -> dict:
-        if self.fault:
-            self.fault.maybe_crash(batch["index"])
+        if self.before_batch:
+            self.before_batch(batch["index"])
         rows = [
             Utterance(str(i), Path(str(a)), str(t) if has else None)
             for i, a, t, has in zip(batch["id"], batch["audio"], batch["text"], batch["has_text"])
@@ -59,11 +59,12 @@ class RayLabeller:
 
     Args:
         config: the cluster and the actors' resources.
-        fault: crash one actor once (see :class:`~mkdeploy.distributed.cluster.FaultInjection`).
+        before_batch: called in the actor with each batch's input indices (see
+            :data:`~mkdeploy.distributed.cluster.BatchHook`).
     """
 
     config: RayConfig
-    fault: FaultInjection | None = None
+    before_batch: BatchHook | None = None
 
     def __call__(self, rows: list[Utterance], spec: TeacherPassSpec) -> Iterator[tuple[LabelRecord, dict | None]]:
         self.config.check()
@@ -78,7 +79,7 @@ class RayLabeller:
             }
             for i, r in enumerate(rows)
         ]
-        kwargs = {"spec": spec, "fault": self.fault}
+        kwargs = {"spec": spec, "before_batch": self.before_batch}
         gpus = actor_gpus(self.config, "auto")
         for result in stream_results(items, LabelActor, kwargs, self.config, spec.batch_size, gpus):
             data = bytes(result["payload"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mkdeploy.data import Utterance
-from mkdeploy.distributed.cluster import FaultInjection, actor_gpus, connect, stream_results
+from mkdeploy.distributed.cluster import BatchHook, actor_gpus, connect, stream_results
 from mkdeploy.distributed.config import RayConfig
 from mkdeploy.errors import AudioError, MkdError, OutputExistsError
 from mkdeploy.fsutil import atomic_write_text
@@ -144,22 +144,22 @@ class TranscribeActor:
     range), so the same batches are what makes the transcripts identical, whatever blocks Ray Data forms.
     """
 
-    def __init__(self, model: dict, options: dict, fault: dict | None = None):
+    def __init__(self, model: dict, options: dict, before_batch: BatchHook | None = None):
         spec = ModelSpec(**model)
         kw = {"variant": spec.variant} if spec.variant else {}
         self.transcriber = WhisperTranscriber.from_pretrained(
             spec.path, spec.backend, spec.device, spec.threads, spec.dtype, **kw
         )
         self.options = TranscriptionOptions(**options)
-        self.fault = FaultInjection(**fault) if fault else None
+        self.before_batch = before_batch
         self.model_name = Path(spec.path).name
 
     def __call__(self, batch: dict) -> dict:
         index, shard, rows = [], [], []
         for j in range(len(batch["indices"])):
             item = {k: batch[k][j] for k in batch}
-            if self.fault:
-                self.fault.maybe_crash(item["indices"])
+            if self.before_batch:
+                self.before_batch(item["indices"])
             for i, row in zip(item["indices"], self._transcribe(item)):
                 index.append(int(i))
                 shard.append(int(item["shard"]))
@@ -205,7 +205,7 @@ def transcribe_on_ray(
     shard_size: int = 64,
     force: bool = False,
     on_shard: Callable[[Path, int], None] | None = None,
-    fault: FaultInjection | None = None,
+    before_batch: BatchHook | None = None,
 ) -> ShardJob:
     """Transcribe ``rows`` with ``config.actors`` model actors; write the missing shards of ``output_dir``.
 
@@ -218,7 +218,8 @@ def transcribe_on_ray(
         shard_size: inputs per shard (the unit a re-run skips).
         force: replace a folder that holds another job's shards.
         on_shard: called with each shard written and its row count.
-        fault: crash one actor once (see :class:`FaultInjection`).
+        before_batch: called in the actor with each batch's input indices (see
+            :data:`~mkdeploy.distributed.cluster.BatchHook`).
 
     Returns:
         the job's shards and what this call did.
@@ -249,7 +250,7 @@ def transcribe_on_ray(
     ]
     t0 = time.perf_counter()
     connect(config.ray_address)
-    actor_kwargs = {"model": asdict(model), "options": asdict(options), "fault": asdict(fault) if fault else None}
+    actor_kwargs = {"model": asdict(model), "options": asdict(options), "before_batch": before_batch}
     gpus = actor_gpus(config, model.device)
     buffers: dict[int, dict[int, str]] = {k: {} for k in pending}
     written, audio_s, first = [], 0.0, 0.0
