@@ -7,15 +7,28 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from mkdeploy.cli.common import cli_errors, console, out, quiet_libraries
+from mkdeploy.cli.common import cli_errors, console, error_line, out, quiet_libraries
 
 
 def export_cmd(
     model: Path = typer.Argument(..., help="HF Whisper directory (imported teacher or merged student)."),
     output: Path = typer.Argument(..., help="Export directory to create."),
     quantize: str | None = typer.Option(None, "--quantize", help="int8: add a dynamically quantised CPU variant."),
-    per_channel: bool = typer.Option(
-        True, "--per-channel/--per-tensor", help="int8 scales per output channel (default) or per tensor."
+    int8_scheme: str = typer.Option(
+        "auto",
+        "--int8-scheme",
+        help="auto: quantise every way (per-channel, per-channel-reduce-range, per-channel-fp32-edges, "
+        "per-tensor), measure each on the calibration audio, ship the fastest within --max-wer-delta of fp32; "
+        "or one of those names.",
+    ),
+    max_wer_delta: float = typer.Option(
+        0.3, "--max-wer-delta", help="The int8 budget: WER points over fp32 on the calibration audio."
+    ),
+    calibration: Path | None = typer.Option(
+        None,
+        "--calibration",
+        help="Manifest (JSONL or folder) of audio like the model will serve; rows with text are scored against "
+        "it, else against fp32's transcripts (default: the committed parity clips).",
     ),
     fp16: bool = typer.Option(False, "--fp16", help="Add an fp16 variant for GPUs."),
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: optimum's)."),
@@ -30,16 +43,26 @@ def export_cmd(
     """Export to ONNX with optimum (encoder + merged decoder with past key values) and check parity."""
     # imported on use, so `mkd --help` stays fast
     from mkdeploy.audio import load_audio
+    from mkdeploy.data import load_manifest
     from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 
     quiet_libraries()
     with cli_errors():
         samples = [load_audio(p) for p in sample_audio]
+        calib = [(load_audio(u.audio), u.text) for u in load_manifest(calibration)] if calibration else None
         opts = ExportOptions(
-            quantize=quantize, per_channel=per_channel, fp16=fp16, opset=opset, atol=atol, validate=validate
+            quantize=quantize,
+            int8_scheme=int8_scheme,
+            max_wer_delta=max_wer_delta,
+            fp16=fp16,
+            opset=opset,
+            atol=atol,
+            validate=validate,
         )
         with console.status(f"exporting {model}"):
-            manifest = export_onnx(model, output, opts, force=force, samples=samples or None, device=device)
+            manifest = export_onnx(
+                model, output, opts, force=force, samples=samples or None, device=device, calibration=calib
+            )
     table = Table(title=f"{output} (opset {manifest.opset}, {manifest.seconds:.0f} s)")
     for col in ("variant", "MB", "identical clips", "token agreement", "max |Δlogit|", "provider"):
         table.add_column(col, justify="right")
@@ -57,4 +80,14 @@ def export_cmd(
             row = [p.get("skipped", "not checked"), "", "", ""]
         table.add_row(name, f"{v['bytes'] / 1e6:.1f}", *row)
     out.print(table)
+    int8 = manifest.variants.get("int8", {})
+    for s in int8.get("schemes", []):
+        out.print(
+            f"int8 {s['scheme']}: WER {100 * s['wer']:.2f}% ({s['wer_delta_points']:+.2f} points vs fp32), "
+            f"{s['ms_per_clip']:.0f} ms per clip{'' if s['within_budget'] else ', over budget'}"
+        )
+    if int8:
+        over = "schemes" in int8 and not any(s["within_budget"] for s in int8["schemes"])
+        line = f"int8 ships {int8['scheme']}: {int8['why']}"
+        out.print(error_line(line, "warning:") if over else line)
     out.print(f"wrote {output} ({manifest.sample_audio or 'no parity check'})")

@@ -21,12 +21,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mkdeploy.audio import reference_clips
 from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.errors import MkdError, ModelError
+from mkdeploy.exporters.int8 import ONNX_FILES, SCHEMES, choose_int8, get_scheme, quantize_scheme, scores_json
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
 from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR, windowed_encoder_class
@@ -36,7 +38,6 @@ from mkdeploy.version import version_info
 logger = logging.getLogger(__name__)
 
 MANIFEST = "mkdeploy_export.json"
-ONNX_FILES = ("encoder_model.onnx", "decoder_model_merged.onnx")
 TASK = "automatic-speech-recognition-with-past"
 
 
@@ -50,9 +51,11 @@ class ExportOptions:
 
     Attributes:
         quantize: "int8" adds a dynamically quantised variant for CPU.
-        per_channel: int8 weights with one scale per output channel instead of one per tensor. Per-tensor
-            scales moved the demo's students by up to 3.5 WER points either way, as much as distillation's
-            gain; per-channel kept the fp32 ranking on every test set (benchmarks/results/demo_report.md).
+        int8_scheme: "auto" measures every scheme of :data:`~mkdeploy.exporters.int8.SCHEMES` on the
+            calibration audio and ships the fastest within ``max_wer_delta`` of fp32; or one scheme's name
+            (no measurement). Per-tensor scales moved the demo's students by up to 3.5 WER points either
+            way (benchmarks/results/demo_report.md): the choice is measured, not assumed.
+        max_wer_delta: the int8 budget, WER points over the fp32 export on the calibration audio.
         fp16: add an fp16 variant for GPU (inputs and outputs stay fp32).
         opset: ONNX opset (None: optimum's default for Whisper).
         atol: tolerance of optimum's output check (encoder and decoder outputs against PyTorch).
@@ -60,7 +63,8 @@ class ExportOptions:
     """
 
     quantize: str | None = None
-    per_channel: bool = True
+    int8_scheme: str = "auto"
+    max_wer_delta: float = 0.3
     fp16: bool = False
     opset: int | None = None
     atol: float = 1e-3
@@ -115,34 +119,6 @@ def _copy_side_files(src: Path, dst: Path) -> None:
     for f in src.iterdir():
         if f.is_file() and f.suffix != ".onnx" and not f.name.endswith(".onnx_data") and f.name != MANIFEST:
             shutil.copy(f, dst / f.name)
-
-
-def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
-    """Dynamic int8 quantisation of every graph, the merged decoder's If-branches included.
-
-    Without ``EnableSubgraph`` the merged decoder's two branches (where all its MatMuls live) stay fp32
-    (README, Troubleshooting).
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy; only export needs it
-
-    dst.mkdir(parents=True, exist_ok=True)
-    root = logging.getLogger()
-    level = root.level
-    # quantize_dynamic logs a pre-processing advice on the root logger for every graph; silence it for
-    # these calls only, not for the whole process.
-    root.setLevel(max(level, logging.ERROR))
-    try:
-        for name in ONNX_FILES:
-            quantize_dynamic(
-                src / name,
-                dst / name,
-                weight_type=QuantType.QInt8,
-                per_channel=per_channel,
-                extra_options={"EnableSubgraph": True},
-            )
-    finally:
-        root.setLevel(level)
-    _copy_side_files(src, dst)
 
 
 def untie_output_projection(path: Path) -> bool:
@@ -264,6 +240,21 @@ def _sample_audio(samples: Sequence[np.ndarray] | None) -> tuple[list[np.ndarray
     return [audio for audio, _ in reference_clips()], "committed speech clips (mkdeploy/assets/parity)"
 
 
+def _calibration(
+    calibration: Sequence[tuple[np.ndarray, str | None]] | None, samples: Sequence[np.ndarray] | None
+) -> tuple[list[np.ndarray], list[str] | None, str]:
+    """The int8 calibration clips, their references (None when any is missing) and how to name them:
+    ``calibration`` when given, else the parity clips (the committed ones carry their transcripts)."""
+    if calibration:
+        texts = [t for _, t in calibration]
+        refs = None if any(t is None for t in texts) else [str(t) for t in texts]
+        return [a for a, _ in calibration], refs, f"{len(calibration)} calibration clips"
+    if samples:
+        return list(samples), None, f"{len(samples)} parity clips"
+    clips = reference_clips()
+    return [a for a, _ in clips], [t for _, t in clips], "the committed parity clips"
+
+
 def _first_step_logits(model, features, start_ids):
     import torch  # heavy; only export needs it
 
@@ -379,16 +370,30 @@ def _optimum_export(model_dir: Path, raw: Path, options: ExportOptions) -> None:
         raise ExportError(f"{model_dir}: ONNX export failed ({first})") from None
 
 
-def _make_variants(raw: Path, tmp: Path, options: ExportOptions) -> dict[str, Path]:
-    """fp32 (the export itself), then int8 and fp16 when asked for."""
-    variants = {"fp32": tmp}
+def _make_variants(raw: Path, tmp: Path, options: ExportOptions, calibration, samples, device: str):
+    """fp32 (the export itself), then int8 and fp16 when asked for; also what the int8 choice measured."""
+    variants: dict[str, Path] = {"fp32": tmp}
+    int8_info: dict[str, Any] = {}
     if options.quantize == "int8":
-        quantize_int8(tmp, tmp / "int8", per_channel=options.per_channel)
+        name = options.int8_scheme
+        if name == "auto":
+            audios, refs, what = _calibration(calibration, samples)
+            chosen, name, scores, why = choose_int8(
+                tmp, tmp / ".int8", audios, refs, options.max_wer_delta, list(SCHEMES), _copy_side_files, device
+            )
+            chosen.rename(tmp / "int8")
+            shutil.rmtree(tmp / ".int8")
+            int8_info = {"scheme": name, "why": why, "calibration": what, "schemes": scores_json(scores)}
+        else:
+            quantize_scheme(tmp, tmp / "int8", get_scheme(name))
+            _copy_side_files(tmp, tmp / "int8")
+            int8_info = {"scheme": name, "why": "given (--int8-scheme)"}
+        int8_info["scales"] = "per-channel" if get_scheme(name).per_channel else "per-tensor"
         variants["int8"] = tmp / "int8"
     if options.fp16:
         convert_fp16(raw, tmp / "fp16", tmp)
         variants["fp16"] = tmp / "fp16"
-    return variants
+    return variants, int8_info
 
 
 def _check_variants(manifest: ExportManifest, model_dir: Path, variants: dict[str, Path], samples, device: str) -> None:
@@ -429,6 +434,7 @@ def export_onnx(
     force: bool = False,
     samples: Sequence[np.ndarray] | None = None,
     device: str = "cpu",
+    calibration: Sequence[tuple[np.ndarray, str | None]] | None = None,
 ) -> ExportManifest:
     """Export a HF Whisper directory to ONNX (encoder + merged decoder with past key values).
 
@@ -439,6 +445,8 @@ def export_onnx(
         force: replace an existing ``out``.
         samples: 16 kHz clips for the token parity check (default: two committed speech clips).
         device: where the parity check runs ONNX Runtime (fp16 is checked only on CUDA).
+        calibration: (clip, transcript or None) pairs the int8 schemes are measured on (``int8_scheme``
+            "auto"); default: the parity clips.
 
     Returns:
         the manifest, also written to OUT/mkdeploy_export.json.
@@ -452,6 +460,8 @@ def export_onnx(
         raise ModelError(f"{model_dir}: already an ONNX export; give the PyTorch model directory")
     if options.quantize not in (None, "int8"):
         raise MkdError(f"--quantize {options.quantize}: only int8 is supported")
+    if options.int8_scheme != "auto":
+        get_scheme(options.int8_scheme)  # a wrong name fails before minutes of export, not after
     t0 = time.perf_counter()
     with atomic_output_dir(out, force=force) as tmp:
         raw = tmp / ".optimum"
@@ -462,7 +472,7 @@ def export_onnx(
             opset=_opset_of(tmp / "encoder_model.onnx"),
             task=TASK,
         )
-        variants = _make_variants(raw, tmp, options)
+        variants, int8_info = _make_variants(raw, tmp, options, calibration, samples, device)
         shutil.rmtree(raw)  # the unmerged pair optimum also wrote (kept until the fp16 variant was made)
         for name, d in variants.items():
             manifest.variants[name] = {
@@ -470,7 +480,7 @@ def export_onnx(
                 "bytes": sum(f.stat().st_size for f in d.iterdir() if f.suffix == ".onnx"),
             }
             if name == "int8":
-                manifest.variants[name]["scales"] = "per-channel" if options.per_channel else "per-tensor"
+                manifest.variants[name].update(int8_info)
         if options.validate:
             _check_variants(manifest, model_dir, variants, samples, device)
         manifest.seconds = round(time.perf_counter() - t0, 1)

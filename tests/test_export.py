@@ -28,7 +28,9 @@ def samples():
 @pytest.fixture(scope="module")
 def tiny_export(tiny_model_dir, tmp_path_factory, samples):
     out = tmp_path_factory.mktemp("onnx") / "tiny-onnx"
-    export_onnx(tiny_model_dir, out, ExportOptions(quantize="int8", fp16=True), samples=samples)
+    export_onnx(
+        tiny_model_dir, out, ExportOptions(quantize="int8", int8_scheme="per-channel", fp16=True), samples=samples
+    )
     return out
 
 
@@ -253,3 +255,60 @@ def test_lean_onnx_decoder_gives_optimums_tokens(tiny_export, samples, variant):
         )
     assert results[True] == results[False]
     assert any(len(t) > 3 for t in results[True][0])  # something was decoded
+
+
+def test_int8_auto_measures_every_scheme_and_ships_by_the_budget(tiny_model_dir, samples, tmp_path):
+    """`--int8-scheme auto`: every scheme is quantised and measured on the calibration audio, the manifest
+    records each one's WER delta and speed, and the fastest within the budget ships; with no scheme within
+    it, the most accurate ships and the reason says so."""
+    from mkdeploy.exporters.int8 import SCHEMES
+
+    calibration = [(a, None) for a in samples]  # no transcripts: scored against fp32's own
+    m = export_onnx(
+        tiny_model_dir, tmp_path / "a", ExportOptions(quantize="int8"), samples=samples, calibration=calibration
+    )
+    int8 = m.variants["int8"]
+    assert [s["scheme"] for s in int8["schemes"]] == list(SCHEMES)
+    within = [s for s in int8["schemes"] if s["within_budget"]]
+    for s in int8["schemes"]:
+        assert s["ms_per_clip"] > 0 and s["bytes"] > 0 and s["within_budget"] == (s["wer_delta_points"] <= 0.3)
+    if within:
+        assert int8["scheme"] == min(within, key=lambda s: s["ms_per_clip"])["scheme"]
+        assert "fastest" in int8["why"] and "fp32's transcripts" in int8["why"]
+    assert json.loads((tmp_path / "a" / MANIFEST).read_text())["variants"]["int8"]["scheme"] == int8["scheme"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir()) == ["int8"]  # the others removed
+
+    # a budget nothing meets (below fp32 itself): the most accurate ships, and the reason says so
+    opts = ExportOptions(quantize="int8", max_wer_delta=-1000.0, validate=False)
+    m = export_onnx(tiny_model_dir, tmp_path / "b", opts, calibration=calibration)
+    int8 = m.variants["int8"]
+    assert not any(s["within_budget"] for s in int8["schemes"])
+    best = min(int8["schemes"], key=lambda s: (s["wer_delta_points"], s["ms_per_clip"]))
+    assert int8["scheme"] == best["scheme"] and int8["why"].startswith("no scheme within")
+
+    # one named scheme: no measurement; a wrong name fails before the export starts
+    m = export_onnx(
+        tiny_model_dir, tmp_path / "c", ExportOptions(quantize="int8", int8_scheme="per-tensor", validate=False)
+    )
+    assert m.variants["int8"]["scheme"] == "per-tensor" and m.variants["int8"]["scales"] == "per-tensor"
+    with pytest.raises(MkdError, match="--int8-scheme"):
+        export_onnx(tiny_model_dir, tmp_path / "d", ExportOptions(quantize="int8", int8_scheme="int4"))
+    assert not (tmp_path / "d").exists()
+
+
+def test_fp32_edges_keeps_the_ends_in_fp32(tiny_export, tmp_path):
+    """per-channel-fp32-edges leaves the conv front-end, the first and last layers and the output projection
+    unquantised and quantises the layers between (when there are any)."""
+    from mkdeploy.exporters.int8 import SCHEMES, _edge_nodes, quantize_scheme
+
+    edges = _edge_nodes(tiny_export / "decoder_model_merged.onnx")
+    assert any("proj_out" in n for n in edges) and any("layers.0/" in n for n in edges)
+    enc = _edge_nodes(tiny_export / "encoder_model.onnx")
+    assert any("/conv1/" in n for n in enc) and any("/conv2/" in n for n in enc)
+    quantize_scheme(tiny_export, tmp_path / "q", SCHEMES["per-channel-fp32-edges"])
+    ops = {n.name: n.op_type for n in onnx.load(str(tmp_path / "q" / "encoder_model.onnx")).graph.node}
+    assert ops["/conv1/Conv"] == "Conv"  # not ConvInteger: kept in fp32
+    # the tied output table stays one fp32 copy (the embedding's Gather is kept with the projection)
+    dec = onnx.load(str(tmp_path / "q" / "decoder_model_merged.onnx"))
+    tables = [i for i in dec.graph.initializer if len(i.dims) == 2 and max(i.dims) >= 50000]
+    assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.FLOAT

@@ -39,6 +39,9 @@ from mkdeploy.version import version_info, version_string
 
 #: the reference-free pseudo-label filter: Whisper's log-probability fallback threshold (openai/whisper)
 MIN_AVG_LOGPROB = -1.0
+#: the demo's int8: one scheme, not `mkd export`'s measured choice ("auto" quantises and times four schemes
+#: per model, minutes the 20-minute budget does not have); benchmarks/int8_schemes.py measures them all
+DEMO_INT8_SCHEME = "per-channel"
 
 
 @dataclass
@@ -317,7 +320,7 @@ def _export(model: Path, out: Path) -> Path:
     manifest = out / "mkdeploy_export.json"
     fresh = manifest.exists() and (out / "int8").exists()
     if not fresh or manifest.stat().st_mtime < (model / "model.safetensors").stat().st_mtime:
-        export_onnx(model, out, ExportOptions(quantize="int8"), force=True)
+        export_onnx(model, out, ExportOptions(quantize="int8", int8_scheme=DEMO_INT8_SCHEME), force=True)
     return out
 
 
