@@ -20,12 +20,10 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 logging.disable(logging.WARNING)
 
-from mkdeploy.demo.calibrate import ConditionScore, build_grid, calibrate, cells_from_errors, markdown
+from mkdeploy.demo.calibrate import ConditionScore, build_grid, calibrate, cells_from_errors, markdown, score_clips
 from mkdeploy.demo.corpus import CorpusSpec, manifest_rows, split_texts
 from mkdeploy.demo.synthesis import TRAIN_VOICES
 from mkdeploy.demo.weights import import_package
-from mkdeploy.evaluate import error_rates
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 from mkdeploy.version import version_string
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,12 +61,8 @@ def main() -> None:
     errors = {}
     for name, path in (("teacher", teacher), ("student", student)):
         t = time.time()
-        tr = WhisperTranscriber.from_pretrained(path, device="cpu")
-        res, _ = tr.transcribe_files(audio, TranscriptionOptions(language="en", return_timestamps=False))
-        by = {r.path: r.text for r in res}
-        scored = error_rates(refs, [by.get(str(a), "") for a in audio])
-        errors[name] = [u.word_errors for u in scored.utterances]
-        words = [u.ref_words for u in scored.utterances]
+        scored = score_clips(path, audio, refs)
+        errors[name], words = scored.word_errors, scored.ref_words
         print(f"{name}: WER {100 * scored.wer:.2f}% in {time.time() - t:.0f} s", flush=True)
     cal = calibrate(
         cells_from_errors(rows, words, errors["teacher"], errors["student"]), args.max_teacher_wer, args.min_ratio

@@ -25,10 +25,9 @@ logging.disable(logging.WARNING)
 import numpy as np
 
 from mkdeploy.demo.augment import AugmentSpec, augment
+from mkdeploy.demo.calibrate import score_clips
 from mkdeploy.demo.corpus import CorpusSpec, demo_corpus, split_texts
 from mkdeploy.demo.synthesis import Voice, synthesize
-from mkdeploy.evaluate import error_rates
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 from mkdeploy.stats import paired_bootstrap
 from mkdeploy.version import version_string
 
@@ -110,12 +109,8 @@ def main() -> None:
     errs, words = {}, []
     for model in ("base", "tiny.en"):
         t = time.time()
-        tr = WhisperTranscriber.from_pretrained(args.models / model, device="cpu")
-        res, _ = tr.transcribe_files(paths, TranscriptionOptions(language="en", return_timestamps=False))
-        by = {r.path: r.text for r in res}
-        scored = error_rates(refs, [by.get(str(p), "") for p in paths])
-        errs[model] = [u.word_errors for u in scored.utterances]
-        words = [u.ref_words for u in scored.utterances]
+        scored = score_clips(args.models / model, paths, refs)
+        errs[model], words = scored.word_errors, scored.ref_words
         print(f"{model}: {100 * scored.wer:.2f}% in {time.time() - t:.0f} s", flush=True)
     rows = []
     for cond in conditions:

@@ -1,7 +1,10 @@
 """One training probe on the demo's corpus: a recipe override trained, its *final* step merged and scored.
 
-    .venv/bin/python benchmarks/probe_recipe.py NAME LABELS STEPS 'JSON overrides'
+    .venv/bin/python benchmarks/probe_recipe.py NAME LABELS STEPS 'JSON overrides' [STUDENT]
     .venv/bin/python benchmarks/probe_recipe.py dec_noretain_lr1e3 pseudo 60 '{"w_retain": 0, "lr": 1e-3}'
+    .venv/bin/python benchmarks/probe_recipe.py pruned3_kd pseudo 120 '{"recipe": "kd"}' work/students/tiny3
+
+STUDENT (default work/demo/models/tiny.en) is any local student, e.g. one ``mkd student init`` pruned.
 
 Needs only the demo's models and corpus (work/demo/models, work/demo/corpus: the demo's first two stages),
 not a finished demo as benchmarks/ablation.py does. Dev selection still runs (and is printed), but the
@@ -18,9 +21,10 @@ from pathlib import Path
 
 
 def main() -> None:
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 6):
         sys.exit(__doc__)
     name, labels, steps, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+    student = Path(sys.argv[5]) if len(sys.argv) == 6 else Path("work/demo/models/tiny.en")
     from mkdeploy.cli.common import quiet_libraries
 
     quiet_libraries()
@@ -38,7 +42,7 @@ def main() -> None:
         select_alphas=[], **overrides,
     ).validate()  # fmt: skip
     t = time.time()
-    s = distil(x / "run", w / "models" / "base", w / "models" / "tiny.en", corpus, cfg, print,
+    s = distil(x / "run", w / "models" / "base", student, corpus, cfg, print,
                cache_dir=Path("work/probes") / f"cache-{labels}", labels=labels)  # fmt: skip
     print(f"trained in {time.time() - t:.0f} s; dev WER {s.get('wer_before')} -> {s.get('wer_after')}")
     merge_run(x / "run", x / "final", force=True, checkpoint=latest_checkpoint(x / "run"))

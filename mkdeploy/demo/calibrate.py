@@ -28,7 +28,9 @@ import numpy as np
 from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.demo.augment import AugmentSpec, augment
 from mkdeploy.demo.synthesis import Voice, synthesize
+from mkdeploy.evaluate import error_rates
 from mkdeploy.fsutil import atomic_write_text
+from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 #: noise bands of the calibration grid (dB SNR); None is the chain without added noise
 DEFAULT_BANDS: tuple[tuple[float, float] | None, ...] = (None, (20.0, 30.0), (10.0, 20.0), (5.0, 10.0), (0.0, 5.0))
@@ -214,6 +216,33 @@ def build_grid(
         for p in plans
     ]
     return atomic_write_text(out / "calibration.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@dataclass
+class ClipScores:
+    """One model's per-clip scores on a calibration split, in the order of its audio paths."""
+
+    word_errors: list[int]
+    ref_words: list[int]
+    wer: float
+
+
+def score_clips(model_dir: Path, audio: list[Path], refs: list[str]) -> ClipScores:
+    """Transcribe ``audio`` with the model at ``model_dir`` (PyTorch fp32, English) and score each clip.
+
+    Args:
+        model_dir: a local Whisper directory.
+        audio: clip paths; a clip the transcriber skips scores as an empty hypothesis.
+        refs: the reference text of each clip.
+
+    Returns:
+        per-clip word errors and reference words, and the pooled WER.
+    """
+    tr = WhisperTranscriber.from_pretrained(model_dir, device="cpu")
+    res, _ = tr.transcribe_files(audio, TranscriptionOptions(language="en", return_timestamps=False))
+    by = {r.path: r.text for r in res}
+    scored = error_rates(refs, [by.get(str(a), "") for a in audio])
+    return ClipScores([u.word_errors for u in scored.utterances], [u.ref_words for u in scored.utterances], scored.wer)
 
 
 def cells_from_errors(
