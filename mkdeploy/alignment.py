@@ -211,6 +211,82 @@ def clamp_long_words(words: list[Word]) -> list[Word]:
     return words
 
 
+#: a pause is a stretch of at least this long whose 20 ms frames are all quiet (shorter quiet runs are
+#: stop closures and the gaps between words, where DTW's times are already as good as the frame)
+MIN_PAUSE_S = 0.2
+#: a word placed after the speech that follows a pause takes at most this much of it back
+MAX_BACKFILL_S = 0.4
+#: a frame is quiet below this share of the way from the clip's noise floor to its speech level (in dB)
+QUIET_SHARE = 0.3
+
+
+def pause_frames(audio: np.ndarray) -> np.ndarray:
+    """Which encoder frames (20 ms) of ``audio`` lie in a pause: a run of quiet frames at least
+    :data:`MIN_PAUSE_S` long. Quiet is relative to the clip, between its floor (the 10th percentile of the
+    frame levels) and its speech (the 95th), so 20 dB of background noise is still a pause; a clip without
+    that contrast (under 10 dB: speech throughout, or noise throughout) has no pauses."""
+    hop = SAMPLE_RATE // FRAMES_PER_SECOND
+    n = len(audio) // hop
+    if n == 0:
+        return np.zeros(0, bool)
+    level = 10 * np.log10(np.mean(audio[: n * hop].reshape(n, hop).astype(np.float64) ** 2, axis=1) + 1e-10)
+    floor, speech = np.percentile(level, 10), np.percentile(level, 95)
+    if speech - floor < 10:
+        return np.zeros(n, bool)
+    quiet = level < floor + QUIET_SHARE * (speech - floor)
+    out = np.zeros(n, bool)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
+    for a, b in zip(edges[::2], edges[1::2]):
+        if b - a >= MIN_PAUSE_S * FRAMES_PER_SECOND:
+            out[a:b] = True
+    return out
+
+
+def snap_to_speech(words: list[Word], audio: np.ndarray, offset: float = 0.0) -> list[Word]:
+    """Move word edges that DTW placed inside a pause to where the speech is (in place).
+
+    Cross-attention runs ahead of the audio at a pause: the first word after one is placed up to 0.4-0.7 s
+    early on base (benchmarks/results/word_onsets.md). A start inside a pause moves to the pause's end, an
+    end inside one to its start, as long as the word keeps some length; a word wholly inside a pause is
+    left as it is (nothing says where it belongs). A start placed late, after speech that follows a pause
+    and that no earlier word covers, moves back to the pause's end (up to :data:`MAX_BACKFILL_S`). stable-ts's ``suppress_silence``
+    (https://github.com/jianfch/stable-ts) does the same from the waveform's loudness.
+
+    Args:
+        words: the words of ``audio``, times in seconds from ``offset``.
+        audio: the 16 kHz samples the words were aligned on.
+        offset: seconds of the file before ``audio`` starts (a long file's window).
+    """
+    pause = pause_frames(audio)
+    if not pause.any():
+        return words
+    fps = FRAMES_PER_SECOND
+    # run boundaries: for each frame the first frame after its pause, and the first frame of its pause
+    n = len(pause)
+    after = np.arange(n + 1)
+    for i in range(n - 1, -1, -1):
+        after[i] = after[i + 1] if pause[i] else i
+    before = np.arange(n)
+    for i in range(1, n):
+        before[i] = before[i - 1] if pause[i] and pause[i - 1] else i
+    last_pause = np.where(pause, np.arange(n), -1)
+    last_pause = np.maximum.accumulate(last_pause)  # for each frame, the latest pause frame at or before it
+    prev_end = offset
+    for w in words:
+        s, e = int((w.start - offset) * fps), int(np.ceil((w.end - offset) * fps)) - 1
+        if 0 <= s < n and pause[s] and after[s] < e:
+            w.start = round(offset + after[s] / fps, 2)
+        elif 0 < s < n and not pause[s]:
+            # starting late: speech since a pause that no word covers is this word's beginning
+            j = last_pause[s - 1]
+            if j >= 0 and offset + (j + 1) / fps >= prev_end and s - (j + 1) <= MAX_BACKFILL_S * fps:
+                w.start = round(offset + (j + 1) / fps, 2)
+        if 0 <= e < n and pause[e] and before[e] / fps + offset > w.start:
+            w.end = round(offset + before[e] / fps, 2)
+        prev_end = w.end
+    return words
+
+
 def choose_alignment_heads(
     model, tokenizer, states: torch.Tensor, prompt: Sequence[int], token_seqs: Sequence[Sequence[int]],
     durations: Sequence[float], eot: int, top: int = 8,
@@ -304,10 +380,16 @@ def add_words(engine, aligner, audios: Sequence[np.ndarray], results, options, s
         durs = [len(a) / SAMPLE_RATE for _, a, _, _ in chunk]
         use = heads or choose_alignment_heads(aligner, tok, st, prompt, seqs, durs, eot)
         found = align_words(aligner, tok, st, prompt, seqs, durs, use, eot, offset=[o for *_, o in chunk])
-        for (i, *_), ws in zip(chunk, found):
-            words_of.setdefault(i, []).extend(ws)
+        for (i, audio, _, shift), ws in zip(chunk, found):
+            words_of.setdefault(i, []).extend(snap_to_speech(ws, audio, shift))
     for i, words in words_of.items():
         r = results[i]
+        # windows of a long file overlap where a segment straddles their join: a word never starts
+        # before the one before it ends
+        for a, b in zip(words, words[1:]):
+            if b.start < a.end:
+                b.start = a.end
+                b.end = max(b.end, b.start)
         r.words = words
         if not r.segments:
             continue

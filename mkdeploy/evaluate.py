@@ -158,3 +158,49 @@ def evaluate_manifest(
         [r.text or "" for r in kept], [by_path[str(r.audio)].text for r in kept], ids=[r.id for r in kept]
     )
     return rates, results, failures
+
+
+def _plain_words(text: str) -> list[str]:
+    # word by word: Whisper's normaliser rewrites numbers and spellings across words, which would break
+    # the one-to-one map from a timed word to its normalised form
+    return [w for w in ("".join(c for c in t.lower() if c.isalnum() or c == "'") for t in text.split()) if w]
+
+
+def utterance_onset_errors(references: Sequence[str], onsets: Sequence[float], words: Sequence) -> list[float | None]:
+    """How far each utterance's first word starts from its known onset, in a clip of joined utterances.
+
+    The timed words are aligned to the joined references (jiwer's word alignment, case and punctuation
+    ignored); an utterance's first word is the first timed word aligned, as a hit or a substitution, to
+    any of its reference words.
+
+    Args:
+        references: each utterance's text, in order.
+        onsets: each utterance's speech onset in seconds (:func:`mkdeploy.demo.synthesis.join_utterances`).
+        words: the transcription's timed words (``.word``, ``.start``).
+
+    Returns:
+        start − onset per utterance, seconds (negative: placed early); None where no word of it was heard.
+    """
+    ref_words, owner = [], []
+    for k, text in enumerate(references):
+        ws = _plain_words(text)
+        ref_words += ws
+        owner += [k] * len(ws)
+    hyp, timed = [], []
+    for w in words:
+        for p in _plain_words(w.word):
+            hyp.append(p)
+            timed.append(w.start)
+    first: list[float | None] = [None] * len(references)
+    if hyp and ref_words:
+        out = jiwer.process_words(" ".join(ref_words), " ".join(hyp))
+        for chunk in out.alignments[0]:
+            if chunk.type not in ("equal", "substitute"):
+                continue
+            for r, h in zip(
+                range(chunk.ref_start_idx, chunk.ref_end_idx), range(chunk.hyp_start_idx, chunk.hyp_end_idx)
+            ):
+                k = owner[r]
+                if first[k] is None:
+                    first[k] = timed[h]
+    return [None if f is None else round(f - o, 3) for f, o in zip(first, onsets)]

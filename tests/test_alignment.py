@@ -6,7 +6,16 @@ in tests/test_alignment_real.py."""
 import numpy as np
 from transformers import AutoTokenizer
 
-from mkdeploy.alignment import clamp_long_words, dtw, median_filter, model_alignment_heads, split_words
+from mkdeploy.alignment import (
+    clamp_long_words,
+    dtw,
+    median_filter,
+    model_alignment_heads,
+    pause_frames,
+    snap_to_speech,
+    split_words,
+)
+from mkdeploy.evaluate import utterance_onset_errors
 from mkdeploy.results import Word
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
@@ -89,3 +98,65 @@ def test_pruning_keeps_the_alignment_heads_of_kept_layers(tiny_multilingual_teac
     (teacher / "generation_config.json").write_text(json.dumps(gen))
     student = init_pruned_student(teacher, tmp_path / "pruned", decoder_layers=2)  # keeps layers 0 and 2
     assert json.loads((student / "generation_config.json").read_text())["alignment_heads"] == [[0, 1], [1, 1]]
+
+
+def _bursts(spans, seconds=6.0, noise_db=-50.0):
+    """Noise at ``noise_db`` with loud tones over ``spans`` (seconds): speech where the tones are."""
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 10 ** (noise_db / 20), int(seconds * 16000)).astype(np.float32)
+    t = np.arange(len(audio)) / 16000
+    for a, b in spans:
+        m = (t >= a) & (t < b)
+        audio[m] += 0.3 * np.sin(2 * np.pi * 220 * t[m]).astype(np.float32)
+    return audio
+
+
+def test_pauses_are_the_long_quiet_runs_only():
+    pause = pause_frames(_bursts([(0.5, 2.0), (2.1, 3.0), (4.0, 5.5)]))
+    fps = 50
+    assert pause[: int(0.5 * fps)].all() and pause[int(3.0 * fps) : int(4.0 * fps)].all()
+    assert not pause[int(2.0 * fps) : int(2.1 * fps)].any()  # 0.1 s gap: a stop closure, not a pause
+    assert not pause[int(0.6 * fps) : int(1.9 * fps)].any()
+    assert not pause_frames(_bursts([(0.0, 6.0)])).any()  # speech throughout: no contrast, no pause
+
+
+def test_word_edges_in_a_pause_move_to_the_speech():
+    audio = _bursts([(0.5, 2.0), (4.0, 5.5)])
+    words = [
+        Word(" early", 3.6, 4.5, 1.0),  # starts 0.4 s into the pause before its speech
+        Word(" late", 4.6, 5.0, 1.0),  # inside speech: unchanged
+        Word(" tail", 5.2, 5.9, 1.0),  # runs 0.4 s into the pause after the speech
+        Word(" lost", 3.1, 3.5, 1.0),  # wholly in a pause: nothing says where it belongs
+    ]
+    snap_to_speech(words, audio)
+    assert abs(words[0].start - 4.0) <= 0.04 and words[0].end == 4.5
+    assert (words[1].start, words[1].end) == (4.6, 5.0)
+    assert words[2].start == 5.2 and abs(words[2].end - 5.5) <= 0.04
+    assert (words[3].start, words[3].end) == (3.1, 3.5)
+    # placed late: the speech since the pause is uncovered, so the word starts where it does
+    late = snap_to_speech([Word(" one", 0.3, 1.0, 1.0), Word(" two", 4.25, 5.0, 1.0)], audio)
+    assert abs(late[1].start - 4.0) <= 0.04
+    # ... unless an earlier word covers it, or more of it than MAX_BACKFILL_S lies before the word
+    covered = snap_to_speech([Word(" one", 3.9, 4.2, 1.0), Word(" two", 4.25, 5.0, 1.0)], audio)
+    assert covered[1].start == 4.25
+    far = snap_to_speech([Word(" one", 0.6, 1.0, 1.0), Word(" two", 4.7, 5.0, 1.0)], audio)
+    assert far[1].start == 4.7
+    # a window of a long file: the same audio 60 s in, times shifted alike
+    shifted = snap_to_speech([Word(" early", 63.6, 64.5, 1.0)], audio, offset=60.0)
+    assert abs(shifted[0].start - 64.0) <= 0.04
+
+
+def test_onset_errors_follow_the_word_alignment():
+    class W:
+        def __init__(self, word, start):
+            self.word, self.start = word, start
+
+    words = [W(" The", 0.4), W(" cat.", 0.7), W(" A", 2.1), W(" dog!", 2.3)]
+    # "big" is heard as "A" (a substitution still marks where the utterance starts)
+    assert utterance_onset_errors(["The cat", "big dog"], [0.5, 2.0], words) == [-0.1, 0.1]
+    # "big" unheard: the utterance's next heard word marks it; an utterance nobody heard is None
+    assert utterance_onset_errors(["the cat", "big dog", "more words"], [0.5, 2.0, 4.0], words[:2] + words[3:]) == [
+        -0.1,
+        0.3,
+        None,
+    ]

@@ -114,3 +114,39 @@ def synthesize(text: str, voice: Voice) -> np.ndarray:
     if voice.engine == "espeak-ng":
         return _run_to_wav(["espeak-ng", "-v", voice.name, "-s", str(int(165 / voice.rate)), "-w", "{wav}", text])
     raise MkdError(f"unknown speech engine {voice.engine!r}; choose piper, flite, festival or espeak-ng")
+
+
+def speech_onset(audio: np.ndarray, below_peak_db: float = 35.0) -> float:
+    """Seconds to the first 10 ms frame whose RMS is within ``below_peak_db`` of the loudest frame's.
+
+    A synthesiser's output is clean (no noise floor), so this is where its speech starts; engines lead
+    with 0.05-0.3 s of silence, which is why an utterance's onset in a joined clip is not simply where
+    its samples begin."""
+    frame = SAMPLE_RATE // 100
+    n = max(1, len(audio) // frame)
+    rms = np.sqrt(np.mean(audio[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(20 * np.log10(rms / rms.max()) > -below_peak_db)
+    return float(loud[0] * frame / SAMPLE_RATE) if len(loud) else 0.0
+
+
+def join_utterances(utterances: list[np.ndarray], gaps_s: list[float], lead_s: float) -> tuple[np.ndarray, list[float]]:
+    """Join separately synthesised utterances with silences of known length.
+
+    Args:
+        utterances: 16 kHz mono clips.
+        gaps_s: silence inserted before each utterance after the first (one fewer than ``utterances``).
+        lead_s: silence before the first.
+
+    Returns:
+        the joined audio, and each utterance's speech onset in it (seconds; :func:`speech_onset`), the
+        ground truth a word-timestamp test compares the utterance's first word with.
+    """
+    if len(gaps_s) != len(utterances) - 1:
+        raise MkdError(f"{len(utterances)} utterances need {len(utterances) - 1} gaps, got {len(gaps_s)}")
+    parts, onsets, at = [], [], 0
+    for u, gap in zip(utterances, [lead_s, *gaps_s]):
+        silence = np.zeros(int(round(gap * SAMPLE_RATE)), np.float32)
+        onsets.append((at + len(silence)) / SAMPLE_RATE + speech_onset(u))
+        parts += [silence, u.astype(np.float32)]
+        at += len(silence) + len(u)
+    return np.concatenate(parts), onsets
