@@ -34,6 +34,9 @@ def bench_cmd(
     batch_size: str = typer.Option(
         "", "--batch-size", help="Also measure throughput at these batch sizes, e.g. 1,8,32 (clips/s, audio s/s)."
     ),
+    memory: str = typer.Option(
+        "fresh", "--memory", help="RSS per model: fresh (a process of its own) or inline (this one, load order matters)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ) -> None:
     """Benchmark models on the same clips: latency percentiles, RTF, throughput, memory, size, WER."""
@@ -50,7 +53,7 @@ def bench_cmd(
             report = run_bench(
                 manifest, specs, reference, repeats, warmup, device, language, limit,
                 on_progress=lambda s: status.update(f"benchmarking: {s}"), threads=threads, dtype=dtype,
-                batch_sizes=sizes,
+                batch_sizes=sizes, memory=memory,
             )  # fmt: skip
         write_report(report, output, force=force)
     typer.echo(markdown_table(report))  # plain: a Markdown table must not be re-wrapped

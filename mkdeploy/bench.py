@@ -87,7 +87,7 @@ class ModelResult:
     """Figures for one model; latencies in seconds per clip.
 
     Attributes:
-        rss_mb: resident memory the model added when loaded and warmed up (process RSS before and after).
+        rss_mb: resident memory the model added when loaded and warmed up (in a fresh process by default).
         gpu_mem_mb: peak GPU memory PyTorch allocated while this model ran (None off GPU or for ORT/CT2).
         wer_vs_reference, cer_vs_reference: error rates against the reference model's transcripts.
         speedup: the reference model's p50 divided by this model's.
@@ -149,6 +149,14 @@ class BenchReport:
     models: list[ModelResult] = field(default_factory=list)
     transcripts: dict[str, list[str]] = field(default_factory=dict)
     throughput: list[ThroughputResult] = field(default_factory=list)
+    #: how rss_mb was measured: "fresh" or "inline" (:func:`run_bench`'s ``memory``)
+    memory: str = "fresh"
+
+
+MEMORY_NOTES = {
+    "fresh": "each model in a fresh process that has imported the engines' libraries first",
+    "inline": "one process, models loaded in turn: a model can reuse memory an earlier one freed",
+}
 
 
 def load_runner(
@@ -179,6 +187,64 @@ def _rss_mb() -> float:
     import psutil  # only the bench's memory figures need it
 
     return psutil.Process().memory_info().rss / 1e6
+
+
+#: the engines' libraries a fresh process imports before the model is loaded, so the RSS a model adds does
+#: not include them (nor depend on which model happened to import them first)
+ENGINE_LIBRARIES = ("torch", "transformers", "onnxruntime", "ctranslate2")
+
+
+def _rss_child(conn, spec: ModelSpec, load_args: tuple, first: np.ndarray, warmup: int) -> None:
+    """In a spawned process: the RSS (MB) that loading ``spec`` and warming it up adds."""
+    import importlib
+
+    try:
+        for lib in ENGINE_LIBRARIES:
+            try:
+                importlib.import_module(lib)
+            except ImportError:
+                pass
+        before = _rss_mb()
+        runner = load_runner(spec, *load_args)
+        for _ in range(max(1, warmup)):
+            runner.transcribe(first)
+        conn.send(("ok", _rss_mb() - before))
+    except Exception as e:  # reported to the parent, which raises it with the model's name
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def fresh_rss_mb(spec: ModelSpec, load_args: tuple, first: np.ndarray, warmup: int, timeout_s: float = 900) -> float:
+    """Resident memory a model adds to a fresh process (spawned, the engines' libraries imported first):
+    in the bench's own process the figure depends on load order, since memory a model frees stays with
+    the allocator and the next model reuses it (ONNX models loaded after PyTorch ones read 0-1 MB).
+
+    Args:
+        spec: the model.
+        load_args: :func:`load_runner`'s arguments after ``spec``.
+        first: the warm-up clip.
+        warmup: warm-up passes (at least one, so lazily built kernels and caches are counted).
+        timeout_s: how long the child may take.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # fork would inherit this process's memory and threads
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_rss_child, args=(send, spec, load_args, first, warmup), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not recv.poll(timeout_s):
+            raise MkdError(f"--model {spec.name}: measuring its memory took over {timeout_s:.0f} s")
+        status, value = recv.recv()
+    except EOFError:
+        raise MkdError(f"--model {spec.name}: the process measuring its memory died (out of memory?)") from None
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+    if status != "ok":
+        raise MkdError(f"--model {spec.name}: loading it in a fresh process failed: {value}")
+    return float(value)
 
 
 def environment(device: str, threads: int = 0) -> dict:
@@ -246,6 +312,7 @@ def run_bench(
     threads: int = 0,
     dtype: str = "auto",
     batch_sizes: Sequence[int] = (),
+    memory: str = "fresh",
 ) -> BenchReport:
     """Benchmark models on a manifest's clips.
 
@@ -265,23 +332,32 @@ def run_bench(
             intra_threads); 0 leaves each its default.
         dtype: PyTorch weights ("auto": float16 on CUDA, float32 on CPU).
         batch_sizes: also decode all clips in batches of each size and report clips/s (throughput).
+        memory: "fresh": each model's RSS in a process of its own (:func:`fresh_rss_mb`); "inline": in
+            this one, models loaded in turn (no extra load, but the figures depend on the order).
 
     Returns:
         the report (write it with :func:`write_report`).
     """
     progress = on_progress or (lambda _: None)
+    if memory not in ("fresh", "inline"):
+        raise MkdError(f"--memory {memory}: choose fresh or inline")
     reference = _check_names(specs, reference)
     rows = load_manifest(manifest)[:limit]
     audios = [load_audio(r.audio) for r in rows]
     audio_seconds = sum(len(a) for a in audios) / SAMPLE_RATE
     args = (device, language, max_new_tokens, threads, dtype, audios[0], warmup, progress)
     loaded = {s.name: _load(s, *args) for s in specs}
+    if memory == "fresh":
+        for s in specs:
+            progress(f"memory of {s.name} (fresh process)")
+            run, load_s, _ = loaded[s.name]
+            loaded[s.name] = (run, load_s, fresh_rss_mb(s, args[:5], audios[0], warmup))
     env = environment(device, threads)
     runners = {n: run for n, (run, _, _) in loaded.items()}
     timed = _time_runs(runners, audios, repeats, progress)
 
     refs = [r.text for r in rows]
-    report = BenchReport(str(manifest), reference, repeats, warmup, round(audio_seconds, 2), env)
+    report = BenchReport(str(manifest), reference, repeats, warmup, round(audio_seconds, 2), env, memory=memory)
     for s in specs:
         run, load_s, rss = loaded[s.name]
         texts = timed.texts[s.name]
@@ -447,8 +523,8 @@ def markdown_table(report: BenchReport) -> str:
         )
     lines += [
         "",
-        "RSS: resident memory added by loading and warming up the model (one process, models loaded in "
-        "turn). Speed-up: reference p50 / model p50.",
+        f"RSS: resident memory added by loading and warming up the model ({MEMORY_NOTES[report.memory]}). "
+        "Speed-up: reference p50 / model p50.",
         "",
     ]
     if report.throughput:

@@ -62,6 +62,9 @@ def test_bench_figures_and_outputs(clips_manifest, tiny_model_dir, tiny_onnx, ti
     assert len(data["models"]) == 4 and data["reference"] == "pt"
     md = (out / "bench.md").read_text()
     assert md.count("\n| ") == 5 and "| ct2 | ctranslate2 |" in md
+    # memory from a process of each model's own: every model adds some, whatever was loaded before it
+    assert data["memory"] == "fresh" and "fresh process" in md
+    assert all(m.rss_mb > 0 for m in report.models), [m.rss_mb for m in report.models]
     img = plt.imread(out / "latency_vs_wer.png")
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
 
@@ -97,6 +100,8 @@ def test_bench_cli_and_errors(clips_manifest, tiny_model_dir, tiny_onnx, tmp_pat
     assert r.exit_code == 2 and "no such directory" in r.output and not (tmp_path / "p").exists()
     with pytest.raises(MkdError, match="reference"):
         run_bench(clips_manifest, [parse_model_spec(f"a={tiny_model_dir}")], reference="zzz")
+    with pytest.raises(MkdError, match="fresh or inline"):
+        run_bench(clips_manifest, [parse_model_spec(f"a={tiny_model_dir}")], memory="peak")
     with pytest.raises(MkdError, match="unique"):
         run_bench(clips_manifest, [parse_model_spec(f"a={tiny_model_dir}")] * 2)
 
@@ -128,7 +133,10 @@ def test_threads_compute_types_and_throughput(clips_manifest, tiny_model_dir, ti
             ModelSpec("int8", tiny_onnx / "int8"),
             ModelSpec("ct2", tiny_ct2_dir, compute_type="int8"),
         ]
-        report = run_bench(clips_manifest, specs, repeats=1, max_new_tokens=16, threads=1, batch_sizes=[1, 2])
+        report = run_bench(
+            clips_manifest, specs, repeats=1, max_new_tokens=16, threads=1, batch_sizes=[1, 2], memory="inline"
+        )
+        assert report.memory == "inline"
         assert torch.get_num_threads() == 1 and report.environment["threads"] == 1
     finally:
         torch.set_num_threads(before)
