@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/ablation.py --from-demo work/demo --seeds 3
     .venv/bin/python benchmarks/ablation.py --from-demo work/demo --seeds 3 --recipes kd --labels reference
 
-Each (recipe, seed) trains tiny.en under base with the demo's data, labels, steps, dev schedule and
-selection (only RecipeConfig.seed changes between seeds), and is scored in PyTorch fp32 with the demo's
+Each (recipe, seed) trains the demo's student (tiny.en with 3 of its 4 decoder layers, DemoOptions) under
+base with the demo's data, labels, steps, rate, dev schedule and selection (only RecipeConfig.seed changes
+between seeds), and is scored in PyTorch fp32 with the demo's
 decoding on the three test sets twice: the final step as trained (what the recipe learned; the paper's
 claim is about this) and what dev selection ships (often the untrained student, which hides the recipe). The teacher's pass is computed once and shared
 (--cache-dir), so a run costs its training, dev and scoring. The table gives mean ± sd over seeds per set
@@ -39,7 +40,7 @@ def main() -> None:
 
     quiet_libraries()
     from mkdeploy.demo.corpus import TEST_SPLITS, build_corpus
-    from mkdeploy.demo.pipeline import DemoOptions, distil, score_model
+    from mkdeploy.demo.pipeline import DemoOptions, distil, prepare_student, score_model
     from mkdeploy.demo.report import TITLES
     from mkdeploy.distill.checkpoints import latest_checkpoint
     from mkdeploy.distill.config import RecipeConfig
@@ -51,7 +52,8 @@ def main() -> None:
     demo = DemoOptions()
     labels = a.labels or demo.labels
     steps = a.steps or demo.steps
-    teacher, student = src / "models" / "base", src / "models" / "tiny.en"
+    teacher = src / "models" / "base"
+    student = prepare_student(demo, src / "models" / "tiny.en", src)
     corpus = build_corpus(src / "corpus", demo.corpus)
     # a finished demo's run holds the teacher's pass over this corpus under its labels; otherwise (other
     # labels, or only the demo's first two stages done) the ablation computes its own once
@@ -89,7 +91,7 @@ def main() -> None:
             "| model / recipe | " + " | ".join(TITLES[s] for s in TEST_SPLITS) + " | dev selected, by seed |",
             "|---|" + "--:|" * len(TEST_SPLITS) + "---|",
         ]
-        for row, sc in (("teacher base", base["teacher"]), ("tiny.en untrained", base["untrained"])):
+        for row, sc in (("teacher base", base["teacher"]), (f"{student.name} untrained", base["untrained"])):
             lines.append(f"| {row} | " + " | ".join(f"{100 * sc[s]['wer']:.2f}" for s in TEST_SPLITS) + " | |")
 
         def spread(rs: list[dict], key: str) -> str:
@@ -151,8 +153,9 @@ def main() -> None:
         )
         return "\n".join(lines)
 
-    for recipe in a.recipes.split(","):
-        for seed in range(a.seeds):
+    # seed-major: a run cut short still holds every recipe at the seeds it reached
+    for seed in range(a.seeds):
+        for recipe in a.recipes.split(","):
             name = f"{recipe}-{labels}-s{seed}"
             run = w / "runs" / name
             cfg = RecipeConfig(
@@ -163,14 +166,17 @@ def main() -> None:
                 save_every=demo.eval_every,
                 select_alphas=list(demo.select_alphas),
                 seed=seed,
-                **extra,
+                **({"lr": demo.lr, "w_retain": demo.w_retain} | extra),
             ).validate()
             t0 = time.time()
             distil(run, teacher, student, corpus, cfg, log=lambda s: None, cache_dir=cache, labels=labels)
-            res = merge_run(run, w / "models" / name, force=True)
-            chosen = scores(name, w / "models" / name) if res.step else base["untrained"]
             merge_run(run, w / "models" / f"{name}-final", force=True, checkpoint=latest_checkpoint(run))
             final = scores(f"{name}-final", w / "models" / f"{name}-final")
+            res = merge_run(run, w / "models" / name, force=True)
+            if res.step == steps and res.alpha == 1.0:
+                chosen = final  # dev chose the last step whole: the same model, scored once
+            else:
+                chosen = scores(name, w / "models" / name) if res.step else base["untrained"]
             runs.setdefault(recipe, []).append(
                 {
                     "seed": seed,

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/probe_recipe.py NAME LABELS STEPS 'JSON overrides' [STUDENT]
     .venv/bin/python benchmarks/probe_recipe.py dec_noretain_lr1e3 pseudo 60 '{"w_retain": 0, "lr": 1e-3}'
-    .venv/bin/python benchmarks/probe_recipe.py pruned3_kd pseudo 120 '{"recipe": "kd"}' work/students/tiny3
+    .venv/bin/python benchmarks/probe_recipe.py pruned3_kd pseudo 120 '{"w_retain": 0}' work/students/tiny3
 
 STUDENT (default work/demo/models/tiny.en) is any local student, e.g. one ``mkd student init`` pruned.
 
@@ -37,10 +37,9 @@ def main() -> None:
     w, x = Path("work/demo"), Path("work/probes") / name
     corpus = build_corpus(w / "corpus", demo_corpus())
     demo = DemoOptions()  # the demo's recipe and batch, written once there
-    cfg = RecipeConfig(
-        recipe=demo.recipe, max_steps=steps, batch_size=demo.batch_size, eval_every=steps, save_every=20,
-        select_alphas=[], **overrides,
-    ).validate()  # fmt: skip
+    base = dict(recipe=demo.recipe, max_steps=steps, batch_size=demo.batch_size, eval_every=steps, save_every=20,
+                select_alphas=[])  # fmt: skip
+    cfg = RecipeConfig(**(base | overrides)).validate()
     t = time.time()
     s = distil(x / "run", w / "models" / "base", student, corpus, cfg, print,
                cache_dir=Path("work/probes") / f"cache-{labels}", labels=labels)  # fmt: skip

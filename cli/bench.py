@@ -35,7 +35,9 @@ def bench_cmd(
         "", "--batch-size", help="Also measure throughput at these batch sizes, e.g. 1,8,32 (clips/s, audio s/s)."
     ),
     memory: str = typer.Option(
-        "fresh", "--memory", help="RSS per model: fresh (a process of its own) or inline (this one, load order matters)."
+        "fresh",
+        "--memory",
+        help="RSS per model: fresh (a process of its own) or inline (this one, load order matters).",
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ) -> None:

@@ -75,5 +75,10 @@ def _print_student(path: Path, model) -> None:
     if buckets:
         line += f"; encoder windows {', '.join(f'{b} s' for b in buckets)}"
     out.print(
-        line + ("; train it with --train-mode full-decoder" if getattr(cfg, "mkdeploy_pruned_from", None) else "")
+        line
+        + (
+            "; train it with --w-retain 0 --lr 1e-3 (LoRA) or --train-mode full-decoder"
+            if getattr(cfg, "mkdeploy_pruned_from", None)
+            else ""
+        )
     )

@@ -100,7 +100,8 @@ def test_demo_chain_at_toy_size(tmp_path):
     check_headline_schema(head)
     assert 0 < head["trainable_pct"] < 1 and head["minutes"] > 0
     report = (tmp_path / "demo" / "REPORT.md").read_text()
-    assert "unseen speech" in report and "| tiny.en distilled | ONNX int8 |" in report
+    assert "unseen speech" in report and "| student distilled | ONNX int8 |" in report
+    assert "| tiny.en whole" in report and head["in_domain"]["source_fp32"] is not None  # the demo prunes
     assert (tmp_path / "demo" / "bench" / "latency_vs_wer.png").exists()
 
 
@@ -136,7 +137,7 @@ def test_headline_schema_from_scores():
     set's figures computed by hand."""
     from dataclasses import asdict
 
-    from mkdeploy.demo.report import Headline, set_figures
+    from mkdeploy.demo.report import Headline, set_figures, wer_table
 
     def sc(errors, words=(10, 10, 10, 10)):
         return {"wer": sum(errors) / sum(words), "word_errors": list(errors), "ref_words": list(words), "by_engine": {}}
@@ -160,6 +161,13 @@ def test_headline_schema_from_scores():
         f, f, f, 12.5, "abc1234", "mkdeploy 0.1.0", {n: 100.0 for n in BENCH_NAMES.values()}, {}, 0.5, "pseudo"
     )
     check_headline_schema(json.loads(json.dumps(asdict(head))))
+    assert f.source_fp32 is None and f.ci95_distilled_minus_source_fp32 is None  # no pruned student here
+    # a pruned student: its source model, scored beside it, gets a row and an interval of its own
+    g = set_figures(scores | {"source_fp32": sc([0, 1, 0, 1])})  # one error fewer than distilled on every clip
+    assert g.source_fp32 == 0.05 and g.ci95_distilled_minus_source_fp32 == [0.1, 0.1]
+    lines = wer_table(Headline(g, g, g, 1.0, None, "v", {}, {}, 0.5, "pseudo"))
+    assert any(line.startswith("| tiny.en whole") for line in lines)
+    assert any(line.startswith("| distilled − tiny.en whole, fp32 | +10.00 [+10.00, +10.00]") for line in lines)
 
 
 def test_the_demo_corpus_uses_what_calibration_kept():

@@ -42,11 +42,14 @@ class SetFigures:
     ref_words: int
     clips: int
     by_engine_fp32: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the unpruned model a pruned student was cut from (fp32), and distilled − it; None when not pruned
+    source_fp32: float | None = None
+    ci95_distilled_minus_source_fp32: list[float] | None = None
 
 
 def set_figures(scores: dict[str, dict]) -> SetFigures:
-    """``scores``: by configuration (``teacher_fp32``, ...), the score dict of one test set (with its
-    per-clip ``word_errors`` and ``ref_words``)."""
+    """``scores``: by configuration (``teacher_fp32``, ..., and ``source_fp32`` for a pruned student), the
+    score dict of one test set (with its per-clip ``word_errors`` and ``ref_words``)."""
 
     def ci(a: str, b: str) -> list[float]:
         d = paired_bootstrap(scores[a]["word_errors"], scores[b]["word_errors"], scores[a]["ref_words"])
@@ -65,6 +68,8 @@ def set_figures(scores: dict[str, dict]) -> SetFigures:
         by_engine_fp32={
             e: {m: scores[f"{m}_fp32"]["by_engine"].get(e, {}).get("wer") for m in MODELS} for e in engines
         },
+        source_fp32=wer.get("source_fp32"),
+        ci95_distilled_minus_source_fp32=ci("distilled_fp32", "source_fp32") if "source_fp32" in scores else None,
     )
 
 
@@ -83,6 +88,8 @@ class Headline:
     selected: dict
     trainable_pct: float
     labels: str
+    #: what the student is, in words (the report's rows call it "student")
+    student: str = "tiny.en"
     decoding: str = DECODING
     report: str = ""
 
@@ -110,13 +117,21 @@ def wer_table(head: Headline) -> list[str]:
         + " |",
         "|---|---|" + "--:|" * len(sets),
     ]
-    names = {"teacher": "teacher base", "untrained": "tiny.en untrained", "distilled": "tiny.en distilled"}
+    names = {"teacher": "teacher base", "untrained": "student untrained", "distilled": "student distilled"}
+    pruned = any(f.source_fp32 is not None for f in sets.values())
     for e, engine in (("fp32", "PyTorch fp32"), ("int8", "ONNX int8")):
         for m in MODELS:
             cells = [_pct(getattr(f, f"{m}_{e}")) for f in sets.values()]
             if m == "distilled":
                 cells = [f"**{c}**" for c in cells]
             lines.append(f"| {names[m]} | {engine} | " + " | ".join(cells) + " |")
+        if e == "fp32" and pruned:
+            cells = [_pct(f.source_fp32) for f in sets.values()]
+            lines.append(
+                "| tiny.en whole (the student's source, not pruned, not trained) | PyTorch fp32 | "
+                + " | ".join(cells)
+                + " |"
+            )
     lines += [
         "",
         "Differences in WER points, paired bootstrap 95% interval over the clips (negative: the first is better):",
@@ -132,6 +147,15 @@ def wer_table(head: Headline) -> list[str]:
         lines.append(
             f"| {label} | "
             + " | ".join(f"{100 * (getattr(f, a) - getattr(f, b)):+.2f} {_pts(getattr(f, key))}" for f in sets.values())
+            + " |"
+        )
+    if pruned:
+        lines.append(
+            "| distilled − tiny.en whole, fp32 | "
+            + " | ".join(
+                f"{100 * (f.distilled_fp32 - (f.source_fp32 or 0)):+.2f} {_pts(f.ci95_distilled_minus_source_fp32 or [0, 0])}"
+                for f in sets.values()
+            )
             + " |"
         )
     lines.append(

@@ -178,10 +178,13 @@ def _trainable(cfg: RecipeConfig, student, pruned: bool, log):
         student = apply_lora(
             student, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.encoder_lora_layers
         )
-        if pruned:
+        if pruned and cfg.w_retain > 0:
+            # the retention term holds the student near its start, which for a pruned one is the broken
+            # model; without it LoRA brought tiny.en cut to 3 decoder layers from 51.0% to 10.7% dev WER
+            # (benchmarks/results/issue26_pruned.md, the demo's student)
             log(
-                "warning: LoRA alone on a pruned student: its kept layers were trained for other neighbours "
-                "(measured: 50% WER vs 11.7% trained in full); consider --train full-decoder"
+                "warning: --w-retain pulls a pruned student back toward its start, the model pruning broke; "
+                "use --w-retain 0 (and a higher --lr, e.g. 1e-3), or --train-mode full-decoder"
             )
         trainable_enc = set(range(max(0, sc.encoder_layers - cfg.encoder_lora_layers), sc.encoder_layers))
         return student, trainable_enc, None, None
