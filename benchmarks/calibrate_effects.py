@@ -24,7 +24,7 @@ logging.disable(logging.WARNING)
 
 import numpy as np
 
-from mkdeploy.demo.augment import AugmentSpec, augment
+from mkdeploy.demo.augment import NOISE_ONLY, AugmentSpec, augment
 from mkdeploy.demo.calibrate import score_clips
 from mkdeploy.demo.corpus import CorpusSpec, demo_corpus, split_texts
 from mkdeploy.demo.synthesis import Voice, synthesize
@@ -32,7 +32,7 @@ from mkdeploy.stats import paired_bootstrap
 from mkdeploy.version import version_string
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUIET = AugmentSpec(p_tempo=0, p_pitch=0, p_reverb=0, p_telephone=0, p_hum=0, p_noise=1.0, snr_db=(20.0, 30.0))
+QUIET = NOISE_ONLY
 #: name -> (augmentation, rate range, sentences per clip)
 CONDITIONS: dict[str, tuple[AugmentSpec, tuple[float, float], tuple[int, int]]] = {
     "noise only": (QUIET, (0.9, 1.1), (2, 3)),

@@ -27,7 +27,7 @@ logging.disable(logging.WARNING)
 import numpy as np
 import soundfile as sf
 
-from mkdeploy.demo.augment import AugmentSpec, augment
+from mkdeploy.demo.augment import NOISE_ONLY, augment
 from mkdeploy.demo.synthesis import Voice, join_utterances, synthesize
 from mkdeploy.demo.text import everyday_sentences
 from mkdeploy.evaluate import utterance_onset_errors
@@ -41,7 +41,7 @@ VOICES = [
     Voice("flite", "slt"),
     Voice("flite", "kal16"),
 ]
-NOISE = AugmentSpec(p_tempo=0, p_pitch=0, p_reverb=0, p_telephone=0, p_hum=0, p_noise=1.0, snr_db=(20.0, 30.0))
+NOISE = NOISE_ONLY
 TOLERANCE_S = 0.2
 
 

@@ -10,7 +10,7 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from mkdeploy.cli.main import app
-from mkdeploy.demo.augment import AugmentSpec, augment
+from mkdeploy.demo.augment import NOISE_ONLY, augment
 from mkdeploy.demo.synthesis import Voice, join_utterances, synthesize
 from mkdeploy.evaluate import utterance_onset_errors
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
@@ -51,14 +51,13 @@ def joined(tmp_path_factory):
         Voice("flite", "slt"),
         Voice("flite", "kal16"),
     ]
-    noise = AugmentSpec(p_tempo=0, p_pitch=0, p_reverb=0, p_telephone=0, p_hum=0, p_noise=1.0, snr_db=(20.0, 30.0))
     rng = np.random.default_rng(28)
     out, d = [], tmp_path_factory.mktemp("joined")
     for i in range(6):
         texts = [sentences[(3 * i + k) % len(sentences)] for k in range(3)]
         voice = voices[i % len(voices)]
         audio, onsets = join_utterances([synthesize(t, voice) for t in texts], list(rng.uniform(0.4, 2.0, 2)), 0.5)
-        sf.write(d / f"j{i}.wav", augment(audio, [28, i], noise), 16000)
+        sf.write(d / f"j{i}.wav", augment(audio, [28, i], NOISE_ONLY), 16000)
         out.append((d / f"j{i}.wav", texts, onsets))
     return out
 

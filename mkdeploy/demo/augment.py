@@ -34,6 +34,11 @@ class AugmentSpec:
     snr_db: tuple[float, float] = (0.0, 30.0)
 
 
+#: noise at the demo's kept band (20-30 dB SNR) and no other step: the clip's timing and voice stay as
+#: synthesised (word-onset tests, per-step calibration)
+NOISE_ONLY = AugmentSpec(p_tempo=0, p_pitch=0, p_reverb=0, p_telephone=0, p_hum=0, p_noise=1.0, snr_db=(20.0, 30.0))
+
+
 def _reverb(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     """Convolve with a synthetic room response: exponentially decaying noise, RT60 0.2-0.8 s."""
     from scipy.signal import fftconvolve  # optional [demo] extra (audiomentations' dependency)
