@@ -16,9 +16,10 @@ def bench_cmd(
         ...,
         "--model",
         "-m",
-        help="NAME=PATH[:buckets=5,10,20,30][:compute_type=int8]: a PyTorch, ONNX (any variant folder) "
+        help="NAME=PATH[:buckets=5,10,20,30][:compute_type=int8][:ort=lean]: a PyTorch, ONNX (any variant folder) "
         "or CTranslate2 directory (repeatable); buckets set its encoder windows (30: Whisper's); "
-        "compute_type is CTranslate2's (int8, int8_float16, float16, float32).",
+        "compute_type is CTranslate2's (int8, int8_float16, float16, float32); ort turns off ONNX Runtime's "
+        "memory arena, memory pattern or weight prepacking (no-arena, no-pattern, no-prepack; lean: all three).",
     ),
     reference: str | None = typer.Option(
         None, "--reference", help="Model the others are compared with (default: first)."

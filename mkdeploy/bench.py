@@ -26,8 +26,9 @@ from mkdeploy.data import load_manifest
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.evaluate import error_rates
 from mkdeploy.fsutil import atomic_output_dir
-from mkdeploy.models.dirs import is_ct2_dir
+from mkdeploy.models.dirs import is_ct2_dir, is_onnx_dir
 from mkdeploy.models.window import parse_buckets
+from mkdeploy.ort import OrtOptions
 from mkdeploy.runners import CT2Runner, Runner, WhisperRunner, dir_size_mb
 from mkdeploy.version import version_info
 
@@ -42,16 +43,19 @@ class ModelSpec:
         compute_type: CTranslate2's compute type (``int8``, ``int8_float16``, ``float16``, ``float32``;
             None: ``default``, the type the model was saved in), so faster-whisper's fastest path is the
             yardstick. CTranslate2 entries only.
+        ort: ONNX Runtime's memory switches, e.g. ``no-arena,no-prepack`` or ``lean``
+            (:meth:`mkdeploy.ort.OrtOptions.from_memory_flags`; None: its defaults). ONNX entries only.
     """
 
     name: str
     path: Path
     buckets: tuple[int, ...] | None = None
     compute_type: str | None = None
+    ort: str | None = None
 
 
 #: the ``:key=value`` suffixes a --model entry takes
-SPEC_KEYS = ("buckets", "compute_type")
+SPEC_KEYS = ("buckets", "compute_type", "ort")
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -65,10 +69,14 @@ def parse_model_spec(text: str) -> ModelSpec:
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or key not in SPEC_KEYS or not value:
-            raise MkdError(f"--model {text!r}: unknown suffix {pair!r}; use :buckets=5,10,20,30 or :compute_type=int8")
+            raise MkdError(
+                f"--model {text!r}: unknown suffix {pair!r}; use :buckets=5,10,20,30, :compute_type=int8 or :ort=lean"
+            )
         opts[key] = value
     buckets = parse_buckets(opts["buckets"]) if "buckets" in opts else None
-    return ModelSpec(name, Path(path), buckets, opts.get("compute_type"))
+    if "ort" in opts:
+        OrtOptions.from_memory_flags(opts["ort"])  # a bad flag fails here, before any model loads
+    return ModelSpec(name, Path(path), buckets, opts.get("compute_type"), opts.get("ort"))
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -172,12 +180,17 @@ def load_runner(
     if is_ct2_dir(spec.path):
         if spec.buckets and spec.buckets != (30,):
             raise MkdError(f"--model {spec.name}: encoder buckets need a PyTorch or ONNX model, not CTranslate2")
+        if spec.ort:
+            raise MkdError(f"--model {spec.name}: :ort= sets ONNX Runtime's memory options, not CTranslate2's")
         return CT2Runner(spec.path, device, language, max_new_tokens, spec.compute_type, threads)
     if spec.compute_type:
         raise MkdError(
             f"--model {spec.name}: compute_type is CTranslate2's; an ONNX export's precision is its variant folder"
         )
-    return WhisperRunner(spec.path, device, language, max_new_tokens, spec.buckets, threads, dtype)
+    if spec.ort and not is_onnx_dir(spec.path):
+        raise MkdError(f"--model {spec.name}: :ort= sets ONNX Runtime's memory options; {spec.path} is not an export")
+    ort = OrtOptions.from_memory_flags(spec.ort, threads) if spec.ort else None
+    return WhisperRunner(spec.path, device, language, max_new_tokens, spec.buckets, threads, dtype, ort)
 
 
 # -- measuring --------------------------------------------------------------------------------------

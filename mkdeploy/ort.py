@@ -27,11 +27,42 @@ class OrtOptions:
         allow_spinning: intra-op spin-waiting; off by default because on 2 cores it made a small model
             about 3x slower and slowed PyTorch in the same process (README, Troubleshooting).
         io_binding: bind inputs and outputs to device memory (CUDA only; avoids host copies per step).
+        cpu_mem_arena: ONNX Runtime's CPU arena (``enable_cpu_mem_arena``), which keeps freed blocks for
+            reuse and grows by doubling: faster allocation, a larger footprint.
+        mem_pattern: plan each run's buffers from the first run's shapes (``enable_mem_pattern``); a
+            decoder whose sequence length changes every step gains little from it.
+        prepacking: repack the int8/fp32 GEMM weights into MLAS's layout at load
+            (``session.disable_prepacking`` off): a second, packed copy of each weight matrix.
+        benchmarks/ort_memory.py measures each against CTranslate2 in fresh processes.
     """
 
     threads: int = 0
     allow_spinning: bool = False
     io_binding: bool = True
+    cpu_mem_arena: bool = True
+    mem_pattern: bool = True
+    prepacking: bool = True
+
+    @classmethod
+    def from_memory_flags(cls, flags: str, threads: int = 0) -> OrtOptions:
+        """``"no-arena,no-pattern"`` (any of :data:`MEMORY_FLAGS`, or ``lean`` for all three) -> options.
+
+        Raises:
+            MkdError: an unknown flag (the message lists the known ones).
+        """
+        opts = cls(threads=threads)
+        for flag in (f.strip() for f in flags.split(",") if f.strip()):
+            names = list(MEMORY_FLAGS.values()) if flag == "lean" else [MEMORY_FLAGS.get(flag, "")]
+            if not names[0]:
+                known = ", ".join([*MEMORY_FLAGS, "lean"])
+                raise MkdError(f"ONNX Runtime memory option {flag!r}: choose from {known}")
+            for name in names:
+                setattr(opts, name, False)
+        return opts
+
+
+#: the memory switches by their command-line names (``mkd bench --model NAME=PATH:ort=no-arena,no-prepack``)
+MEMORY_FLAGS = {"no-arena": "cpu_mem_arena", "no-pattern": "mem_pattern", "no-prepack": "prepacking"}
 
 
 def resolve_variant_dir(path: str | Path, variant: str | None = None) -> Path:
@@ -101,6 +132,10 @@ def session_options(opts: OrtOptions):
         so.intra_op_num_threads = opts.threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.allow_spinning else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if opts.allow_spinning else "0")
+    so.enable_cpu_mem_arena = opts.cpu_mem_arena
+    so.enable_mem_pattern = opts.mem_pattern
+    if not opts.prepacking:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     so.log_severity_level = 3
     return so
 

@@ -4,6 +4,7 @@ CTranslate2 directories (faster-whisper's format) through CTranslate2 itself, so
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from mkdeploy.audio import SAMPLE_RATE
 from mkdeploy.errors import MkdError
 from mkdeploy.models.ct2 import read_ct2_model_bin
+from mkdeploy.ort import OrtOptions
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 
@@ -46,9 +48,13 @@ class WhisperRunner(Runner):
         buckets: tuple[int, ...] | None = None,
         threads: int = 0,
         dtype: str = "auto",
+        ort_options: OrtOptions | None = None,
     ):
         self.path = path
-        self.tr = WhisperTranscriber.from_pretrained(path, device=device, threads=threads, dtype=dtype)
+        if ort_options is not None and threads and not ort_options.threads:
+            ort_options = replace(ort_options, threads=threads)  # one thread count for every engine
+        extra = {"options": ort_options} if ort_options is not None else {}
+        self.tr = WhisperTranscriber.from_pretrained(path, device=device, threads=threads, dtype=dtype, **extra)
         self.backend, self.device, self.provider = self.tr.backend, self.tr.device, self.tr.provider or ""
         self.variant = _onnx_variant(path) if self.backend == "onnx" else str(self.tr.model.dtype).split(".")[-1]
         self.options = TranscriptionOptions(

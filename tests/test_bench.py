@@ -113,6 +113,15 @@ def test_model_spec_suffixes():
     assert s.buckets == (10, 30) and s.compute_type == "float32"
     with pytest.raises(MkdError, match="unknown suffix"):
         parse_model_spec("a=/m:beams=4")
+    assert parse_model_spec("o=/m/int8:ort=no-arena,no-prepack").ort == "no-arena,no-prepack"
+    with pytest.raises(MkdError, match="no-arena, no-pattern, no-prepack, lean"):
+        parse_model_spec("o=/m/int8:ort=no-cache")
+    from mkdeploy.ort import OrtOptions
+
+    o = OrtOptions.from_memory_flags("no-arena,no-prepack", threads=2)
+    assert (o.cpu_mem_arena, o.mem_pattern, o.prepacking, o.threads) == (False, True, False, 2)
+    lean = OrtOptions.from_memory_flags("lean")
+    assert not (lean.cpu_mem_arena or lean.mem_pattern or lean.prepacking)
     from mkdeploy.bench import parse_batch_sizes
 
     assert parse_batch_sizes("1,8, 32") == [1, 8, 32] and parse_batch_sizes("") == []

@@ -93,7 +93,19 @@ def test_small_corpus_builds_reuses_and_is_identical(tmp_path):
 def test_demo_chain_at_toy_size(tmp_path):
     """`mkd demo` end to end on the real teachers with a toy corpus and 2 steps (a few minutes)."""
     r = CliRunner().invoke(
-        app, ["demo", "--workdir", str(tmp_path / "demo"), "--steps", "2", "--train-clips", "8", "--test-clips", "4"]
+        app,
+        [
+            "demo",
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--steps",
+            "2",
+            "--train-clips",
+            "8",
+            "--test-clips",
+            "4",
+            "--score-source",
+        ],
     )
     assert r.exit_code == 0, r.output
     head = json.loads((tmp_path / "demo" / "headline.json").read_text())

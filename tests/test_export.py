@@ -100,6 +100,27 @@ def test_cpu_sessions_do_not_spin(tiny_export):
     model, _, _ = load_ort_model(tiny_export, "cpu")
     opts = model.encoder.session.get_session_options()
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.enable_cpu_mem_arena and opts.enable_mem_pattern  # ONNX Runtime's defaults, kept by default
+
+
+def test_lean_memory_options_reach_the_sessions(tiny_export, tiny_model_dir):
+    """The memory switches of OrtOptions (benchmarks/ort_memory.py) are set on every session, through the
+    runner `mkd bench` uses, and decoding gives the same tokens with them."""
+    from mkdeploy.bench import ModelSpec, load_runner
+    from mkdeploy.runners import WhisperRunner
+
+    run = load_runner(ModelSpec("lean", tiny_export, ort="lean"), "cpu", "en", 16, threads=1)
+    assert isinstance(run, WhisperRunner)
+    for part in (run.tr.model.encoder, run.tr.model.decoder):
+        so = part.session.get_session_options()
+        assert not so.enable_cpu_mem_arena and not so.enable_mem_pattern
+        assert so.get_session_config_entry("session.disable_prepacking") == "1"
+        assert so.intra_op_num_threads == 1  # the runner's thread count joins the options given
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    default = WhisperRunner(tiny_export, "cpu", "en", 16, threads=1)
+    assert run.transcribe(audio) == default.transcribe(audio)
+    with pytest.raises(MkdError, match="not an export"):  # a PyTorch directory would silently ignore them
+        load_runner(ModelSpec("pt", tiny_model_dir, ort="lean"), "cpu", "en")
 
 
 def test_onnx_error_paths(tiny_export, tiny_model_dir, tmp_path):

@@ -78,6 +78,12 @@ class DemoOptions:
     # "pseudo": train on the teacher's transcripts under a reference-free filter (a user's untranscribed
     # audio); "reference": on the corpus's transcripts (what labels add: benchmarks/ablation.py --labels)
     labels: str = "pseudo"
+    # score the unpruned model the student was cut from too (fp32, one more row and interval): about a minute
+    # the 20-minute budget does not have; benchmarks/results/demo_report_pruned.md holds that row
+    score_source: bool = False
+    # the bench's RSS in this process, models loaded in turn (`mkd bench` measures fresh processes, which
+    # costs one more load per model: ~40 s here); the memory figures are for relative reading only
+    bench_memory: str = "inline"
 
 
 def score(model: Path | WhisperTranscriber, manifest: Path, cache: Path) -> dict:
@@ -159,7 +165,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
         "distilled_int8": onnx[merged.name] / "int8",
     }
     # the unpruned model the student was cut from, fp32 only: what pruning + distillation trade against it
-    scored = models | ({"source_fp32": source} if student != source else {})
+    scored = models | ({"source_fp32": source} if opts.score_source and student != source else {})
     scores = stage(
         "score teacher and students, fp32 and int8, on the three test sets",
         lambda: {name: score_model(path, corpus, w / "scores", name) for name, path in scored.items()},
@@ -264,6 +270,7 @@ def _bench(opts: DemoOptions, corpus, models: dict[str, Path]):
         warmup=1,
         device="cpu",
         limit=opts.bench_clips,
+        memory=opts.bench_memory,
     )
 
 
