@@ -40,7 +40,9 @@ def main() -> None:
     corpus = Corpus(w / "corpus", {s: w / "corpus" / f"{s}.jsonl" for s in SPLITS})
     dev = load_manifest(corpus["dev"], require_text=True)
     audios, refs = [load_audio(u.audio) for u in dev], [u.text or "" for u in dev]
-    fp32_names = {"tiny.en": "untrained_fp32", "tiny.en-distilled": "distilled_fp32", "base": "teacher_fp32"}
+    # the demo's PyTorch fp32 scores where it made them (tiny.en whole is the source of its pruned student:
+    # scored here, once, when the demo ran without --score-source)
+    fp32_names = {"tiny.en": "source_fp32", "tiny.en-distilled": "distilled_fp32", "base": "teacher_fp32"}
     rows, record = [], {}
     for model in a.models.split(","):
         fp32_dir = w / "models" / f"{model}-onnx"
@@ -48,7 +50,8 @@ def main() -> None:
         _, chosen, scores, why = choose_int8(
             fp32_dir, work, audios, refs, a.max_wer_delta, list(SCHEMES), _copy_side_files, keep=True
         )
-        fp32 = {s: json.loads((w / "scores" / f"{fp32_names[model]}.{s}.json").read_text())["wer"] for s in TEST_SPLITS}
+        pt = w / "models" / model
+        fp32 = {s: r["wer"] for s, r in score_model(pt, corpus, w / "scores", fp32_names[model]).items()}
         record[model] = {"chosen": chosen, "why": why, "fp32": fp32, "schemes": {}}
         for sc in scores:
             test = score_model(work / sc.scheme, corpus, work / "scores", sc.scheme)
@@ -56,6 +59,8 @@ def main() -> None:
             record[model]["schemes"][sc.scheme] = {
                 "calibration": sc.__dict__,
                 "test_wer": {s: test[s]["wer"] for s in TEST_SPLITS},
+                # the transcripts themselves, so a run on another CPU can be compared clip by clip
+                "test_hypotheses": {s: test[s]["hypotheses"] for s in TEST_SPLITS},
             }
             rows.append(
                 f"| {model} | {sc.scheme} | {sc.wer_delta_points:+.2f} | {sc.ms_per_clip:.0f} | "
@@ -67,7 +72,7 @@ def main() -> None:
         "# int8 schemes on the demo's models: calibration (dev) against the test sets",
         "",
         f"`python benchmarks/int8_schemes.py {w} --models {a.models}` · {version_string()} · "
-        f"{platform.processor() or platform.machine()} · budget +{a.max_wer_delta:g} points on the dev split "
+        f"{_cpu()} · budget +{a.max_wer_delta:g} points on the dev split "
         f"({len(dev)} clips, {sum(len(r.split()) for r in refs)} words, with references)",
         "",
         "WER points over the same model's fp32 (negative: int8 better); ms per dev clip at batch 8, best of two:",
@@ -79,6 +84,18 @@ def main() -> None:
     if a.out:
         a.out.write_text("\n".join(lines) + "\n")
         a.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _cpu() -> str:
+    """The CPU's model name and whether it has AVX-512 VNNI (ONNX Runtime's int8 kernels differ by it)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name} ({isa})"
 
 
 if __name__ == "__main__":

@@ -81,9 +81,6 @@ class DemoOptions:
     # score the unpruned model the student was cut from too (fp32, one more row and interval): about a minute
     # the 20-minute budget does not have; benchmarks/results/demo_report_pruned.md holds that row
     score_source: bool = False
-    # the bench's RSS in this process, models loaded in turn (`mkd bench` measures fresh processes, which
-    # costs one more load per model: ~40 s here); the memory figures are for relative reading only
-    bench_memory: str = "inline"
 
 
 def score(model: Path | WhisperTranscriber, manifest: Path, cache: Path) -> dict:
@@ -270,7 +267,6 @@ def _bench(opts: DemoOptions, corpus, models: dict[str, Path]):
         warmup=1,
         device="cpu",
         limit=opts.bench_clips,
-        memory=opts.bench_memory,
     )
 
 
