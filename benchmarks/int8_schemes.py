@@ -1,7 +1,7 @@
 """Every int8 scheme of `mkd export --int8-scheme auto` on the demo's models: what the calibration split
 (the demo's dev clips, with references) says, and what the three test sets say, against fp32.
 
-    .venv/bin/python benchmarks/int8_schemes.py work/demo --models tiny.en,tiny.en-distilled,base \\
+    .venv/bin/python benchmarks/int8_schemes.py work/demo --models tiny.en,tiny.en-3dec-distilled,base \\
         --out benchmarks/results/int8_schemes_cpu.md
 
 Needs a finished demo workdir (its fp32 ONNX exports and fp32 scores). The test sets choose nothing: the
@@ -20,7 +20,7 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workdir", type=Path, help="a finished `mkd demo` workdir")
-    ap.add_argument("--models", default="tiny.en,tiny.en-distilled,base")
+    ap.add_argument("--models", default="tiny.en,tiny.en-3dec-distilled,base")
     ap.add_argument("--max-wer-delta", type=float, default=0.3)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -42,7 +42,7 @@ def main() -> None:
     audios, refs = [load_audio(u.audio) for u in dev], [u.text or "" for u in dev]
     # the demo's PyTorch fp32 scores where it made them (tiny.en whole is the source of its pruned student:
     # scored here, once, when the demo ran without --score-source)
-    fp32_names = {"tiny.en": "source_fp32", "tiny.en-distilled": "distilled_fp32", "base": "teacher_fp32"}
+    fp32_names = {"tiny.en": "source_fp32", "tiny.en-3dec-distilled": "distilled_fp32", "base": "teacher_fp32"}
     rows, record = [], {}
     for model in a.models.split(","):
         fp32_dir = w / "models" / f"{model}-onnx"

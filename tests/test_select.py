@@ -10,7 +10,7 @@ from mkdeploy.distill.checkpoints import latest_checkpoint
 from mkdeploy.distill.config import RecipeConfig
 from mkdeploy.distill.losses import RetentionLoss
 from mkdeploy.distill.merge import merge_run
-from mkdeploy.distill.select import Candidate, Selection, best, interpolate_state, set_lora_scale
+from mkdeploy.distill.select import Candidate, Selection, best, interpolate_state, selectable, set_lora_scale
 from mkdeploy.distill.trainer import TrainArgs, train
 from mkdeploy.errors import MkdError
 
@@ -234,3 +234,17 @@ def test_one_standard_error_rule_ships_the_least_change_dev_cannot_tell_from_the
     assert choose([*cands, worse], 0.9, within_se=10.0) == s20
     sel = Selection(s20, cands, "dev.jsonl", 32, 0.9, 1.0)
     assert "least change within 1 standard error of the lowest (step-000060" in sel.reason()
+
+
+def test_checkpoints_the_rule_may_still_ship_are_kept():
+    """The ablation's ce seed-0 run: the least-change rule chose step 20 while step 40 was the lowest; only
+    the lowest had been kept, and merge failed. Every trained checkpoint below the start is selectable."""
+    start = Candidate(0, 0.0, 0.5104, "", [])
+    s20, s40 = Candidate(20, 1.0, 0.1240, "step-000020"), Candidate(40, 1.0, 0.1201, "step-000040")
+    s60, s80 = Candidate(60, 1.0, 0.1266, "step-000060"), Candidate(80, 1.0, 0.1345, "step-000080")
+    worse = Candidate(100, 1.0, 0.60, "step-000100")
+    half = Candidate(40, 0.5, 0.11, "step-000040")  # an interpolation point is no checkpoint of its own
+    cands = [start, s20, s40, s60, s80, worse, half]
+    assert selectable(cands, within_se=1.0) == {"step-000020", "step-000040", "step-000060", "step-000080"}
+    assert selectable(cands, within_se=0.0) == {"step-000040"}  # lowest dev WER only: choose() ships no other
+    assert selectable([start], within_se=1.0) == set()

@@ -358,7 +358,10 @@ def _export(model: Path, out: Path) -> Path:
     manifest = out / "mkdeploy_export.json"
     fresh = manifest.exists() and (out / "int8").exists()
     if not fresh or manifest.stat().st_mtime < (model / "model.safetensors").stat().st_mtime:
-        export_onnx(model, out, ExportOptions(quantize="int8", int8_scheme=DEMO_INT8_SCHEME), force=True)
+        # no parity check (optimum's output check and the two-clip token check): the
+        # demo scores every export on all three test sets next, against its fp32 source, which says more
+        opts = ExportOptions(quantize="int8", int8_scheme=DEMO_INT8_SCHEME, validate=False)
+        export_onnx(model, out, opts, force=True)
     return out
 
 

@@ -131,6 +131,26 @@ def choose(candidates: list[Candidate], confidence: float = 0.9, seed: int = 0, 
     return min(near, key=lambda c: (c.movement, round(c.wer, 9))) if near else winner
 
 
+def selectable(candidates: list[Candidate], within_se: float = 0.0) -> set[str]:
+    """The checkpoints :func:`choose` may still ship as more steps are scored: the trainer keeps them when
+    it deletes old checkpoints.
+
+    The best on dev always. With ``within_se`` > 0 an earlier checkpoint within a standard error of the
+    best may win, and which ones qualify changes with every new score (the best and its paired standard
+    errors move), so every trained checkpoint scored below the untrained student's dev WER is kept. Keeping
+    only the best once made merge fail with "no complete checkpoint": the rule chose step 20 (12.40%, the
+    least change within a standard error of step 40's 12.01%) after step 20 had been deleted.
+    """
+    trained = [c for c in candidates if c.step > 0 and c.alpha == 1.0 and c.checkpoint]
+    if not trained:
+        return set()
+    top = {best(trained).checkpoint}
+    if within_se <= 0:
+        return top
+    start = next((c for c in candidates if c.step == 0), None)
+    return top | {c.checkpoint for c in trained if start is None or c.wer < start.wer}
+
+
 @dataclass
 class Selection:
     """What merge reads (``RUN/selection.json``)."""

@@ -26,7 +26,7 @@ import torch
 from mkdeploy.distill.checkpoints import CheckpointInfo
 from mkdeploy.distill.evaluator import DevScore
 from mkdeploy.distill.rundir import RunDir
-from mkdeploy.distill.select import Candidate, Selection, best, choose
+from mkdeploy.distill.select import Candidate, Selection, best, choose, selectable
 from mkdeploy.distill.setup import DistillModule, TrainArgs, setup
 from mkdeploy.errors import MkdError, ModelError
 
@@ -77,7 +77,7 @@ class Trainer:
                 m.heads,
                 s.optimizer,
                 s.scheduler,
-                keep={self.best_checkpoint()},
+                keep=self.selectable_checkpoints(),
             )
         self.acc.wait_for_everyone()
         return store.path(self.step)
@@ -111,6 +111,11 @@ class Trainer:
         """Name of the best trained checkpoint on dev so far ("" when none beats nothing yet)."""
         trained = [c for c in self.candidates if c.step > 0 and c.alpha == 1.0]
         return best(trained).checkpoint if trained else ""
+
+    def selectable_checkpoints(self) -> set[str]:
+        """Checkpoints the dev selection may still ship (:func:`~mkdeploy.distill.select.selectable`), kept
+        when newer ones are saved."""
+        return selectable(self.candidates, self.config.select_within_se)
 
     def evaluate(self, step: int, alpha: float = 1.0) -> DevScore | None:
         """Dev WER of the student as it is now, as the weights of ``step`` at ``alpha`` of their change;
