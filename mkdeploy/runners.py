@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ class WhisperRunner(Runner):
         self.path = path
         if ort_options is not None and threads and not ort_options.threads:
             ort_options = replace(ort_options, threads=threads)  # one thread count for every engine
-        extra = {"options": ort_options} if ort_options is not None else {}
+        extra: dict[str, Any] = {"options": ort_options} if ort_options is not None else {}
         self.tr = WhisperTranscriber.from_pretrained(path, device=device, threads=threads, dtype=dtype, **extra)
         self.backend, self.device, self.provider = self.tr.backend, self.tr.device, self.tr.provider or ""
         self.variant = _onnx_variant(path) if self.backend == "onnx" else str(self.tr.model.dtype).split(".")[-1]
