@@ -196,7 +196,9 @@ def test_full_queue_gets_503_with_retry_after(small_server, clips):
 
 
 def test_request_over_the_timeout_gets_504(small_server, clips):
-    long = np.concatenate([sf.read(io.BytesIO(a), dtype="float32")[0] for a, _ in clips] * 3)  # ~80 s
+    # ~210 s: more than even a fast 2-core machine decodes within the 6 s timeout (80 s was not, on an
+    # AVX-512 Xeon, which answered 200); only the pieces already in flight run on after the 504
+    long = np.concatenate([sf.read(io.BytesIO(a), dtype="float32")[0] for a, _ in clips] * 8)
     batches = small_server.metric("mkd_batch_inference_seconds_count")
     r = _post(small_server.url, wav_bytes(long))
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
