@@ -189,7 +189,7 @@ def load_runner(
         )
     if spec.ort and not is_onnx_dir(spec.path):
         raise MkdError(f"--model {spec.name}: :ort= sets ONNX Runtime's memory options; {spec.path} is not an export")
-    ort = OrtOptions.from_memory_flags(spec.ort, threads) if spec.ort else None
+    ort = OrtOptions.from_memory_flags(spec.ort) if spec.ort else None  # load_engine adds the threads
     return WhisperRunner(spec.path, device, language, max_new_tokens, spec.buckets, threads, dtype, ort)
 
 

@@ -9,6 +9,7 @@ ONNX export is token-identical to its PyTorch source.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -199,8 +200,9 @@ def load_engine(
     if backend == "auto":
         backend = "onnx" if is_onnx_dir(path) else "torch"
     if backend == "onnx":
-        if threads and "options" not in onnx_kwargs:
-            onnx_kwargs["options"] = OrtOptions(threads=threads)
+        given = onnx_kwargs.get("options") or OrtOptions()
+        if threads and not given.threads:  # one thread count for every engine, whatever else was set
+            onnx_kwargs["options"] = replace(given, threads=threads)
         model, processor, provider = load_ort_model(path, device=device, **onnx_kwargs)
         dev = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         return Engine(model, processor, "onnx", dev, provider, path=str(path))

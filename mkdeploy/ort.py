@@ -52,11 +52,9 @@ class OrtOptions:
         """
         opts = cls(threads=threads)
         for flag in (f.strip() for f in flags.split(",") if f.strip()):
-            names = list(MEMORY_FLAGS.values()) if flag == "lean" else [MEMORY_FLAGS.get(flag, "")]
-            if not names[0]:
-                known = ", ".join([*MEMORY_FLAGS, "lean"])
-                raise MkdError(f"ONNX Runtime memory option {flag!r}: choose from {known}")
-            for name in names:
+            if flag != "lean" and flag not in MEMORY_FLAGS:
+                raise MkdError(f"ONNX Runtime memory option {flag!r}: choose from {', '.join([*MEMORY_FLAGS, 'lean'])}")
+            for name in MEMORY_FLAGS.values() if flag == "lean" else [MEMORY_FLAGS[flag]]:
                 setattr(opts, name, False)
         return opts
 

@@ -4,7 +4,6 @@ CTranslate2 directories (faster-whisper's format) through CTranslate2 itself, so
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +51,6 @@ class WhisperRunner(Runner):
         ort_options: OrtOptions | None = None,
     ):
         self.path = path
-        if ort_options is not None and threads and not ort_options.threads:
-            ort_options = replace(ort_options, threads=threads)  # one thread count for every engine
         extra: dict[str, Any] = {"options": ort_options} if ort_options is not None else {}
         self.tr = WhisperTranscriber.from_pretrained(path, device=device, threads=threads, dtype=dtype, **extra)
         self.backend, self.device, self.provider = self.tr.backend, self.tr.device, self.tr.provider or ""
