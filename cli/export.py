@@ -18,7 +18,7 @@ def export_cmd(
         "auto",
         "--int8-scheme",
         help="auto: quantise every way (per-channel, per-channel-reduce-range, per-channel-fp32-edges, "
-        "per-tensor), measure each on the calibration audio, ship the fastest within --max-wer-delta of fp32; "
+        "per-tensor, blockwise-decoder-fp32-encoder, blockwise-decoder-per-channel-encoder), measure each on the calibration audio, ship the fastest within --max-wer-delta of fp32; "
         "or one of those names.",
     ),
     max_wer_delta: float = typer.Option(

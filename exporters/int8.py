@@ -39,12 +39,26 @@ class Int8Scheme:
         reduce_range: 7-bit weights (for CPUs without VNNI).
         fp32_edges: keep the sensitive ends in fp32: the encoder's convolutional front-end, the first and
             last layer of encoder and decoder, and the output projection.
+        blockwise: the decoder's weights as 8-bit blocks (ONNX Runtime's ``MatMulNBits``, symmetric, one
+            scale per ``block_size`` weights along the input dimension; the embedding table int8 with one
+            scale per token), and the encoder as ``encoder`` says. With ``accuracy_level`` 4 the decoder's
+            activations are quantised per block of ``block_size`` too, where dynamic int8 gives each
+            activation tensor one scale; 0 computes in fp32 (activations never rounded).
+        block_size: weights per scale, for ``blockwise``.
+        accuracy_level: ``MatMulNBits``' compute type, for ``blockwise``: 0 fp32 (slow on CPU: 61 ms per
+            distilled-student step against 1.9 for dynamic int8, benchmarks/results/int8_blockwise.md), 4 int8 (1.7 ms).
+        encoder: for ``blockwise``: "fp32" (unquantised: the same arithmetic on every CPU's kernels,
+            benchmarks/results/int8_kernel_paths.md) or "per-channel" (dynamic int8, faster).
     """
 
     name: str
     per_channel: bool = True
     reduce_range: bool = False
     fp32_edges: bool = False
+    blockwise: bool = False
+    block_size: int = 32
+    accuracy_level: int = 4
+    encoder: str = "fp32"
 
 
 SCHEMES: dict[str, Int8Scheme] = {
@@ -54,6 +68,8 @@ SCHEMES: dict[str, Int8Scheme] = {
         Int8Scheme("per-channel-reduce-range", reduce_range=True),
         Int8Scheme("per-channel-fp32-edges", fp32_edges=True),
         Int8Scheme("per-tensor", per_channel=False),
+        Int8Scheme("blockwise-decoder-fp32-encoder", blockwise=True),
+        Int8Scheme("blockwise-decoder-per-channel-encoder", blockwise=True, encoder="per-channel"),
     )
 }
 
@@ -124,13 +140,20 @@ def quantize_scheme(src: Path, dst: Path, scheme: Int8Scheme) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy; only export needs it
 
     dst.mkdir(parents=True, exist_ok=True)
+    files: tuple[str, ...] = ONNX_FILES
+    if scheme.blockwise:
+        _quantize_blockwise(src / ONNX_FILES[1], dst / ONNX_FILES[1], scheme)
+        if scheme.encoder == "fp32":
+            shutil.copy(src / ONNX_FILES[0], dst / ONNX_FILES[0])
+            return
+        files = ONNX_FILES[:1]
     root = logging.getLogger()
     level = root.level
     # quantize_dynamic logs a pre-processing advice on the root logger for every graph; silence it for
     # these calls only, not for the whole process.
     root.setLevel(max(level, logging.ERROR))
     try:
-        for name in ONNX_FILES:
+        for name in files:
             quantize_dynamic(
                 src / name,
                 dst / name,
@@ -142,6 +165,92 @@ def quantize_scheme(src: Path, dst: Path, scheme: Int8Scheme) -> None:
             )
     finally:
         root.setLevel(level)
+
+
+def _quantize_blockwise(src: Path, dst: Path, scheme: Int8Scheme) -> None:
+    """The decoder of :attr:`Int8Scheme.blockwise`: every weight MatMul (the merged decoder's If-branches
+    included, which ``MatMulNBitsQuantizer`` walks itself) becomes ``MatMulNBits`` with 8-bit weights."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (  # heavy; only export needs it
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    # the quantiser logs one INFO line per node it skips (thousands): quiet for these calls only
+    qlog = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = qlog.level
+    qlog.setLevel(logging.WARNING)
+    try:
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=scheme.block_size, is_symmetric=True, accuracy_level=scheme.accuracy_level, bits=8
+        )
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(src)),
+            bits=8,
+            block_size=scheme.block_size,
+            is_symmetric=True,
+            accuracy_level=scheme.accuracy_level,
+            algo_config=config,
+        )
+        quantizer.process()
+        model = quantizer.model.model
+        _int8_embedding_columns(model)
+        onnx.save(model, str(dst))
+    finally:
+        qlog.setLevel(level)
+
+
+def _int8_embedding_columns(model) -> int:
+    """The token embedding's fp32 table, read by a column Gather (exporters/onnx.py's untied table,
+    ``[d_model, vocab]``), becomes int8 with one symmetric scale per token: ``Gather`` of int8 columns,
+    ``Cast``, ``Mul`` by the gathered scales. ``MatMulNBits`` packs its own copy of the table for the output
+    projection and leaves the fp32 original to the Gather, which was most of the file (base: 106 of
+    166 MB) and of the session's memory.
+
+    Returns:
+        the number of Gathers rewritten (one per branch of the merged decoder; 0 for the encoder).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    gathers = []
+
+    def walk(g) -> None:
+        for n in g.node:
+            if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2:
+                if any(a.name == "axis" and a.i == 1 for a in n.attribute):
+                    gathers.append((g, n))
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+
+    walk(graph)
+    tables = {n.input[0] for _, n in gathers}
+    for name in tables:
+        table = numpy_helper.to_array(inits[name])  # [d_model, vocab]
+        scale = (np.abs(table).max(axis=0) / 127.0).astype(np.float32)
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(table / scale), -127, 127).astype(np.int8)
+        graph.initializer.remove(inits[name])
+        graph.initializer.extend(
+            [numpy_helper.from_array(q, name + "_int8"), numpy_helper.from_array(scale, name + "_token_scale")]
+        )
+    for g, n in gathers:
+        name, ids, out = n.input[0], n.input[1], n.output[0]
+        pos = list(g.node).index(n)
+        new = [
+            # ids [batch, seq] -> int8 columns [d_model, batch, seq], times each token's scale [batch, seq]
+            helper.make_node("Gather", [name + "_int8", ids], [out + "_int8"], axis=1, name=n.name + "_int8"),
+            helper.make_node("Cast", [out + "_int8"], [out + "_f"], to=onnx.TensorProto.FLOAT, name=n.name + "_cast"),
+            helper.make_node("Gather", [name + "_token_scale", ids], [out + "_scale"], axis=0, name=n.name + "_scale"),
+            helper.make_node("Mul", [out + "_f", out + "_scale"], [out], name=n.name + "_dequant"),
+        ]
+        g.node.remove(n)
+        for node in reversed(new):
+            g.node.insert(pos, node)
+    return len(gathers)
 
 
 def _timed_transcripts(

@@ -388,7 +388,12 @@ def _make_variants(raw: Path, tmp: Path, options: ExportOptions, calibration, sa
             quantize_scheme(tmp, tmp / "int8", get_scheme(name))
             _copy_side_files(tmp, tmp / "int8")
             int8_info = {"scheme": name, "why": "given (--int8-scheme)"}
-        int8_info["scales"] = "per-channel" if get_scheme(name).per_channel else "per-tensor"
+        chosen_scheme = get_scheme(name)
+        int8_info["scales"] = (
+            f"decoder blockwise ({chosen_scheme.block_size} weights per scale), encoder {chosen_scheme.encoder}"
+            if chosen_scheme.blockwise
+            else ("per-channel" if chosen_scheme.per_channel else "per-tensor")
+        )
         variants["int8"] = tmp / "int8"
     if options.fp16:
         convert_fp16(raw, tmp / "fp16", tmp)

@@ -130,3 +130,52 @@ def test_a_caller_that_timed_out_is_not_decoded():
 
     assert _run(b, main()).text == "clip 1"
     assert rec.calls == [1]  # the abandoned clip 2 was skipped
+
+
+def test_short_requests_and_long_upload_pieces_take_turns():
+    """Pieces of a long upload (background) are decoded ``piece_batch`` at a time, and a batch of short
+    requests goes between two batches of pieces: the short clips sent after 12 pieces were queued are
+    decoded second, not thirteenth, and the pieces are not starved by a stream of short clips."""
+    release = threading.Event()
+    order: list[str] = []
+
+    def decode(audios, options):
+        release.wait(10)
+        order.append(",".join(("p" if a[0] >= 100 else "s") + str(int(a[0]) % 100) for a in audios))
+        return [Transcription("", f"clip {int(a[0])}", [], len(a) / 16000) for a in audios]
+
+    b = Batcher(decode, max_batch=4, max_wait_ms=0, max_queue=64, metrics=Metrics(), piece_batch=lambda: 2)
+    opts = TranscriptionOptions()
+
+    async def main():
+        pieces = [asyncio.ensure_future(b.submit(_clip(100 + i), opts, background=True)) for i in range(12)]
+        await asyncio.sleep(0.1)  # the first batch of pieces is in the decoder, held by the gate
+        shorts = [asyncio.ensure_future(b.submit(_clip(i), opts)) for i in range(6)]
+        await asyncio.sleep(0.1)
+        release.set()
+        return await asyncio.gather(*pieces), await asyncio.gather(*shorts)
+
+    pieces, shorts = _run(b, main())
+    assert [r.text for r in pieces] == [f"clip {100 + i}" for i in range(12)]
+    assert [r.text for r in shorts] == [f"clip {i}" for i in range(6)]
+    assert order == ["p0,p1", "s0,s1,s2,s3", "p2,p3", "s4,s5", "p4,p5", "p6,p7", "p8,p9", "p10,p11"]
+
+
+def test_timed_out_pieces_leave_the_queue_without_a_decode():
+    release = threading.Event()
+    rec = Recorder(gate=release)
+    b = Batcher(rec, max_batch=8, max_wait_ms=0, max_queue=64, metrics=Metrics(), piece_batch=1)
+
+    async def main():
+        busy = asyncio.ensure_future(b.submit(_clip(1), TranscriptionOptions()))
+        await asyncio.sleep(0.05)
+        gone = [b.submit(_clip(100 + i), TranscriptionOptions(), background=True) for i in range(5)]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*gone), 0.05)
+        release.set()
+        first = await busy
+        return first, await b.submit(_clip(2), TranscriptionOptions())
+
+    first, after = _run(b, main())
+    assert (first.text, after.text) == ("clip 1", "clip 2")
+    assert rec.calls == [1, 1]  # none of the five abandoned pieces reached the decoder

@@ -333,3 +333,101 @@ def test_fp32_edges_keeps_the_ends_in_fp32(tiny_export, tmp_path):
     dec = onnx.load(str(tmp_path / "q" / "decoder_model_merged.onnx"))
     tables = [i for i in dec.graph.initializer if len(i.dims) == 2 and max(i.dims) >= 50000]
     assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.FLOAT
+
+
+def _count_ops(graph, op: str) -> int:
+    n = sum(node.op_type == op for node in graph.node)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                n += _count_ops(attr.g, op)
+    return n
+
+
+def _first_step_logits(folder, features, hidden=None):
+    """The encoder's states and the merged decoder's first-step logits of an export folder (raw sessions)."""
+    import onnxruntime as ort
+
+    enc = ort.InferenceSession(str(folder / "encoder_model.onnx"), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(folder / "decoder_model_merged.onnx"), providers=["CPUExecutionProvider"])
+    if hidden is None:
+        hidden = enc.run(None, {"input_features": features})[0]
+    feeds = {
+        "input_ids": np.array([[1, 2]] * len(features), dtype=np.int64),
+        "encoder_hidden_states": hidden,
+        "use_cache_branch": np.array([False]),
+    }
+    for i in dec.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feeds[i.name] = np.zeros((len(features), i.shape[1], 0, i.shape[3]), dtype=np.float32)
+    return hidden, dec.run(["logits"], feeds)[0]
+
+
+def test_blockwise_decoder_schemes(tiny_export, samples, tmp_path):
+    """blockwise-decoder-*: every weight MatMul of the decoder (both merged branches) becomes MatMulNBits
+    and nothing there quantises a tensor per tensor; the embedding table is stored once, in int8 (no fp32
+    copy beside the projection's); the encoder stays fp32 byte for byte, or per-channel dynamic int8; and,
+    given the same encoder states, the decoder's logits are closer to fp32's than per-channel int8's are."""
+    from mkdeploy.exporters.int8 import SCHEMES, quantize_scheme
+    from mkdeploy.exporters.onnx import _copy_side_files
+
+    quantize_scheme(tiny_export, tmp_path / "bw", SCHEMES["blockwise-decoder-fp32-encoder"])
+    quantize_scheme(tiny_export, tmp_path / "bwpc", SCHEMES["blockwise-decoder-per-channel-encoder"])
+    dec = onnx.load(str(tmp_path / "bw" / "decoder_model_merged.onnx"))
+    assert _count_ops(dec.graph, "MatMulNBits") > 0
+    assert _count_ops(dec.graph, "DynamicQuantizeLinear") == _count_ops(dec.graph, "MatMulInteger") == 0
+    config = json.loads((tiny_export / "config.json").read_text())
+    table_dims = {(config["d_model"], config["vocab_size"]), (config["vocab_size"], config["d_model"])}
+    fp32_tables = [
+        i for i in dec.graph.initializer if tuple(i.dims) in table_dims and i.data_type == onnx.TensorProto.FLOAT
+    ]
+    assert fp32_tables == []
+    assert any(i.name.endswith("_int8") and i.data_type == onnx.TensorProto.INT8 for i in dec.graph.initializer)
+    fp32_encoder = (tiny_export / "encoder_model.onnx").read_bytes()
+    assert (tmp_path / "bw" / "encoder_model.onnx").read_bytes() == fp32_encoder
+    enc_pc = onnx.load(str(tmp_path / "bwpc" / "encoder_model.onnx"))
+    assert _count_ops(enc_pc.graph, "MatMulInteger") + _count_ops(enc_pc.graph, "DynamicQuantizeMatMul") > 0
+
+    features = (
+        WhisperTranscriber.from_pretrained(tiny_export, device="cpu")
+        .engine.processor.feature_extractor(samples, sampling_rate=16000, return_tensors="np")
+        .input_features
+    )
+    hidden, ref = _first_step_logits(tiny_export, features)
+    _, bw = _first_step_logits(tmp_path / "bw", features, hidden)
+    _, pc = _first_step_logits(tiny_export / "int8", features, hidden)
+    assert np.abs(bw - ref).max() < np.abs(pc - ref).max()
+    # and it decodes through the transcriber like any int8 export
+    _copy_side_files(tiny_export, tmp_path / "bw")
+    out = WhisperTranscriber.from_pretrained(tmp_path / "bw", device="cpu").transcribe_arrays(samples[:1], GREEDY)
+    assert out[0].tokens
+
+
+def test_int8_embedding_columns_by_hand():
+    """The column Gather of a [d_model, vocab] table becomes int8 columns times one scale per token:
+    scale_v = max_d |T[d, v]| / 127, q = round(T / scale_v); checked against those values computed here."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mkdeploy.exporters.int8 import _int8_embedding_columns
+
+    table = np.array([[0.5, -2.0, 0.0, 1.0], [0.25, 0.9, 0.0, -0.3], [-1.27, 0.1, 0.0, 0.7]], dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"], axis=1, name="emb")],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    assert _int8_embedding_columns(model) == 1
+    assert {i.name for i in model.graph.initializer} == {"table_int8", "table_token_scale"}
+    ids = np.array([[1, 2, 0]], dtype=np.int64)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    # token 1: scale 2/127, column (-2, 0.9, 0.1) -> q (-127, 57, 6); token 2: all zeros
+    # (scale 1, q 0); token 0: scale 1.27/127 = 0.01, column (0.5, 0.25, -1.27) -> q (50, 25, -127)
+    s1 = np.float32(2.0) / np.float32(127.0)
+    want = np.array(
+        [[[-127 * s1, 0.0, 50 * 0.01]], [[57 * s1, 0.0, 25 * 0.01]], [[6 * s1, 0.0, -127 * 0.01]]], dtype=np.float32
+    ).reshape(3, 1, 3)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-7)

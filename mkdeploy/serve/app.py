@@ -35,7 +35,9 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     """The OpenAI-compatible app for ``config`` (``engine``: an already built one, for tests)."""
     engine = engine or Engine(config)
     metrics = Metrics()
-    batcher = Batcher(engine.decode, config.max_batch, config.max_wait_ms, config.max_queue, metrics)
+    batcher = Batcher(
+        engine.decode, config.max_batch, config.max_wait_ms, config.max_queue, metrics, piece_batch=engine.piece_batch
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -5,6 +5,13 @@ Requests that arrive within ``max_wait_ms`` of the first waiting one are decoded
 a single thread beside the event loop, so the server keeps answering /health and accepting uploads while
 a batch decodes, and the model is never entered by two threads at once. Each caller awaits its own
 future: results are matched to requests by position within a batch, never by content.
+
+Pieces of a long upload (``background=True``, cut at VAD pauses by the router) are a second class of job:
+at most ``piece_batch`` of them are decoded per call, and batches of short requests and batches of pieces
+take turns. A short clip sent while a 10-minute file decodes so waits for one batch of pieces, not for the
+file; the file still advances between short batches, so it is never starved. Nothing preempts a decode
+call already running, which is why the piece batch is small where a batch costs its size in time (the CPU:
+the encoder is compute-bound, benchmarks/results/serve_load_cpu.md) and large on a GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -40,6 +48,7 @@ class _Job:
     options: TranscriptionOptions
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    background: bool = False
     queued_at: float = field(default_factory=time.monotonic)
 
     def group_key(self) -> tuple:
@@ -55,19 +64,33 @@ class Batcher:
         decode: the model call (:meth:`mkdeploy.runtime.WhisperTranscriber.transcribe_arrays`).
         max_batch: most requests decoded together (1 turns batching off).
         max_wait_ms: how long the first waiting request waits for company.
-        max_queue: most requests accepted and not yet answered.
+        max_queue: most requests accepted and not yet answered (pieces of long uploads included).
         metrics: where queue depth, batch sizes and inference time go.
+        piece_batch: most pieces of long uploads decoded in one call; a callable is asked at each batch
+            (the server's answer depends on the device the model loaded on).
     """
 
     _STOP = object()
 
-    def __init__(self, decode: DecodeFn, max_batch: int, max_wait_ms: float, max_queue: int, metrics: Metrics):
+    def __init__(
+        self,
+        decode: DecodeFn,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+        metrics: Metrics,
+        piece_batch: int | Callable[[], int] = 1,
+    ):
         self.decode, self.max_batch, self.max_wait = decode, max(1, max_batch), max(0.0, max_wait_ms) / 1000
         self.max_queue, self.metrics = max_queue, metrics
+        self._piece_batch = piece_batch
         self._queue: queue.Queue = queue.Queue()
         self._pending = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="mkd-batcher", daemon=True)
+        # held by the worker thread only: jobs taken off the queue, not yet decoded
+        self._short: deque[_Job] = deque()
+        self._pieces: deque[_Job] = deque()
 
     def start(self) -> None:
         self._thread.start()
@@ -81,8 +104,18 @@ class Batcher:
     def pending(self) -> int:
         return self._pending
 
-    async def submit(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
+    @property
+    def piece_batch(self) -> int:
+        n = self._piece_batch() if callable(self._piece_batch) else self._piece_batch
+        return max(1, n)
+
+    async def submit(self, audio: np.ndarray, options: TranscriptionOptions, background: bool = False) -> Transcription:
         """Queue one clip and wait for its transcription.
+
+        Args:
+            audio: 16 kHz mono samples.
+            options: how to decode it (requests with different options never share a call).
+            background: a piece of a long upload (see the module's docstring).
 
         Raises:
             QueueFull: ``max_queue`` requests are already waiting or decoding.
@@ -93,7 +126,7 @@ class Batcher:
             self._pending += 1
             self.metrics.queue_depth.set(self._pending)
         loop = asyncio.get_running_loop()
-        job = _Job(audio, options, loop.create_future(), loop)
+        job = _Job(audio, options, loop.create_future(), loop, background)
         self._queue.put(job)
         try:
             return await job.future
@@ -104,28 +137,50 @@ class Batcher:
 
     # -- worker thread -------------------------------------------------------------------------
     def _run(self) -> None:
+        stop, last_pieces = False, False
         while True:
-            first = self._queue.get()
-            if first is self._STOP:
-                return
-            batch, stop = self._collect(first)
-            for group in _groups(j for j in batch if not j.future.cancelled()):  # timed-out callers are gone
+            if not (self._short or self._pieces):
+                if stop:
+                    return
+                stop = self._hold(self._queue.get())
+            stop = self._collect() or stop
+            # short requests and pieces take turns, so neither waits behind all of the other
+            pieces = bool(self._pieces) and (not self._short or not last_pieces)
+            batch = self._take(self._pieces, self.piece_batch) if pieces else self._take(self._short, self.max_batch)
+            last_pieces = pieces
+            for group in _groups(batch):
                 self._decode_group(group)
-            if stop:
-                return
 
-    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        """``first`` plus whatever arrives before the wait runs out or the batch is full."""
-        batch, deadline = [first], time.monotonic() + self.max_wait
-        while len(batch) < self.max_batch:
+    def _hold(self, job) -> bool:
+        """Put a job taken off the queue in its line; True for the stop signal."""
+        if job is self._STOP:
+            return True
+        (self._pieces if job.background else self._short).append(job)
+        return False
+
+    def _collect(self) -> bool:
+        """Take what has arrived; while the next batch has room, wait up to ``max_wait`` for company.
+        True when the stop signal came (what was queued before it is still decoded)."""
+        deadline = time.monotonic() + self.max_wait
+        while True:
+            full = len(self._short) >= self.max_batch or (not self._short and len(self._pieces) >= self.piece_batch)
+            left = 0.0 if full else max(0.0, deadline - time.monotonic())
             try:
-                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
-                break
-            if job is self._STOP:
-                return batch, True
-            batch.append(job)
-        return batch, False
+                return False
+            if self._hold(job):
+                return True
+
+    @staticmethod
+    def _take(line: deque[_Job], n: int) -> list[_Job]:
+        """Up to ``n`` jobs off the front of ``line``, skipping callers that timed out (they are gone)."""
+        batch: list[_Job] = []
+        while line and len(batch) < n:
+            job = line.popleft()
+            if not job.future.cancelled():
+                batch.append(job)
+        return batch
 
     def _decode_group(self, group: list[_Job]) -> None:
         self.metrics.batch_size.observe(len(group))

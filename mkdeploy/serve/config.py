@@ -52,6 +52,17 @@ class ServeConfig:
             "max-batch at a time: other callers' clips share those batches instead of waiting behind the file."
         },
     )
+    piece_batch: int = field(
+        default=0,
+        metadata={
+            "help": "Pieces of a long upload decoded in one call, taking turns with batches of short requests "
+            "(0: 1 on CPU, where a batch costs its size in time, so a short clip waits for one piece; "
+            "--max-batch on CUDA)."
+        },
+    )
+    max_audio_seconds: float = field(
+        default=3600.0, metadata={"help": "Longest audio accepted in seconds; longer gets 413 (0: no limit)."}
+    )
     log_text: bool = field(default=False, metadata={"help": "Put transcripts in the request log lines."})
 
     @property

@@ -52,6 +52,14 @@ class Engine:
         self.ready.set()
         logger.info("model %s ready on %s/%s in %.1f s", c.served_id, tr.backend, tr.device, time.perf_counter() - t0)
 
+    def piece_batch(self) -> int:
+        """Pieces of a long upload per decode call: ``--piece-batch``, else 1 on CPU (a batch costs its size
+        in time there, and a short clip arriving waits for it) and ``--max-batch`` on CUDA."""
+        if self.config.piece_batch > 0:
+            return self.config.piece_batch
+        on_gpu = self.transcriber is not None and self.transcriber.device == "cuda"
+        return self.config.max_batch if on_gpu else 1
+
     def decode(self, audios, options: TranscriptionOptions):
         assert self.transcriber is not None, "decode before the model was loaded"
         # packed windows hold several callers' clips: words are aligned per clip, so those requests decode unpacked

@@ -88,6 +88,11 @@ async def handle_audio(
     except AudioError as exc:
         raise OpenAIError(400, str(exc), "bad_audio", code="invalid_audio", param="file") from None
     request.state.audio_seconds = info.duration
+    if state.config.max_audio_seconds and info.duration > state.config.max_audio_seconds:
+        raise OpenAIError(
+            413, f"file: {info.duration:.0f} s of audio is over this server's {state.config.max_audio_seconds:g} s limit; "
+            "split the audio or raise --max-audio-seconds", "too_long", code="audio_too_long", param="file",
+        )  # fmt: skip
     # OpenAI: granularities apply to verbose_json; none given means segments
     grains = tuple(granularities) or ("segment",)
     options = replace(
@@ -102,7 +107,11 @@ async def handle_audio(
         return StreamingResponse(_events(request, state, audio, pieces, options, t0), media_type="text/event-stream")
     if long:
         pieces = await run_in_threadpool(cut_at_pauses, audio)
-        parts = [part async for part in _decode_pieces(state, audio, pieces, options, t0)]
+        try:
+            parts = [part async for part in _decode_pieces(state, audio, pieces, options, t0, request)]
+        except ClientGone:  # nobody to answer; 499 is nginx's "client closed request", for the log line
+            request.state.error_kind = "client_gone"
+            return Response(status_code=499)
         result = join("", info.duration, parts)
     else:
         result = await _transcribe(state, audio, options, t0)
@@ -111,24 +120,65 @@ async def handle_audio(
     return _render(result, response_format, options, temperature, grains)
 
 
-async def _decode_pieces(state, audio, pieces: list[Piece], options: TranscriptionOptions, t0: float):
-    """(piece, result) in order. ``max_batch`` pieces are queued at a time, so one long file holds at most
-    that many queue places, and clips of other callers queued meanwhile are decoded in the next batches
-    rather than after the whole file."""
+async def _decode_pieces(
+    state,
+    audio,
+    pieces: list[Piece],
+    options: TranscriptionOptions,
+    t0: float,
+    request: Request | None = None,
+    background: bool = True,
+):
+    """(piece, result) in order. ``max_batch`` pieces are queued at a time as background jobs, so one long
+    file holds at most that many queue places, and the batcher decodes other callers' clips between its
+    batches of pieces (:mod:`mkdeploy.serve.batcher`). On a timeout, an error or a caller who hung up, the
+    pieces still queued are withdrawn (the batcher skips them), so an abandoned file stops taking model
+    time after the batch already in the decoder."""
     step = max(1, state.config.max_batch)
-    for k in range(0, len(pieces), step):
-        group = pieces[k : k + step]
-        done = await asyncio.gather(*(_transcribe(state, audio[p.start : p.end], options, t0) for p in group))
-        for p, r in zip(group, done):
-            yield p, r
+    hung_up = asyncio.ensure_future(_hung_up(request)) if request is not None else None
+    try:
+        for k in range(0, len(pieces), step):
+            group = pieces[k : k + step]
+            tasks = [
+                asyncio.ensure_future(_transcribe(state, audio[p.start : p.end], options, t0, background))
+                for p in group
+            ]
+            gathered = asyncio.gather(*tasks)
+            try:
+                watched: set[asyncio.Future] = {gathered, hung_up} if hung_up else {gathered}
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+                if not gathered.done():
+                    raise ClientGone
+                done = gathered.result()
+            finally:
+                for task in tasks:
+                    task.cancel()  # no-op for the finished ones
+                if not gathered.done():
+                    gathered.cancel()
+            for p, r in zip(group, done):
+                yield p, r
+    finally:
+        if hung_up is not None:
+            hung_up.cancel()
+
+
+async def _hung_up(request: Request, every_s: float = 0.25) -> None:
+    """Returns once the caller has disconnected (Starlette does not cancel a handler when that happens)."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(every_s)
+
+
+class ClientGone(Exception):
+    """The caller disconnected while its file was decoding: nothing is left to answer."""
 
 
 async def _events(request: Request, state, audio, pieces: list[Piece] | None, options, t0: float):
     """OpenAI's transcription stream: a delta per piece with text, then the whole text."""
     texts: list[str] = []
     try:
-        whole = [Piece(0, len(audio))]  # a clip of at most 30 s is one piece
-        async for _, r in _decode_pieces(state, audio, whole if pieces is None else pieces, options, t0):
+        whole = [Piece(0, len(audio))]  # a clip of at most 30 s is one piece, a short request's
+        chunks = _decode_pieces(state, audio, pieces or whole, options, t0, request, background=pieces is not None)
+        async for _, r in chunks:
             if r.text:
                 delta = r.text if not texts else " " + r.text
                 texts.append(r.text)
@@ -137,6 +187,8 @@ async def _events(request: Request, state, audio, pieces: list[Piece] | None, op
         request.state.text = text
         state.metrics.latency.observe(time.perf_counter() - t0)
         yield _sse({"type": "transcript.text.done", "text": text})
+    except ClientGone:  # the caller hung up: stop decoding its file, nobody reads the stream
+        return
     except OpenAIError as exc:  # the status line is sent already: the error goes in the stream, in OpenAI's shape
         yield _sse({"type": "error", **error_body(exc.message, exc.type, exc.code, exc.param)})
 
@@ -211,12 +263,15 @@ def _options(state, language: str | None, prompt: str | None, fmt: str, temperat
     )
 
 
-async def _transcribe(state, audio, options: TranscriptionOptions, t0: float | None = None) -> Transcription:
+async def _transcribe(
+    state, audio, options: TranscriptionOptions, t0: float | None = None, background: bool = False
+) -> Transcription:
     """One clip through the batcher, within what is left of the request's ``--request-timeout`` (counted
-    from ``t0``, the request's start, so a file decoded in pieces has one deadline, not one per piece)."""
+    from ``t0``, the request's start, so a file decoded in pieces has one deadline, not one per piece).
+    ``background``: a piece of a long upload."""
     left = state.config.request_timeout - (time.perf_counter() - t0 if t0 is not None else 0.0)
     try:
-        return await asyncio.wait_for(state.batcher.submit(audio, options), max(0.0, left))
+        return await asyncio.wait_for(state.batcher.submit(audio, options, background), max(0.0, left))
     except QueueFull:
         raise OpenAIError(
             503, f"server busy: {state.config.max_queue} requests already queued; retry after {RETRY_AFTER_S} s",
