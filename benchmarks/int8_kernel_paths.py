@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -44,18 +43,6 @@ LAYERS = (
 
 
 ENCODER, DECODER = "encoder_model.onnx", "decoder_model_merged.onnx"
-
-
-def _cpu_isa() -> str:
-    """The instruction sets CPUID reports to this process (numpy's run-time dispatch reads CPUID itself;
-    /proc/cpuinfo would show the host's under QEMU)."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as f
-    except ImportError:  # numpy < 2
-        from numpy.core._multiarray_umath import __cpu_features__ as f
-    if f.get("AVX512VNNI"):
-        return "AVX-512 VNNI"
-    return "AVX-512" if f.get("AVX512F") else ("AVX2" if f.get("AVX2") else platform.machine())
 
 
 def _module(model, dotted: str):
@@ -150,7 +137,9 @@ def check(a) -> None:
             y = sess.run(None, {"x": x})[0]
             np.save(a.dir / case["dir"] / f"y{n}_{a.name}.npy", y)
             print(f"{a.name} {case['layer']} {fmt}: {time.time() - t0:.1f} s", flush=True)
-    (a.dir / f"isa_{a.name}.txt").write_text(_cpu_isa())
+    from mkdeploy.version import cpu_isa
+
+    (a.dir / f"isa_{a.name}.txt").write_text(cpu_isa())
 
 
 def report(a) -> None:

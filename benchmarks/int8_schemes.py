@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 
@@ -87,15 +86,11 @@ def main() -> None:
 
 
 def _cpu() -> str:
-    """The CPU's model name and whether it has AVX-512 VNNI (ONNX Runtime's int8 kernels differ by it)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{name} ({isa})"
+    """The CPU's model name and instruction set (ONNX Runtime's int8 kernels differ by it)."""
+    from mkdeploy.bench import environment
+    from mkdeploy.version import cpu_isa
+
+    return f"{environment('cpu')['cpu']} ({cpu_isa()})"
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ def export_cmd(
     int8_scheme: str = typer.Option(
         "auto",
         "--int8-scheme",
-        help="auto: quantise every way (per-channel, per-channel-reduce-range, per-channel-fp32-edges, "
-        "per-tensor, blockwise-decoder-fp32-encoder, blockwise-decoder-per-channel-encoder), measure each on the calibration audio, ship the fastest within --max-wer-delta of fp32; "
-        "or one of those names.",
+        help="auto: quantise with the schemes whose transcripts do not depend on the batch "
+        "(blockwise-decoder-fp32-encoder), measure them on the calibration audio, ship the fastest within "
+        "--max-wer-delta of fp32; auto-all: the same over every scheme, the dynamic ones too (per-channel, "
+        "per-channel-reduce-range, per-channel-fp32-edges, per-tensor, blockwise-decoder-per-channel-encoder: "
+        "faster, but a clip's transcript changes with its batch); or one of those names.",
     ),
     max_wer_delta: float = typer.Option(
         0.3, "--max-wer-delta", help="The int8 budget: WER points over fp32 on the calibration audio."

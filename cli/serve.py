@@ -33,8 +33,8 @@ def serve_cmd(
         values = dict(server_fields, model=str(check_model_dir(model)))
         values.setdefault("api_key", os.environ.get(API_KEY_ENV) or None)
         config = ServeConfig(**values)
-        if config.max_batch < 1 or config.max_queue < 1:
-            raise MkdError("--max-batch and --max-queue must be at least 1")
+        if config.max_batch < 1 or config.max_queue < 1 or config.beam_size < 1:
+            raise MkdError("--max-batch, --max-queue and --beam-size must be at least 1")
         if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
             console.print(f"warning: listening on {config.host} without an API key (--api-key or ${API_KEY_ENV})")
         if ray:

@@ -45,6 +45,13 @@ class DecodeFlags:
     )
     task: str = field(default="transcribe", metadata={"help": "transcribe or translate (multilingual models)."})
     batch_size: int = field(default=8, metadata={"help": "Clips decoded together."})
+    beam_size: int = field(
+        default=1,
+        metadata={
+            "help": "Beams per clip (1: greedy, the fastest; faster-whisper and openai/whisper's CLI use 5). "
+            "Cost and gain on the demo's sets: benchmarks/results/beam_size.md."
+        },
+    )
     backend: str = field(default="auto", metadata={"help": "auto, torch or onnx."})
     device: str = field(default="auto", metadata={"help": "auto, cuda or cpu."})
     threads: int = field(default=0, metadata={"help": THREADS_HELP})
@@ -178,6 +185,8 @@ def _check_flags(flags: DecodeFlags) -> None:
         raise MkdError("--backend takes auto|torch|onnx and --device auto|cuda|cpu")
     if flags.batch_size < 1 or flags.threads < 0 or not 0.0 <= flags.no_speech_threshold <= 1.0:
         raise MkdError("--batch-size must be >= 1, --threads >= 0 and --no-speech-threshold within 0..1")
+    if flags.beam_size < 1:
+        raise MkdError(f"--beam-size {flags.beam_size}: give 1 (greedy) or more beams, e.g. 5")
 
 
 def _options(flags: DecodeFlags):
@@ -189,6 +198,7 @@ def _options(flags: DecodeFlags):
         language=None if flags.language.lower() == "auto" else flags.language,
         task=flags.task,
         batch_size=flags.batch_size,
+        num_beams=flags.beam_size,
         return_timestamps=flags.timestamps,
         encoder_buckets=parse_buckets(",".join(map(str, flags.encoder_buckets))) if flags.encoder_buckets else None,
         vad_filter=flags.vad,

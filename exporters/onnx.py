@@ -28,7 +28,15 @@ import numpy as np
 from mkdeploy.audio import reference_clips
 from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.errors import MkdError, ModelError
-from mkdeploy.exporters.int8 import ONNX_FILES, SCHEMES, choose_int8, get_scheme, quantize_scheme, scores_json
+from mkdeploy.exporters.int8 import (
+    AUTO_SCHEMES,
+    ONNX_FILES,
+    SCHEMES,
+    choose_int8,
+    get_scheme,
+    quantize_scheme,
+    scores_json,
+)
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
 from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR, windowed_encoder_class
@@ -51,9 +59,9 @@ class ExportOptions:
 
     Attributes:
         quantize: "int8" adds a dynamically quantised variant for CPU.
-        int8_scheme: "auto" measures every scheme of :data:`~mkdeploy.exporters.int8.SCHEMES` on the
-            calibration audio and ships the fastest within ``max_wer_delta`` of fp32; or one scheme's name
-            (no measurement). Per-tensor scales moved the demo's students by up to 3.5 WER points either
+        int8_scheme: "auto" measures the batch-invariant schemes (:data:`~mkdeploy.exporters.int8.AUTO_SCHEMES`),
+            "auto-all" every scheme of :data:`~mkdeploy.exporters.int8.SCHEMES`, on the calibration audio
+            and ships the fastest within ``max_wer_delta`` of fp32; or one scheme's name (no measurement). Per-tensor scales moved the demo's students by up to 3.5 WER points either
             way (benchmarks/results/demo_report.md): the choice is measured, not assumed.
         max_wer_delta: the int8 budget, WER points over the fp32 export on the calibration audio.
         fp16: add an fp16 variant for GPU (inputs and outputs stay fp32).
@@ -376,10 +384,11 @@ def _make_variants(raw: Path, tmp: Path, options: ExportOptions, calibration, sa
     int8_info: dict[str, Any] = {}
     if options.quantize == "int8":
         name = options.int8_scheme
-        if name == "auto":
+        if name in ("auto", "auto-all"):
             audios, refs, what = _calibration(calibration, samples)
+            candidates = list(AUTO_SCHEMES if name == "auto" else SCHEMES)
             chosen, name, scores, why = choose_int8(
-                tmp, tmp / ".int8", audios, refs, options.max_wer_delta, list(SCHEMES), _copy_side_files, device
+                tmp, tmp / ".int8", audios, refs, options.max_wer_delta, candidates, _copy_side_files, device
             )
             chosen.rename(tmp / "int8")
             shutil.rmtree(tmp / ".int8")
@@ -394,6 +403,12 @@ def _make_variants(raw: Path, tmp: Path, options: ExportOptions, calibration, sa
             if chosen_scheme.blockwise
             else ("per-channel" if chosen_scheme.per_channel else "per-tensor")
         )
+        int8_info["batch_invariant"] = chosen_scheme.batch_invariant
+        if not chosen_scheme.batch_invariant:
+            int8_info["note"] = (
+                "dynamic int8: activation scales come from the whole batch, so a clip's transcript can change "
+                "with the clips decoded beside it"
+            )
         variants["int8"] = tmp / "int8"
     if options.fp16:
         convert_fp16(raw, tmp / "fp16", tmp)
@@ -465,7 +480,7 @@ def export_onnx(
         raise ModelError(f"{model_dir}: already an ONNX export; give the PyTorch model directory")
     if options.quantize not in (None, "int8"):
         raise MkdError(f"--quantize {options.quantize}: only int8 is supported")
-    if options.int8_scheme != "auto":
+    if options.int8_scheme not in ("auto", "auto-all"):
         get_scheme(options.int8_scheme)  # a wrong name fails before minutes of export, not after
     t0 = time.perf_counter()
     with atomic_output_dir(out, force=force) as tmp:

@@ -1,12 +1,15 @@
-"""What ran: the package version, and the commit when the package is imported from a git checkout.
+"""What ran: the package version, the commit when the package is imported from a git checkout, and the
+CPU's instruction set.
 
 A bug report, ``bench.json``, the export manifest and the demo's REPORT.md all carry this, so a figure
-can be traced to the code that produced it.
+can be traced to the code that produced it. The instruction set is there because ONNX Runtime's int8
+kernels differ by it (benchmarks/results/int8_cross_cpu.md): an int8 figure holds for one kind of CPU.
 """
 
 from __future__ import annotations
 
 import functools
+import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -52,6 +55,23 @@ def version_string() -> str:
     return f"mkdeploy {info['mkdeploy']}" + (f" (commit {info['commit']})" if info["commit"] else "")
 
 
+@functools.cache
+def cpu_isa() -> str:
+    """The widest x86 instruction set ONNX Runtime's int8 kernels choose between: "AVX-512 VNNI",
+    "AVX-512", "AVX2", else the machine's architecture. Read from CPUID as numpy's run-time dispatch sees
+    it (under QEMU /proc/cpuinfo would show the host's)."""
+    import numpy as np
+
+    try:
+        f = np._core._multiarray_umath.__cpu_features__  # type: ignore[attr-defined]
+    except AttributeError:  # numpy < 2
+        f = np.core._multiarray_umath.__cpu_features__  # type: ignore[attr-defined]
+    if f.get("AVX512VNNI"):
+        return "AVX-512 VNNI"
+    return "AVX-512" if f.get("AVX512F") else ("AVX2" if f.get("AVX2") else platform.machine())
+
+
 def version_info() -> dict[str, str | None]:
-    """The version and commit as a JSON-ready dict, for reports and manifests."""
-    return {"mkdeploy": package_version(), "commit": git_commit()}
+    """The version, the commit and the CPU's instruction set as a JSON-ready dict, for reports and
+    manifests."""
+    return {"mkdeploy": package_version(), "commit": git_commit(), "cpu_isa": cpu_isa()}

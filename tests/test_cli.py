@@ -136,6 +136,11 @@ def test_transcribe_options_come_from_the_flags_dataclass(tiny_model_dir, clips,
 
     assert _options(DecodeFlags(prompt="Kubernetes, kubectl")).initial_prompt == "Kubernetes, kubectl"
     assert _options(DecodeFlags()).initial_prompt is None
+    assert _options(DecodeFlags(beam_size=5)).num_beams == 5 and _options(DecodeFlags()).num_beams == 1
+    r = runner.invoke(app, [*args, "--beam-size", "0", "--force"])
+    assert r.exit_code == 2 and "--beam-size 0" in r.output
+    r = runner.invoke(app, [*args, "--beam-size", "3", "--no-timestamps", "--force"])  # beam search runs
+    assert r.exit_code == 0, r.output
     r = runner.invoke(app, [*args, "--prompt", "Kubernetes, kubectl", "--force", "-f", "json"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, [*args, "--encoder-buckets", "45", "--force"])

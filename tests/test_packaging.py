@@ -167,7 +167,9 @@ def test_the_built_wheel_in_a_fresh_venv_runs_every_command(tmp_path, speech_cli
     run("import-ct2", str(ct2), str(work / "tiny.en"))
     run("export", str(work / "tiny.en"), str(work / "tiny.en-onnx"), "--quantize", "int8")
     manifest = json.loads((work / "tiny.en-onnx" / "mkdeploy_export.json").read_text())
-    assert manifest["mkdeploy"] == {"mkdeploy": "0.1.0", "commit": None}
+    from mkdeploy.version import cpu_isa
+
+    assert manifest["mkdeploy"] == {"mkdeploy": "0.1.0", "commit": None, "cpu_isa": cpu_isa()}
     clips = [str(p) for p, _ in speech_clips[:2]]
     run("transcribe", str(work / "tiny.en-onnx" / "int8"), *clips, "-o", str(work / "out"), "-f", "json")
     from mkdeploy.evaluate import error_rates

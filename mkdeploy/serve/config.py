@@ -40,6 +40,9 @@ class ServeConfig:
         default=None,
         metadata={"help": "Encoder windows in seconds, e.g. 10,30 (default: the model's own; see mkd transcribe)."},
     )
+    beam_size: int = field(
+        default=1, metadata={"help": "Beams per request (1: greedy; see mkd transcribe --beam-size)."}
+    )
     pack: bool = field(
         default=False,
         metadata={"help": "Pack short requests of a batch into shared 30 s windows (one encoder pass for many)."},

@@ -260,6 +260,7 @@ def _options(state, language: str | None, prompt: str | None, fmt: str, temperat
         initial_prompt=prompt or None,
         vad_filter=state.config.vad,
         encoder_buckets=tuple(state.config.encoder_buckets) if state.config.encoder_buckets else None,
+        num_beams=state.config.beam_size,
     )
 
 
