@@ -17,8 +17,10 @@ def demo_cmd(
     test_clips: int | None = typer.Option(
         None, "--test-clips", min=4, help="Clips in each of the three test sets [default: the demo's]."
     ),
-    score_source: bool = typer.Option(
-        False, "--score-source", help="Also score the unpruned model the student was cut from (fp32; ~1 min)."
+    score_source: bool | None = typer.Option(
+        None,
+        "--score-source/--no-score-source",
+        help="Score and time the model the student was made from (tiny.en whole) beside it [default: the demo's].",
     ),
 ) -> None:
     """Import base and tiny.en, synthesise the corpus, distil, merge, export, score on unseen speech, bench."""
@@ -28,7 +30,8 @@ def demo_cmd(
 
     quiet_libraries()
     with cli_errors():
-        opts = DemoOptions(workdir=workdir, score_source=score_source)
+        opts = DemoOptions(workdir=workdir)
+        opts.score_source = opts.score_source if score_source is None else score_source
         opts.steps = steps or opts.steps
         opts.corpus.n_train = train_clips or opts.corpus.n_train
         opts.corpus.n_test = test_clips or opts.corpus.n_test

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mkdeploy.constants import SAMPLE_RATE
-from mkdeploy.errors import AudioError
+from mkdeploy.errors import AudioError, AudioTooLong
 
 #: Extensions looked for when a folder is given instead of files.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus")
@@ -74,16 +74,41 @@ def load_audio_with_info(path: str | Path, sr: int = SAMPLE_RATE) -> tuple[np.nd
     return _decode(str(path), str(path), sr)
 
 
-def decode_audio_bytes(data: bytes, name: str = "upload", sr: int = SAMPLE_RATE) -> tuple[np.ndarray, AudioInfo]:
+def decode_audio_bytes(
+    data: bytes, name: str = "upload", sr: int = SAMPLE_RATE, max_seconds: float | None = None
+) -> tuple[np.ndarray, AudioInfo]:
     """Decode an audio file held in memory (an HTTP upload) exactly as :func:`load_audio_with_info` reads
     one from disk; errors name ``name`` (the uploaded file name), not a temporary path.
 
+    Args:
+        max_seconds: refuse audio longer than this, from the header's frame count, before any sample is
+            decoded (a 0.5 MB FLAC of silence holds hours).
+
     Raises:
         AudioError: empty, corrupt or non-audio data.
+        AudioTooLong: longer than ``max_seconds``.
     """
     if not data:
         raise AudioError(f"{name}: empty file (0 bytes); send an audio file")
-    return _decode(io.BytesIO(data), name, sr)
+    if max_seconds:
+        seconds = _header_seconds(data)
+        if seconds is not None and seconds > max_seconds:
+            raise AudioTooLong(name, seconds, max_seconds)
+    audio, info = _decode(io.BytesIO(data), name, sr)
+    if max_seconds and info.duration > max_seconds:  # a header without a frame count
+        raise AudioTooLong(name, info.duration, max_seconds)
+    return audio, info
+
+
+def _header_seconds(data: bytes) -> float | None:
+    """Duration from the file's header (frames / sample rate), or None when the header does not say."""
+    import soundfile as sf  # imported on use: libsndfile loads on first audio read
+
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # not readable as a header: _decode names the problem
+        return None
+    return info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
 
 
 def _decode(source: str | io.BytesIO, name: str, sr: int) -> tuple[np.ndarray, AudioInfo]:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,47 @@ from mkdeploy.constants import SAMPLE_RATE
 
 #: step(input_ids [B, S], past) -> (logits of every new position [B, S, V], past)
 StepFn = Callable[[torch.Tensor, object], tuple[torch.Tensor, object]]
+
+#: called before every decoder step of the decoding loops (the lean loops here and ``generate``, through
+#: :class:`StepBoundary`); None outside :func:`between_steps`
+_between_steps: ContextVar[Callable[[], None] | None] = ContextVar("mkd_between_steps", default=None)
+
+
+class DecodeCancelled(Exception):
+    """Raised by a :func:`between_steps` hook to abandon the batch being decoded (its callers are gone)."""
+
+
+@contextmanager
+def between_steps(hook: Callable[[], None] | None) -> Iterator[None]:
+    """Run ``hook`` before every decoder step of whatever this thread decodes inside the block.
+
+    The decoding loop's state (tokens, KV cache) stays where it is while the hook runs, so the hook may
+    decode other clips on the same model and the loop resumes where it stopped: this is how the server
+    lets a short request run between two steps of a long upload's pieces (mkdeploy/serve/batcher.py). The
+    hook may raise :class:`DecodeCancelled` to abandon the batch. ``between_steps(None)`` turns a hook off
+    for what the hook itself decodes. Not for CUDA graphs: a replayed graph owns its buffers.
+    """
+    token = _between_steps.set(hook)
+    try:
+        yield
+    finally:
+        _between_steps.reset(token)
+
+
+def step_boundary() -> None:
+    """Where a decoding loop may yield: runs the :func:`between_steps` hook, if any."""
+    hook = _between_steps.get()
+    if hook is not None:
+        hook()
+
+
+class StepBoundary:
+    """A logits processor for ``generate`` that calls :func:`step_boundary` at each of its steps and leaves
+    the scores as they are, so beam search, timestamps and the temperature fallback yield too."""
+
+    def __call__(self, input_ids, scores):
+        step_boundary()
+        return scores
 
 
 def decoder_prompt(tokenizer, generation_config, language: str | None = "en", task: str = "transcribe") -> list[int]:
@@ -131,6 +174,7 @@ def greedy_decode(
     no_speech: list[float] = []
     logp_sum = [0.0] * batch
     for i in range(max_new_tokens):
+        step_boundary()
         every, past = step(ids, past)
         if i == 0 and no_speech_id is not None:
             no_speech = every[:, 0].float().softmax(-1)[:, no_speech_id].tolist()
@@ -224,6 +268,7 @@ def greedy_decode_timestamps(
     finished = [False] * batch
     past = None
     for i in range(max_new_tokens):
+        step_boundary()
         every, past = step(ids, past)
         logits = every[:, -1].float()
         logits[:, suppress] = -math.inf

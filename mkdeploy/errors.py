@@ -9,6 +9,16 @@ class AudioError(MkdError):
     """An audio file that cannot be decoded or holds no audio."""
 
 
+class AudioTooLong(AudioError):
+    """Audio longer than a limit (the server's ``--max-audio-seconds``)."""
+
+    def __init__(self, name: str, seconds: float, limit: float):
+        self.seconds, self.limit = seconds, limit
+        super().__init__(
+            f"{name}: {seconds:.0f} s of audio is over the {limit:g} s limit; split the audio or raise --max-audio-seconds"
+        )
+
+
 class ModelError(MkdError):
     """A missing, incomplete or mismatched model directory."""
 

@@ -64,3 +64,34 @@ def test_expand_folder(tmp_path):
     for n in ("b.wav", "a.flac", "notes.txt"):
         (tmp_path / n).write_bytes(b"x")
     assert [p.name for p in expand_audio_paths([tmp_path])] == ["a.flac", "b.wav"]
+
+
+def test_audio_over_the_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A small FLAC that decodes long (20 minutes of digital silence, ~100 kB) is refused with a one-line
+    error naming the file, its duration and the limit, before any sample is decoded; under the limit it
+    decodes as before."""
+    import io
+
+    import soundfile as sf
+
+    from mkdeploy import audio as audio_mod
+    from mkdeploy.errors import AudioTooLong
+
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", 8000, 1, format="FLAC", subtype="PCM_16") as f:
+        block = np.zeros(8000 * 60, np.int16)
+        for _ in range(20):
+            f.write(block)
+    data = buf.getvalue()
+    assert len(data) < 500_000
+
+    def no_decode(*a, **k):
+        raise AssertionError("samples decoded before the limit was checked")
+
+    monkeypatch.setattr(audio_mod, "_decode", no_decode)
+    with pytest.raises(AudioTooLong, match=r"long\.flac: 1200 s of audio is over the 600 s limit") as err:
+        audio_mod.decode_audio_bytes(data, "long.flac", max_seconds=600)
+    assert err.value.seconds == 1200 and "\n" not in str(err.value)
+    monkeypatch.undo()
+    audio, info = audio_mod.decode_audio_bytes(data, "long.flac", max_seconds=3600)
+    assert info.duration == 1200 and len(audio) == 1200 * 16000

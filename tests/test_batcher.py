@@ -179,3 +179,91 @@ def test_timed_out_pieces_leave_the_queue_without_a_decode():
     first, after = _run(b, main())
     assert (first.text, after.text) == ("clip 1", "clip 2")
     assert rec.calls == [1, 1]  # none of the five abandoned pieces reached the decoder
+
+
+class SteppedDecoder:
+    """A decode whose pieces of long uploads (first sample >= 100) take ``steps`` counted decoder steps, each
+    after :func:`mkdeploy.decoding.step_boundary` as the real loops call it; a short clip is one event.
+    ``pause_at``: (piece, step) after which the decoder waits for ``resume`` (the test acts meanwhile)."""
+
+    def __init__(self, steps: int = 6, pause_at: tuple[int, int] | None = None):
+        self.steps, self.pause_at = steps, pause_at
+        self.events: list[str] = []
+        self.paused, self.resume = threading.Event(), threading.Event()
+
+    def __call__(self, audios, options):
+        from mkdeploy.decoding import step_boundary
+
+        ids = [int(a[0]) for a in audios]
+        if ids[0] < 100:
+            self.events.append("short " + ",".join(map(str, ids)))
+        else:
+            self.events.append(f"encode {ids}")
+            for k in range(self.steps):
+                step_boundary()
+                self.events.append(f"step {k} of {ids}")
+                if self.pause_at == (ids[0], k):
+                    self.paused.set()
+                    self.resume.wait(10)
+        return [Transcription("", f"clip {i}", [], len(a) / 16000) for i, a in zip(ids, audios)]
+
+
+def _pieces_then_short(dec: SteppedDecoder, yield_steps: bool):
+    """Three pieces of a long upload, and a short clip sent while piece 100 is paused after its step 2."""
+    b = Batcher(
+        dec, max_batch=8, max_wait_ms=0, max_queue=64, metrics=Metrics(), piece_batch=1, yield_steps=yield_steps
+    )
+    opts = TranscriptionOptions()
+
+    async def main():
+        pieces = [asyncio.ensure_future(b.submit(_clip(100 + i), opts, background=True)) for i in range(3)]
+        await asyncio.get_running_loop().run_in_executor(None, dec.paused.wait, 10)
+        short = asyncio.ensure_future(b.submit(_clip(1), opts))
+        await asyncio.sleep(0)  # submit has queued the clip: the worker may now resume
+        dec.resume.set()
+        return await short, await asyncio.gather(*pieces)
+
+    return _run(b, main())
+
+
+def test_a_short_clip_waits_for_one_decoder_step_of_a_long_upload_not_its_batch():
+    """A short clip sent while a piece of a long upload decodes runs at the piece's next step boundary (one
+    step after it arrived), the piece then resumes where it stopped, and every piece of the file finishes
+    with all its steps. Without yielding (--no-yield-steps) the same clip waits for the whole piece."""
+    dec = SteppedDecoder(pause_at=(100, 2))
+    short, pieces = _pieces_then_short(dec, yield_steps=True)
+    assert short.text == "clip 1" and [p.text for p in pieces] == ["clip 100", "clip 101", "clip 102"]
+    e = dec.events
+    assert e.index("short 1") == e.index("step 2 of [100]") + 1  # within one step
+    assert e[e.index("short 1") + 1] == "step 3 of [100]"  # the piece resumed, not restarted
+    assert all(f"step {k} of [{p}]" in e for p in (100, 101, 102) for k in range(6))
+    assert e.count("encode [100]") == 1
+
+    dec = SteppedDecoder(pause_at=(100, 2))
+    _pieces_then_short(dec, yield_steps=False)
+    assert dec.events.index("short 1") == dec.events.index("step 5 of [100]") + 1  # the whole piece first
+
+
+def test_a_long_upload_whose_caller_left_stops_at_the_next_step():
+    """When the caller of a long upload goes (a hang-up or a timeout cancels its waits), the piece in the
+    decoder is abandoned at its next step boundary and its queued pieces never start; a short request
+    sent next is decoded at once, and the metric counts the cancelled pieces."""
+    dec = SteppedDecoder(steps=50, pause_at=(100, 1))
+    metrics = Metrics()
+    b = Batcher(dec, max_batch=8, max_wait_ms=0, max_queue=64, metrics=metrics, piece_batch=1)
+    opts = TranscriptionOptions()
+
+    async def main():
+        pieces = [asyncio.ensure_future(b.submit(_clip(100 + i), opts, background=True)) for i in range(4)]
+        await asyncio.get_running_loop().run_in_executor(None, dec.paused.wait, 10)
+        for p in pieces:
+            p.cancel()  # what the router does when the caller hangs up or its deadline passes
+        await asyncio.sleep(0)
+        dec.resume.set()
+        return await b.submit(_clip(7), opts)
+
+    assert _run(b, main()).text == "clip 7"
+    e = dec.events
+    assert "step 2 of [100]" not in e and not any("[101]" in x or "[102]" in x or "[103]" in x for x in e)
+    assert e[-1] == "short 7"
+    assert metrics.cancelled._value.get() == 4  # the abandoned piece and the three never started

@@ -113,8 +113,13 @@ def test_demo_chain_at_toy_size(tmp_path):
     assert 0 < head["trainable_pct"] < 1 and head["minutes"] > 0
     report = (tmp_path / "demo" / "REPORT.md").read_text()
     assert "unseen speech" in report and "| student distilled | ONNX int8 |" in report
-    assert "| tiny.en whole" in report and head["in_domain"]["source_fp32"] is not None  # the demo prunes
+    assert "| tiny.en whole" in report and head["in_domain"]["source_fp32"] is not None  # scored beside it
     assert (tmp_path / "demo" / "bench" / "latency_vs_wer.png").exists()
+    assert (tmp_path / "demo" / "pareto.png").exists()
+    keys = {p["key"] for p in head["pareto"]}
+    assert {"teacher_int8", "source_int8", "source_ct2", "untrained_int8", "distilled_int8"} <= keys
+    ship = next(p for p in head["pareto"] if p["key"] == "distilled_int8")
+    assert ship["windows"] != "30" and ship["clips_per_s"] > 0  # served with its own windows
 
 
 def check_headline_schema(head: dict) -> None:
@@ -180,6 +185,46 @@ def test_headline_schema_from_scores():
     lines = wer_table(Headline(g, g, g, 1.0, None, "v", {}, {}, 0.5, "pseudo"))
     assert any(line.startswith("| tiny.en whole") for line in lines)
     assert any(line.startswith("| distilled − tiny.en whole, fp32 | +10.00 [+10.00, +10.00]") for line in lines)
+
+
+def _bench_model(name: str, p50_s: float, windows: str = "30"):
+    from mkdeploy.bench import ModelResult
+
+    return ModelResult(name, "p", "onnx", "int8", "cpu", "CPU", 1, 1.0, 4, p50_s, p50_s, p50_s, p50_s, 0.1, 10.0,
+                       10.0, 0.0, None, None, None, windows=windows)  # fmt: skip
+
+
+def test_pareto_rows_mark_the_frontier_and_judge_the_shipped_student(tmp_path):
+    """The frontier's points carry each model's p50, throughput and WER per test set; a point another beats on
+    both speed and in-domain WER is off the frontier; the verdicts say where the shipped student stands
+    against each untrained point; the plot is written."""
+    from mkdeploy.bench import BenchReport, ThroughputResult
+    from mkdeploy.demo.report import pareto_rows, pareto_table, plot_pareto, shipped_verdicts
+
+    def sc(wer):
+        return {s: {"wer": wer} for s in ("test_in_domain", "test_unseen_text", "test_unseen_speech")}
+
+    names = {"teacher_int8": "teacher", "source_int8": "tiny", "untrained_int8": "tiny windows",
+             "distilled_int8": "student"}  # fmt: skip
+    bench = BenchReport("m", "tiny", 1, 1, 10.0, {})
+    bench.models = [_bench_model("teacher", 1.0), _bench_model("tiny", 0.5), _bench_model("tiny windows", 0.2, "2,30"),
+                    _bench_model("student", 0.2, "2,30")]  # fmt: skip
+    bench.throughput = [ThroughputResult("student", 8, 8, 1.0, 8.0, 20.0, 1.0, 1.0)]
+    scores = {"teacher_int8": sc(0.05), "source_int8": sc(0.08), "untrained_int8": sc(0.30), "distilled_int8": sc(0.08)}
+    rows = pareto_rows(bench, scores, names)
+    by = {r["key"]: r for r in rows}
+    assert by["distilled_int8"]["p50_ms"] == 200.0 and by["distilled_int8"]["clips_per_s"] == 8.0
+    assert by["distilled_int8"]["wer"] == {"in_domain": 0.08, "unseen_text": 0.08, "unseen_speech": 0.08}
+    assert by["untrained_int8"]["clips_per_s"] is None
+    # tiny.en whole: as accurate as the student and slower; untrained windows: as fast and less accurate
+    assert {k for k, r in by.items() if r["on_frontier"]} == {"teacher_int8", "distilled_int8"}
+    verdicts = shipped_verdicts(rows)
+    assert any(v.startswith("- against tiny: 2.50x its speed, +0.00") and "ahead" in v for v in verdicts)
+    assert any(v.startswith("- against teacher: 5.00x") and "a trade (faster, less accurate)" in v for v in verdicts)
+    assert any(v.startswith("- against tiny windows") and "ahead" in v for v in verdicts)
+    assert any(line.startswith("| **student** | onnx int8 | 2,30 | 200 | 8.00 | 8.00%") for line in pareto_table(rows))
+    plot_pareto(rows, tmp_path / "pareto.png")
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
 
 
 def test_the_demo_corpus_uses_what_calibration_kept():

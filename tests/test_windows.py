@@ -266,7 +266,7 @@ def windowed_export(windowed_run):
 
     d = windowed_run[0]
     samples = [_noise(s, i) for i, s in enumerate((2.0, 6.0))]
-    export_onnx(d / "merged", d / "onnx", ExportOptions(quantize="int8"), samples=samples)
+    export_onnx(d / "merged", d / "onnx", ExportOptions(quantize="int8", int8_scheme="per-channel"), samples=samples)
     return d / "onnx"
 
 

@@ -36,7 +36,13 @@ def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or Engine(config)
     metrics = Metrics()
     batcher = Batcher(
-        engine.decode, config.max_batch, config.max_wait_ms, config.max_queue, metrics, piece_batch=engine.piece_batch
+        engine.decode,
+        config.max_batch,
+        config.max_wait_ms,
+        config.max_queue,
+        metrics,
+        piece_batch=engine.piece_batch,
+        yield_steps=engine.yields_between_steps,
     )
 
     @asynccontextmanager

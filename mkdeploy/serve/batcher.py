@@ -8,10 +8,18 @@ future: results are matched to requests by position within a batch, never by con
 
 Pieces of a long upload (``background=True``, cut at VAD pauses by the router) are a second class of job:
 at most ``piece_batch`` of them are decoded per call, and batches of short requests and batches of pieces
-take turns. A short clip sent while a 10-minute file decodes so waits for one batch of pieces, not for the
-file; the file still advances between short batches, so it is never starved. Nothing preempts a decode
-call already running, which is why the piece batch is small where a batch costs its size in time (the CPU:
-the encoder is compute-bound, benchmarks/results/serve_load_cpu.md) and large on a GPU.
+take turns. Within a batch of pieces the worker yields at every decoder step
+(:func:`mkdeploy.decoding.between_steps`): when short requests are waiting, it decodes them right there,
+then resumes the pieces where they stopped (their tokens and KV cache untouched). A short clip sent while
+a 10-minute file decodes so waits for at most one encoder pass and one decoder step of the file, never for a
+whole batch of pieces (benchmarks/results/serve_fairness_cpu.md); the file advances whenever nothing short
+waits, so it is never starved. This is preemption at step boundaries, not vLLM's iteration-level batching
+(sequences joining a running batch): a Whisper batch's encoder pass is shared by its clips and the lean
+loop's KV cache is one tensor per batch, so a late clip joining would need its own encoder pass spliced
+in; a short request is a handful of steps, and running it whole between two steps of the pieces gives the
+same bound with no change to the decoding loops. A batch of pieces whose callers have all gone (timed out
+or hung up) is abandoned at its next step. Under CUDA graphs (the static decoder owns its buffers) the
+worker does not yield inside a batch.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from mkdeploy.audio import SAMPLE_RATE
+from mkdeploy.decoding import DecodeCancelled, between_steps
 from mkdeploy.results import Transcription
 from mkdeploy.runtime import WINDOW_SAMPLES, TranscriptionOptions
 from mkdeploy.serve.metrics import Metrics
@@ -68,6 +77,8 @@ class Batcher:
         metrics: where queue depth, batch sizes and inference time go.
         piece_batch: most pieces of long uploads decoded in one call; a callable is asked at each batch
             (the server's answer depends on the device the model loaded on).
+        yield_steps: whether a batch of pieces yields to waiting short requests at each decoder step; a
+            callable is asked at each batch (False under CUDA graphs).
     """
 
     _STOP = object()
@@ -80,10 +91,11 @@ class Batcher:
         max_queue: int,
         metrics: Metrics,
         piece_batch: int | Callable[[], int] = 1,
+        yield_steps: bool | Callable[[], bool] = True,
     ):
         self.decode, self.max_batch, self.max_wait = decode, max(1, max_batch), max(0.0, max_wait_ms) / 1000
         self.max_queue, self.metrics = max_queue, metrics
-        self._piece_batch = piece_batch
+        self._piece_batch, self._yield_steps = piece_batch, yield_steps
         self._queue: queue.Queue = queue.Queue()
         self._pending = 0
         self._lock = threading.Lock()
@@ -91,6 +103,7 @@ class Batcher:
         # held by the worker thread only: jobs taken off the queue, not yet decoded
         self._short: deque[_Job] = deque()
         self._pieces: deque[_Job] = deque()
+        self._stopping = False
 
     def start(self) -> None:
         self._thread.start()
@@ -137,48 +150,77 @@ class Batcher:
 
     # -- worker thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        stop, last_pieces = False, False
+        last_pieces = False
         while True:
             if not (self._short or self._pieces):
-                if stop:
+                if self._stopping:
                     return
-                stop = self._hold(self._queue.get())
-            stop = self._collect() or stop
+                self._hold(self._queue.get())
+            self._collect()
             # short requests and pieces take turns, so neither waits behind all of the other
             pieces = bool(self._pieces) and (not self._short or not last_pieces)
             batch = self._take(self._pieces, self.piece_batch) if pieces else self._take(self._short, self.max_batch)
             last_pieces = pieces
+            yields = pieces and (self._yield_steps() if callable(self._yield_steps) else self._yield_steps)
             for group in _groups(batch):
-                self._decode_group(group)
+                if yields:
+                    with between_steps(self._between_steps(group)):
+                        self._decode_group(group)
+                else:
+                    self._decode_group(group)
 
-    def _hold(self, job) -> bool:
-        """Put a job taken off the queue in its line; True for the stop signal."""
+    def _between_steps(self, running: list[_Job]) -> Callable[[], None]:
+        """The hook a batch of pieces runs before each decoder step: short requests waiting now are decoded
+        (one batch of them: the pieces then take at least one step before the next, so a stream of short
+        requests slows the file but never stops it); a batch whose callers are all gone is abandoned."""
+
+        def hook() -> None:
+            self._drain()
+            if self._short:
+                with between_steps(None):  # what the hook decodes does not yield in turn
+                    for group in _groups(self._take(self._short, self.max_batch)):
+                        self._decode_group(group)
+            if all(j.future.cancelled() for j in running):
+                raise DecodeCancelled
+
+        return hook
+
+    def _hold(self, job) -> None:
+        """Put a job taken off the queue in its line (the stop signal sets ``_stopping``)."""
         if job is self._STOP:
-            return True
-        (self._pieces if job.background else self._short).append(job)
-        return False
+            self._stopping = True
+        else:
+            (self._pieces if job.background else self._short).append(job)
 
-    def _collect(self) -> bool:
-        """Take what has arrived; while the next batch has room, wait up to ``max_wait`` for company.
-        True when the stop signal came (what was queued before it is still decoded)."""
-        deadline = time.monotonic() + self.max_wait
+    def _drain(self) -> None:
+        """Take what has arrived, without waiting."""
         while True:
+            try:
+                self._hold(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _collect(self) -> None:
+        """Take what has arrived; while the next batch has room, wait up to ``max_wait`` for company (not
+        after the stop signal: what was queued before it is still decoded)."""
+        deadline = time.monotonic() + self.max_wait
+        while not self._stopping:
             full = len(self._short) >= self.max_batch or (not self._short and len(self._pieces) >= self.piece_batch)
             left = 0.0 if full else max(0.0, deadline - time.monotonic())
             try:
                 job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
-                return False
-            if self._hold(job):
-                return True
+                return
+            self._hold(job)
 
-    @staticmethod
-    def _take(line: deque[_Job], n: int) -> list[_Job]:
-        """Up to ``n`` jobs off the front of ``line``, skipping callers that timed out (they are gone)."""
+    def _take(self, line: deque[_Job], n: int) -> list[_Job]:
+        """Up to ``n`` jobs off the front of ``line``, skipping callers that timed out or hung up (counted)."""
         batch: list[_Job] = []
         while line and len(batch) < n:
             job = line.popleft()
-            if not job.future.cancelled():
+            if job.future.cancelled():
+                self.metrics.cancelled.inc()
+            else:
                 batch.append(job)
         return batch
 
@@ -188,6 +230,9 @@ class Batcher:
         t0 = time.perf_counter()
         try:
             results = self.decode([j.audio for j in group], options)
+        except DecodeCancelled:  # every caller of the batch is gone: nobody to answer
+            self.metrics.cancelled.inc(len(group))
+            return
         except Exception as exc:  # the callers get the error; the worker keeps serving
             logger.exception("batch of %d failed", len(group))
             for j in group:

@@ -63,6 +63,13 @@ class ServeConfig:
             "--max-batch on CUDA)."
         },
     )
+    yield_steps: bool = field(
+        default=True,
+        metadata={
+            "help": "A batch of long-upload pieces decodes waiting short requests between two of its decoder "
+            "steps, so they wait for one step, not for the batch (CPU; see mkdeploy/serve/batcher.py)."
+        },
+    )
     max_audio_seconds: float = field(
         default=3600.0, metadata={"help": "Longest audio accepted in seconds; longer gets 413 (0: no limit)."}
     )

@@ -60,6 +60,13 @@ class Engine:
         on_gpu = self.transcriber is not None and self.transcriber.device == "cuda"
         return self.config.max_batch if on_gpu else 1
 
+    def yields_between_steps(self) -> bool:
+        """Whether a batch of pieces may decode short requests between two of its decoder steps
+        (:mod:`mkdeploy.serve.batcher`): not on CUDA, where the static decoder replays CUDA graphs on
+        buffers of its own, and not with ``--no-yield-steps``."""
+        on_gpu = self.transcriber is not None and self.transcriber.device == "cuda"
+        return self.config.yield_steps and not on_gpu
+
     def decode(self, audios, options: TranscriptionOptions):
         assert self.transcriber is not None, "decode before the model was loaded"
         # packed windows hold several callers' clips: words are aligned per clip, so those requests decode unpacked

@@ -20,6 +20,8 @@ class Metrics:
         latency: request latency in seconds (transcriptions), from arrival to answer.
         inference: wall time of one batch's decoding.
         audio_seconds: seconds of audio transcribed.
+        cancelled: queued clips (requests or pieces of long uploads) dropped, or abandoned between two
+            decoder steps, because their caller timed out or hung up.
     """
 
     def __init__(self) -> None:
@@ -36,6 +38,9 @@ class Metrics:
             "mkd_batch_inference_seconds", "Decoding time of one batch.", buckets=LATENCY_BUCKETS, registry=r
         )
         self.audio_seconds = Counter("mkd_audio_seconds", "Seconds of audio transcribed.", registry=r)
+        self.cancelled = Counter(
+            "mkd_cancelled_clips", "Clips dropped or abandoned mid-decode because their caller left.", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

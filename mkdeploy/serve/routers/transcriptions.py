@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mkdeploy.audio import decode_audio_bytes
 from mkdeploy.batching import WINDOW_SAMPLES
-from mkdeploy.errors import AudioError, MkdError
+from mkdeploy.errors import AudioError, AudioTooLong, MkdError
 from mkdeploy.language import check_language, language_name
 from mkdeploy.longform import Piece, cut_at_pauses, join
 from mkdeploy.results import Transcription
@@ -84,15 +84,15 @@ async def handle_audio(
         raise too_large(len(data), state.config.max_upload_mb)
     name = file.filename or "upload"
     try:
-        audio, info = await run_in_threadpool(decode_audio_bytes, data, name)
+        audio, info = await run_in_threadpool(
+            decode_audio_bytes, data, name, max_seconds=state.config.max_audio_seconds
+        )
+    except AudioTooLong as exc:
+        request.state.audio_seconds = exc.seconds
+        raise OpenAIError(413, str(exc), "too_long", code="audio_too_long", param="file") from None
     except AudioError as exc:
         raise OpenAIError(400, str(exc), "bad_audio", code="invalid_audio", param="file") from None
     request.state.audio_seconds = info.duration
-    if state.config.max_audio_seconds and info.duration > state.config.max_audio_seconds:
-        raise OpenAIError(
-            413, f"file: {info.duration:.0f} s of audio is over this server's {state.config.max_audio_seconds:g} s limit; "
-            "split the audio or raise --max-audio-seconds", "too_long", code="audio_too_long", param="file",
-        )  # fmt: skip
     # OpenAI: granularities apply to verbose_json; none given means segments
     grains = tuple(granularities) or ("segment",)
     options = replace(
