@@ -69,7 +69,7 @@ def _noises() -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def base_server(base_teacher, tmp_path_factory):
     s = Server(
-        base_teacher, "--api-key", KEY, "--max-upload-mb", "1", "--max-wait-ms", "100",
+        base_teacher, "--api-key", KEY, "--max-upload-mb", "1", "--max-audio-seconds", "600", "--max-wait-ms", "100",
         log=tmp_path_factory.mktemp("serve") / "base.log",
     )  # fmt: skip
     yield s
@@ -121,6 +121,12 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(base_server
     with pytest.raises(openai.APIStatusError) as big:
         client.audio.transcriptions.create(file=("big.wav", b"\0" * 1_200_000), model="whisper-1")
     assert big.value.status_code == 413 and "limit" in big.value.message
+    # under the byte limit, over the duration limit: 20 minutes of digital silence in ~100 kB of FLAC
+    flac = io.BytesIO()
+    sf.write(flac, np.zeros(8000 * 1200, np.int16), 8000, format="FLAC", subtype="PCM_16")
+    with pytest.raises(openai.APIStatusError) as long:
+        client.audio.transcriptions.create(file=("long.flac", flac.getvalue()), model="whisper-1")
+    assert long.value.status_code == 413 and "long.flac: 1200 s of audio is over the 600 s limit" in long.value.message
     with pytest.raises(openai.AuthenticationError):
         base_server.client(key="wrong").audio.transcriptions.create(file=("a.wav", clips[0][0]), model="whisper-1")
     with pytest.raises(openai.NotFoundError):
@@ -199,13 +205,14 @@ def test_request_over_the_timeout_gets_504(small_server, clips):
     # ~210 s: more than even a fast 2-core machine decodes within the 6 s timeout (80 s was not, on an
     # AVX-512 Xeon, which answered 200); only the pieces already in flight run on after the 504
     long = np.concatenate([sf.read(io.BytesIO(a), dtype="float32")[0] for a, _ in clips] * 8)
-    batches = small_server.metric("mkd_batch_inference_seconds_count")
     r = _post(small_server.url, wav_bytes(long))
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
-    # a decode already under way runs to its end (nothing preempts it); then the server goes on serving
-    deadline = time.monotonic() + 120
-    while small_server.metric("mkd_batch_inference_seconds_count") == batches and time.monotonic() < deadline:
-        time.sleep(0.5)
+    # its pieces are withdrawn and the one in the decoder is abandoned at its next step: counted, and the
+    # server answers the next caller
+    deadline = time.monotonic() + 60
+    while small_server.metric("mkd_cancelled_clips_total") < 1:
+        assert time.monotonic() < deadline, "the timed-out upload was never cancelled"
+        time.sleep(0.1)
     assert _post(small_server.url, clips[0][0]).status_code == 200
 
 
@@ -363,20 +370,54 @@ def test_stream_sends_openai_text_events(piece_server, clips):
         )
 
 
-def test_a_short_clip_is_not_held_behind_a_long_upload(piece_server, clips):
-    """One request at a time (--max-batch 1): the long file is decoded piece by piece, so a short clip sent
-    after it starts is answered before the file is, not after it (the ordering is the test, not a time)."""
-    long = wav_bytes(_long_audio(clips, 3))  # ~80 s
-    finished: dict[str, float] = {}
+def _until_queued(server: Server, timeout: float = 60) -> None:
+    """Returns once the server holds a queued or decoding clip (a long upload's pieces)."""
+    deadline = time.monotonic() + timeout
+    while server.metric("mkd_queue_depth") < 1:
+        assert time.monotonic() < deadline, "the upload never reached the queue"
+        time.sleep(0.05)
 
-    def send(name: str, audio: bytes, delay: float) -> int:
-        time.sleep(delay)
-        r = _post(piece_server.url, audio)
-        finished[name] = time.monotonic()
+
+def test_a_short_clip_is_not_held_behind_a_long_upload(piece_server, clips):
+    """One request at a time (--max-batch 1): a short clip sent once a long file's pieces are decoding is
+    answered before the file (it runs between two decoder steps of a piece), and the file's transcript is
+    the one it gets alone."""
+    long = wav_bytes(_long_audio(clips, 3))  # ~80 s
+    alone = _post(piece_server.url, long, response_format="text").text
+    finished: dict[str, float] = {}
+    texts: dict[str, str] = {}
+
+    def send(name: str, audio: bytes) -> int:
+        r = _post(piece_server.url, audio, response_format="text")
+        finished[name], texts[name] = time.monotonic(), r.text
         return r.status_code
 
     with ThreadPoolExecutor(2) as pool:
-        f_long = pool.submit(send, "long", long, 0.0)
-        f_short = pool.submit(send, "short", clips[0][0], 1.5)
-        assert f_short.result() == 200 and f_long.result() in (200, 504)
+        f_long = pool.submit(send, "long", long)
+        _until_queued(piece_server)
+        f_short = pool.submit(send, "short", clips[0][0])
+        assert f_short.result() == 200 and f_long.result() == 200
     assert finished["short"] < finished["long"]
+    assert texts["long"] == alone
+
+
+def test_a_caller_who_hangs_up_stops_its_long_upload(piece_server, clips):
+    """A caller that disconnects while its long file decodes: the server withdraws the file's queued pieces
+    and abandons the one in the decoder at its next step (counted in mkd_cancelled_clips_total), decodes
+    far less than the file, and the next caller is answered."""
+    long = _long_audio(clips, 8)  # ~210 s: about eight pieces
+    cancelled = piece_server.metric("mkd_cancelled_clips_total")
+    decoded = piece_server.metric("mkd_audio_seconds_total")
+    with pytest.raises(httpx.ReadTimeout):  # the client hangs up 2 s after sending the file
+        httpx.post(
+            f"{piece_server.url}/v1/audio/transcriptions",
+            files={"file": ("long.wav", wav_bytes(long))},
+            data={"model": "whisper-1"},
+            timeout=httpx.Timeout(60, read=2.0),
+        )
+    deadline = time.monotonic() + 60
+    while piece_server.metric("mkd_cancelled_clips_total") == cancelled:
+        assert time.monotonic() < deadline, "the abandoned upload was never cancelled"
+        time.sleep(0.1)
+    assert _post(piece_server.url, clips[0][0]).status_code == 200
+    assert piece_server.metric("mkd_audio_seconds_total") - decoded < 0.5 * len(long) / 16000

@@ -303,11 +303,14 @@ def plot_pareto(pareto: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt  # the demo's picture only
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    others = [p for p in sorted(pareto, key=lambda p: p["p50_ms"]) if p["key"] != SHIPPED]
     for p in pareto:
         x, y, ship = p["p50_ms"], 100 * p["wer"]["in_domain"], p["key"] == SHIPPED
+        k = 1 if ship else 2 * others.index(p)  # the shipped label below its point, the others alternating
         ax.scatter(x, y, s=90 if ship else 40, marker="*" if ship else "o", color="C3" if ship else "C0", zorder=3)
-        label = f"{p['name']} [{p['windows']} s]" + ("  <- shipped" if ship else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7.5,
+        label = f"{p['name']} [{_windows(p['windows'])} s]" + ("  <- shipped" if ship else "")
+        # neighbours in latency alternate above and below their point, so close labels do not overlap
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5 if k % 4 == 0 else -11), fontsize=7.5,
                     fontweight="bold" if ship else "normal")  # fmt: skip
     front = sorted((p["p50_ms"], 100 * p["wer"]["in_domain"]) for p in pareto if p["on_frontier"])
     if len(front) > 1:
@@ -321,3 +324,9 @@ def plot_pareto(pareto: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _windows(windows: str) -> str:
+    """``"2,4,...,20,30"`` -> ``"2-20,30"`` on the plot."""
+    parts = windows.split(",")
+    return f"{parts[0]}-{parts[-2]},{parts[-1]}" if len(parts) > 3 else windows
