@@ -61,7 +61,7 @@ def post(url: str, name: str, data: bytes, timeout: float = 3600) -> tuple[float
     r = httpx.post(
         f"{url}/v1/audio/transcriptions",
         files={"file": (name, data)},
-        data={"model": "m", "response_format": "json"},
+        data={"model": "whisper-1", "response_format": "json"},
         timeout=timeout,
     )
     r.raise_for_status()
