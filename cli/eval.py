@@ -18,6 +18,7 @@ def eval_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="JSON file with wer, cer and per-utterance rows."),
     language: str = typer.Option("en", "--language"),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
+    beam_size: int = typer.Option(1, "--beam-size", min=1, help="Beams per clip (1: greedy)."),
     backend: str = typer.Option("auto", "--backend"),
     device: str = typer.Option("auto", "--device"),
     threads: int = typer.Option(0, "--threads", min=0, help=THREADS_HELP),
@@ -29,13 +30,13 @@ def eval_cmd(
     from mkdeploy.data import load_manifest
     from mkdeploy.evaluate import evaluate_manifest
     from mkdeploy.fsutil import atomic_write_text, check_writable
-    from mkdeploy.runtime import TranscriptionOptions
+    from mkdeploy.options import scoring_options
 
     quiet_libraries()
     with cli_errors():
         check_writable(output, force)
         n = len(load_manifest(manifest, require_text=True))
-        opts = TranscriptionOptions(language=language, batch_size=batch_size)
+        opts = scoring_options(language, batch_size, beam_size)
         with progress(disable=n < 2) as bar:
             job = bar.add_task("evaluating", total=n)
             rates, results, failures = evaluate_manifest(

@@ -13,6 +13,14 @@ from mkdeploy.cli.common import cli_errors, console, error_line, out, quiet_libr
 def export_cmd(
     model: Path = typer.Argument(..., help="HF Whisper directory (imported teacher or merged student)."),
     output: Path = typer.Argument(..., help="Export directory to create."),
+    fmt: str = typer.Option(
+        "onnx",
+        "--format",
+        help="onnx (ONNX Runtime, mkd's own runtime) or ct2 (CTranslate2: faster-whisper, speaches).",
+    ),
+    quantization: str = typer.Option(
+        "int8", "--quantization", help="With --format ct2: int8, int8_float16, float16 or float32."
+    ),
     quantize: str | None = typer.Option(None, "--quantize", help="int8: add a dynamically quantised CPU variant."),
     int8_scheme: str = typer.Option(
         "auto",
@@ -49,7 +57,14 @@ def export_cmd(
     from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 
     quiet_libraries()
+    if fmt == "ct2":
+        _export_ct2(model, output, quantization, sample_audio, validate, force)
+        return
     with cli_errors():
+        if fmt != "onnx":
+            from mkdeploy.errors import MkdError
+
+            raise MkdError(f"--format {fmt}: choose onnx or ct2")
         samples = [load_audio(p) for p in sample_audio]
         calib = [(load_audio(u.audio), u.text) for u in load_manifest(calibration)] if calibration else None
         opts = ExportOptions(
@@ -93,3 +108,22 @@ def export_cmd(
         line = f"int8 ships {int8['scheme']}: {int8['why']}"
         out.print(error_line(line, "warning:") if over else line)
     out.print(f"wrote {output} ({manifest.sample_audio or 'no parity check'})")
+
+
+def _export_ct2(model: Path, output: Path, quantization: str, sample_audio: list[Path], validate: bool, force: bool):
+    from mkdeploy.audio import load_audio  # imported on use, so `mkd --help` stays fast
+    from mkdeploy.exporters.ct2 import export_ct2
+
+    with cli_errors():
+        samples = [load_audio(p) for p in sample_audio] or None
+        with console.status(f"converting {model} for CTranslate2"):
+            m = export_ct2(model, output, quantization, force=force, samples=samples, validate=validate)
+    for w in m.warnings:
+        out.print(error_line(w, "warning:"))
+    out.print(f"alignment heads ({m.heads_source}): {m.alignment_heads}")
+    if m.parity:
+        out.print(
+            f"parity: {m.identical}/{len(m.parity)} clips as PyTorch transcribes them "
+            f"({m.word_errors} words differ), {quantization}"
+        )
+    out.print(f"wrote {output} ({m.seconds:.0f} s): faster_whisper.WhisperModel({str(output)!r}) loads it")

@@ -52,6 +52,11 @@ def between_steps(hook: Callable[[], None] | None) -> Iterator[None]:
         _between_steps.reset(token)
 
 
+def yielding() -> bool:
+    """Whether this thread decodes under a :func:`between_steps` hook."""
+    return _between_steps.get() is not None
+
+
 def step_boundary() -> None:
     """Where a decoding loop may yield: runs the :func:`between_steps` hook, if any."""
     hook = _between_steps.get()

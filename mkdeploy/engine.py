@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from mkdeploy.decoding import StepBoundary, StepFn, decoder_prompt, ort_step, torch_step
+from mkdeploy.decoding import StepBoundary, StepFn, decoder_prompt, ort_step, torch_step, yielding
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
 from mkdeploy.models.student import load_whisper
@@ -120,11 +120,13 @@ class Engine:
 
     def generate_kwargs(self, options: TranscriptionOptions, long_form: bool = False) -> dict:
         """``generate``'s arguments for ``options`` (long-form: the per-window no-speech test too)."""
-        from transformers import LogitsProcessorList  # heavy; imported on use so the core import stays light
-
         kw: dict = dict(return_timestamps=options.return_timestamps, num_beams=options.num_beams)
-        # generate yields at each step too, when this thread decodes under a hook (mkdeploy.decoding.between_steps)
-        kw["logits_processor"] = LogitsProcessorList([StepBoundary()])
+        if yielding():
+            # generate yields at each of its steps too (the server's long uploads, mkdeploy.decoding.between_steps);
+            # only then, since a custom processor list makes generate warn about its own suppression processors
+            from transformers import LogitsProcessorList  # heavy; imported on use so the core import stays light
+
+            kw["logits_processor"] = LogitsProcessorList([StepBoundary()])
         if options.initial_prompt:
             kw["prompt_ids"] = self.processor.get_prompt_ids(options.initial_prompt, return_tensors="pt").to(
                 self.device

@@ -73,3 +73,20 @@ class TranscriptionOptions:
     word_timestamps: bool = False
     batched_long_form: bool = False
     static_decoder: bool | None = None
+
+
+def scoring_options(language: str | None = "en", batch_size: int = 8, num_beams: int = 1) -> TranscriptionOptions:
+    """The one decoding configuration behind every score mkd prints: `mkd eval`, `mkd bench`, the demo's report.
+
+    Greedy unless beams are asked for, no timestamp tokens (a transcript scored for WER needs none, and with
+    them ``generate`` walks the window segment by segment, a different decoding that moved the demo's WER by
+    ~3 points, DESIGN §8), every other option the transcriber's default. `mkd serve` decodes a json or text
+    request the same way, with Silero VAD first (``--vad``, on by default). With a batch-invariant model (fp32,
+    or the default int8 of `mkd export`) the batch size changes no transcript (tests/test_scoring_paths.py).
+
+    Args:
+        language: the language token for multilingual models (None: detect per clip).
+        batch_size: clips decoded together.
+        num_beams: 1 is greedy.
+    """
+    return TranscriptionOptions(language=language, batch_size=batch_size, num_beams=num_beams, return_timestamps=False)

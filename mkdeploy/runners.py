@@ -4,16 +4,16 @@ CTranslate2 directories (faster-whisper's format) through CTranslate2 itself, so
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mkdeploy.audio import SAMPLE_RATE
-from mkdeploy.errors import MkdError
-from mkdeploy.models.ct2 import read_ct2_model_bin
+from mkdeploy.models.ct2 import CT2Whisper, read_ct2_model_bin
+from mkdeploy.options import scoring_options
 from mkdeploy.ort import OrtOptions
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.runtime import WhisperTranscriber
 
 
 class Runner:
@@ -55,17 +55,13 @@ class WhisperRunner(Runner):
         self.tr = WhisperTranscriber.from_pretrained(path, device=device, threads=threads, dtype=dtype, **extra)
         self.backend, self.device, self.provider = self.tr.backend, self.tr.device, self.tr.provider or ""
         self.variant = _onnx_variant(path) if self.backend == "onnx" else str(self.tr.model.dtype).split(".")[-1]
-        self.options = TranscriptionOptions(
-            language=language,
-            batch_size=1,
-            return_timestamps=False,
-            max_new_tokens=max_new_tokens,
-            encoder_buckets=buckets,
+        self.options = replace(
+            scoring_options(language, batch_size=1), max_new_tokens=max_new_tokens, encoder_buckets=buckets
         )
         self.windows = ",".join(str(b) for b in self.tr.windows(self.options).buckets)
 
     def transcribe_batch(self, audios):
-        opts = TranscriptionOptions(**{**self.options.__dict__, "batch_size": len(audios)})
+        opts = replace(self.options, batch_size=len(audios))
         return [(t.text, len(t.tokens) + 1) for t in self.tr.transcribe_arrays(audios, opts)]  # + end of text
 
     def params(self) -> int:
@@ -75,7 +71,8 @@ class WhisperRunner(Runner):
 
 
 class CT2Runner(Runner):
-    """A CTranslate2 Whisper directory (faster-whisper's format), greedy like the others."""
+    """A CTranslate2 Whisper directory (faster-whisper's format), greedy like the others
+    (:class:`mkdeploy.models.ct2.CT2Whisper`)."""
 
     backend = "ctranslate2"
 
@@ -88,51 +85,14 @@ class CT2Runner(Runner):
         compute_type: str | None = None,
         threads: int = 0,
     ):
-        try:
-            import ctranslate2  # optional peer, only `mkd bench` with a CTranslate2 spec needs it
-        except ImportError:
-            raise MkdError(
-                f"{path}: a CTranslate2 model, but ctranslate2 is not installed (pip install ctranslate2)"
-            ) from None
-        from tokenizers import Tokenizer  # only the CTranslate2 paths need it
-        from transformers import WhisperFeatureExtractor  # heavy; imported on use so the core import stays light
-
-        self.ct2 = ctranslate2
         self.path = path
-        dev = "cuda" if device in ("cuda", "auto") and ctranslate2.get_cuda_device_count() > 0 else "cpu"
-        if device == "cuda" and dev != "cuda":
-            raise MkdError("--device cuda: ctranslate2 sees no CUDA device")
-        self.device = dev
-        try:
-            self.model = ctranslate2.models.Whisper(
-                str(path), device=dev, compute_type=compute_type or "default", intra_threads=threads
-            )
-        except ValueError as exc:  # an unsupported compute type on this device
-            raise MkdError(f"{path}: compute_type={compute_type}: {str(exc).splitlines()[0]}") from None
+        self.whisper = CT2Whisper(path, device, compute_type, language, max_new_tokens, threads)
+        self.device = self.whisper.device
         self.variant = compute_type or "default"
-        self.provider = f"ctranslate2 {ctranslate2.__version__}"
-        self.fe = WhisperFeatureExtractor(feature_size=self.model.n_mels)
-        self.tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-        self.max_length = (max_new_tokens + 4) if max_new_tokens else 448
-        self.prompt = (
-            ["<|startoftranscript|>"]
-            + ([f"<|{language}|>", "<|transcribe|>"] if self.model.is_multilingual else [])
-            + ["<|notimestamps|>"]
-        )
+        self.provider = f"ctranslate2 {self.whisper.ct2.__version__}"
 
     def transcribe_batch(self, audios):
-        feats = self.fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
-        res = self.model.generate(
-            self.ct2.StorageView.from_array(np.ascontiguousarray(feats)),
-            [self.prompt] * len(audios),
-            beam_size=1,
-            max_length=self.max_length,
-        )
-        out = []
-        for r in res:
-            ids = r.sequences_ids[0]
-            out.append((self.tok.decode(ids, skip_special_tokens=True).strip(), len(ids) + 1))
-        return out
+        return self.whisper.transcribe_batch(audios)
 
     def params(self) -> int:
         m = read_ct2_model_bin(self.path / "model.bin")

@@ -89,9 +89,10 @@ def test_small_corpus_builds_reuses_and_is_identical(tmp_path):
     assert json.loads((tmp_path / "c" / "corpus.json").read_text())["n_train"] == 3
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_demo_chain_at_toy_size(tmp_path):
-    """`mkd demo` end to end on the real teachers with a toy corpus and 2 steps (a few minutes)."""
+    """`mkd demo` end to end on the real teachers with a toy corpus and 2 steps (a few minutes): CI runs the
+    main job's every stage."""
     r = CliRunner().invoke(
         app,
         [

@@ -93,8 +93,11 @@ def test_onnx_transcriber_matches_pytorch(tiny_export, tiny_model_dir, samples):
     got = ox.transcribe_arrays(samples, GREEDY)
     assert [r.tokens for r in got] == [r.tokens for r in ref]
     assert len({t for r in ref for t in r.tokens}) > 3  # not a collapsed random model
+    # int8 changes arithmetic, not the model: most of its first tokens are PyTorch's
     q = WhisperTranscriber.from_pretrained(tiny_export, device="cpu", variant="int8")
-    assert len(q.transcribe_arrays(samples, GREEDY)) == 3
+    heads = [(a.tokens[:5], b.tokens[:5]) for a, b in zip(q.transcribe_arrays(samples, GREEDY), ref)]
+    agree = sum(x == y for a, b in heads for x, y in zip(a, b)) / sum(len(b) for _, b in heads)
+    assert agree >= 0.6, heads
 
 
 def test_cpu_sessions_do_not_spin(tiny_export):

@@ -117,11 +117,9 @@ def test_a_run_never_ships_worse_than_it_started(tiny_multilingual_teacher, tiny
     assert [(e["step"], e["alpha"]) for e in evals][:3] == [(0, 1.0), (2, 1.0), (4, 1.0)]
     assert len(sel.candidates) == len(evals) == 4  # step 0, 2, 4 and the best checkpoint at 0.5
     start = next(c for c in sel.candidates if c.step == 0)
-    from mkdeploy.distill.select import choose
-
-    assert sel.chosen.wer <= start.wer and sel.chosen == choose(
-        sel.candidates, cfg.select_confidence, cfg.seed, cfg.select_within_se
-    )
+    # the rule ships a candidate no worse on dev than the untrained start and no better than the best one
+    assert sel.chosen in sel.candidates
+    assert min(c.wer for c in sel.candidates) <= sel.chosen.wer <= start.wer
     n_dev = len(speech_manifest.read_text().splitlines())
     assert all(len(c.errors) == n_dev for c in sel.candidates)  # per-clip errors for the bootstrap
     assert summary["selected"]["step"] == sel.chosen.step

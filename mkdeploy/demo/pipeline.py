@@ -46,8 +46,9 @@ from mkdeploy.fsutil import atomic_write_text
 from mkdeploy.models.dirs import is_ct2_dir
 from mkdeploy.models.student import init_pruned_student, init_windowed_student
 from mkdeploy.models.window import BUCKETS_ATTR
+from mkdeploy.options import scoring_options
 from mkdeploy.runners import CT2Runner
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.runtime import WhisperTranscriber
 from mkdeploy.version import version_info, version_string
 
 #: the reference-free pseudo-label filter: Whisper's log-probability fallback threshold (openai/whisper)
@@ -126,7 +127,7 @@ def score(model: Path | WhisperTranscriber | CT2Runner, manifest: Path, cache: P
             t for i in range(0, len(audios), SCORE_BATCH) for t, _ in tr.transcribe_batch(audios[i : i + SCORE_BATCH])
         ]
     else:
-        options = TranscriptionOptions(language="en", return_timestamps=False, batch_size=SCORE_BATCH)
+        options = scoring_options("en", batch_size=SCORE_BATCH)
         res, _ = tr.transcribe_files([u.audio for u in utts], options)
         by = {t.path: t.text for t in res}
         hyps = [by.get(str(u.audio), "") for u in utts]
