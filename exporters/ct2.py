@@ -22,6 +22,7 @@ Parity, as for ONNX: the parity clips decoded greedily by CTranslate2 itself aga
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -37,7 +38,6 @@ from mkdeploy.exporters.onnx import ExportError
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.ct2 import CT2Whisper
 from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
-from mkdeploy.models.student import load_whisper
 from mkdeploy.models.window import model_buckets
 from mkdeploy.options import scoring_options
 from mkdeploy.runtime import WhisperTranscriber
@@ -112,7 +112,8 @@ def export_ct2(
         raise MkdError("--format ct2 needs ctranslate2: pip install ctranslate2") from None
     t0 = time.perf_counter()
     audios = samples or [a for a, _ in reference_clips()]
-    model, processor = load_whisper(model_dir)
+    tr = WhisperTranscriber.from_pretrained(model_dir, device="cpu")  # one load: windows, heads and parity
+    model = tr.model
     manifest = CT2Manifest(str(model_dir.resolve()), hash_model_dir(model_dir), quantization=quantization)
     if model_buckets(model.config):
         manifest.warnings.append(
@@ -123,15 +124,17 @@ def export_ct2(
     heads = model_alignment_heads(model)
     manifest.heads_source = "the model's generation config"
     if heads is None:
-        heads = _measure_heads(model_dir, model, processor, audios)
+        heads = _measure_heads(tr, audios)
         manifest.heads_source = "measured on the parity clips"
     manifest.alignment_heads = heads
 
     with atomic_output_dir(out, force=force) as tmp:
         staged = tmp / ".source"
-        shutil.copytree(model_dir, staged)
+        # links to the source's files (no copy of the weights), the generation config rewritten with the heads
+        shutil.copytree(model_dir, staged, copy_function=os.symlink)
         gen = json.loads((staged / "generation_config.json").read_text())
         gen["alignment_heads"] = heads
+        (staged / "generation_config.json").unlink()
         (staged / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         try:
             converter = TransformersConverter(str(staged), copy_files=[f for f in SIDE_FILES if (staged / f).exists()])
@@ -144,32 +147,35 @@ def export_ct2(
             f.rename(tmp / f.name)
         (tmp / "model").rmdir()
         if validate:
-            _check_parity(manifest, model_dir, tmp, audios)
+            _check_parity(manifest, tr, model_dir, tmp, audios)
         manifest.seconds = round(time.perf_counter() - t0, 1)
         (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest
 
 
-def _measure_heads(model_dir: Path, model, processor, audios: list[np.ndarray]) -> list[list[int]]:
+def _measure_heads(tr: WhisperTranscriber, audios: list[np.ndarray]) -> list[list[int]]:
     """The student's own alignment heads on the clips (its generation config names heads it lacks)."""
     import torch  # heavy; only export needs it
 
-    tr = WhisperTranscriber.from_pretrained(model_dir, device="cpu")
+    processor = tr.engine.processor
     texts = tr.transcribe_arrays(audios, scoring_options("en"))
     feats = processor.feature_extractor(list(audios), sampling_rate=16000, return_tensors="pt").input_features
     with torch.inference_mode():
-        states = model.get_encoder()(feats).last_hidden_state
+        states = tr.model.get_encoder()(feats).last_hidden_state
     prompt = tr.engine.prompt(scoring_options("en"))
     eot = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     durations = [len(a) / 16000 for a in audios]
-    return choose_alignment_heads(model, processor.tokenizer, states, prompt, [t.tokens for t in texts], durations, eot)
+    seqs = [t.tokens for t in texts]
+    return choose_alignment_heads(tr.model, processor.tokenizer, states, prompt, seqs, durations, eot)
 
 
-def _check_parity(manifest: CT2Manifest, model_dir: Path, export: Path, audios: list[np.ndarray]) -> None:
+def _check_parity(
+    manifest: CT2Manifest, tr: WhisperTranscriber, model_dir: Path, export: Path, audios: list[np.ndarray]
+) -> None:
     """CTranslate2's greedy texts of the clips against PyTorch's (at Whisper's 30 s window, what CTranslate2
     encodes); float32 must match exactly."""
     opts = replace(scoring_options("en", batch_size=len(audios)), encoder_buckets=(30,))
-    ref = [t.text for t in WhisperTranscriber.from_pretrained(model_dir, device="cpu").transcribe_arrays(audios, opts)]
+    ref = [t.text for t in tr.transcribe_arrays(audios, opts)]
     got = [t for t, _ in CT2Whisper(export, "cpu", QUANTIZATIONS[manifest.quantization]).transcribe_batch(audios)]
     scored = error_rates(ref, got)
     manifest.parity = [{"pytorch": r, "ctranslate2": g} for r, g in zip(ref, got)]

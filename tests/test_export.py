@@ -52,18 +52,19 @@ def test_export_layout_manifest_and_parity(tiny_export, tiny_model_dir):
         export_onnx(tiny_model_dir, tiny_export, ExportOptions(validate=False))
 
 
-def test_int8_quantises_the_merged_decoder_subgraphs(tiny_export):
-    def count(graph, op):
-        n = sum(node.op_type == op for node in graph.node)
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    n += count(attr.g, op)
-        return n
+def _count_ops(graph, op: str) -> int:
+    n = sum(node.op_type == op for node in graph.node)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                n += _count_ops(attr.g, op)
+    return n
 
+
+def test_int8_quantises_the_merged_decoder_subgraphs(tiny_export):
     dec = onnx.load(str(tiny_export / "int8" / "decoder_model_merged.onnx"))
-    assert count(dec.graph, "DynamicQuantizeLinear") > 0 or count(dec.graph, "MatMulInteger") > 0
-    # per-channel by default: the weights' scales are vectors, one per output channel
+    assert _count_ops(dec.graph, "DynamicQuantizeLinear") > 0 or _count_ops(dec.graph, "MatMulInteger") > 0
+    # per-channel (the fixture asks for it): the weights' scales are vectors, one per output channel
     assert json.loads((tiny_export / MANIFEST).read_text())["variants"]["int8"]["scales"] == "per-channel"
     enc = onnx.load(str(tiny_export / "int8" / "encoder_model.onnx"))
     scales = [i for i in enc.graph.initializer if i.name.endswith("_scale") and "MatMul" in i.name]
@@ -347,15 +348,6 @@ def test_fp32_edges_keeps_the_ends_in_fp32(tiny_export, tmp_path):
     dec = onnx.load(str(tmp_path / "q" / "decoder_model_merged.onnx"))
     tables = [i for i in dec.graph.initializer if len(i.dims) == 2 and max(i.dims) >= 50000]
     assert len(tables) == 1 and tables[0].data_type == onnx.TensorProto.FLOAT
-
-
-def _count_ops(graph, op: str) -> int:
-    n = sum(node.op_type == op for node in graph.node)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                n += _count_ops(attr.g, op)
-    return n
 
 
 def _first_step_logits(folder, features, hidden=None):

@@ -57,15 +57,16 @@ class Engine:
         in time there, and a short clip arriving waits for it) and ``--max-batch`` on CUDA."""
         if self.config.piece_batch > 0:
             return self.config.piece_batch
-        on_gpu = self.transcriber is not None and self.transcriber.device == "cuda"
-        return self.config.max_batch if on_gpu else 1
+        return self.config.max_batch if self._on_gpu() else 1
 
     def yields_between_steps(self) -> bool:
         """Whether a batch of pieces may decode short requests between two of its decoder steps
         (:mod:`mkdeploy.serve.batcher`): not on CUDA, where the static decoder replays CUDA graphs on
         buffers of its own, and not with ``--no-yield-steps``."""
-        on_gpu = self.transcriber is not None and self.transcriber.device == "cuda"
-        return self.config.yield_steps and not on_gpu
+        return self.config.yield_steps and not self._on_gpu()
+
+    def _on_gpu(self) -> bool:
+        return self.transcriber is not None and self.transcriber.device == "cuda"
 
     def decode(self, audios, options: TranscriptionOptions):
         assert self.transcriber is not None, "decode before the model was loaded"
