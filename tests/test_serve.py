@@ -378,10 +378,27 @@ def _until_queued(server: Server, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def test_a_short_clip_is_not_held_behind_a_long_upload(piece_server, clips):
-    """One request at a time (--max-batch 1): a short clip sent once a long file's pieces are decoding is
-    answered before the file (it runs between two decoder steps of a piece), and the file's transcript is
-    the one it gets alone."""
+@pytest.fixture(scope="module")
+def int8_piece_server(tiny_en_teacher, tmp_path_factory):
+    """piece_server's flags on tiny.en's ONNX int8 export (mkd export's default int8)."""
+    from mkdeploy.exporters.onnx import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny.en"
+    export_onnx(tiny_en_teacher, out, ExportOptions(quantize="int8", validate=False))
+    s = Server(
+        out / "int8", "--max-batch", "1", "--request-timeout", "120",
+        log=tmp_path_factory.mktemp("serve") / "pieces-int8.log",
+    )  # fmt: skip
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.mark.parametrize("which", ["piece_server", "int8_piece_server"])
+def test_a_short_clip_is_not_held_behind_a_long_upload(which, request, clips):
+    """One request at a time (--max-batch 1), PyTorch and ONNX int8: a short clip sent once a long file's
+    pieces are decoding is answered before the file (it runs between two decoder steps of a piece), and the
+    file's transcript is the one it gets alone."""
+    piece_server = request.getfixturevalue(which)
     long = wav_bytes(_long_audio(clips, 3))  # ~80 s
     alone = _post(piece_server.url, long, response_format="text").text
     finished: dict[str, float] = {}
