@@ -16,10 +16,14 @@ def export_cmd(
     fmt: str = typer.Option(
         "onnx",
         "--format",
-        help="onnx (ONNX Runtime, mkd's own runtime) or ct2 (CTranslate2: faster-whisper, speaches).",
+        help="onnx (ONNX Runtime, mkd's own runtime), ct2 (CTranslate2: faster-whisper, speaches) or ggml "
+        "(whisper.cpp).",
     ),
-    quantization: str = typer.Option(
-        "int8", "--quantization", help="With --format ct2: int8, int8_float16, float16 or float32."
+    quantization: str | None = typer.Option(
+        None,
+        "--quantization",
+        help="With --format ct2: int8 (default), int8_float16, float16 or float32; with --format ggml: q8_0 "
+        "(default) or f16.",
     ),
     quantize: str | None = typer.Option(None, "--quantize", help="int8: add a dynamically quantised CPU variant."),
     int8_scheme: str = typer.Option(
@@ -29,7 +33,9 @@ def export_cmd(
         "(blockwise-decoder-fp32-encoder), measure them on the calibration audio, ship the fastest within "
         "--max-wer-delta of fp32; auto-all: the same over every scheme, the dynamic ones too (per-channel, "
         "per-channel-reduce-range, per-channel-fp32-edges, per-tensor, blockwise-decoder-per-channel-encoder: "
-        "faster, but a clip's transcript changes with its batch); or one of those names.",
+        "faster, but a clip's transcript changes with its batch) and blockwise-decoder-static-encoder (static "
+        "int8 scales fixed on the calibration audio: batch-invariant and faster, but off that audio's kind "
+        "of speech far less accurate); or one of those names.",
     ),
     max_wer_delta: float = typer.Option(
         0.3, "--max-wer-delta", help="The int8 budget: WER points over fp32 on the calibration audio."
@@ -58,13 +64,16 @@ def export_cmd(
 
     quiet_libraries()
     if fmt == "ct2":
-        _export_ct2(model, output, quantization, sample_audio, validate, force)
+        _export_ct2(model, output, quantization or "int8", sample_audio, validate, force)
+        return
+    if fmt == "ggml":
+        _export_ggml(model, output, quantization or "q8_0", sample_audio, validate, force)
         return
     with cli_errors():
         if fmt != "onnx":
             from mkdeploy.errors import MkdError
 
-            raise MkdError(f"--format {fmt}: choose onnx or ct2")
+            raise MkdError(f"--format {fmt}: choose onnx, ct2 or ggml")
         samples = [load_audio(p) for p in sample_audio]
         calib = [(load_audio(u.audio), u.text) for u in load_manifest(calibration)] if calibration else None
         opts = ExportOptions(
@@ -127,3 +136,21 @@ def _export_ct2(model: Path, output: Path, quantization: str, sample_audio: list
             f"({m.word_errors} words differ), {quantization}"
         )
     out.print(f"wrote {output} ({m.seconds:.0f} s): faster_whisper.WhisperModel({str(output)!r}) loads it")
+
+
+def _export_ggml(model: Path, output: Path, quantization: str, sample_audio: list[Path], validate: bool, force: bool):
+    from mkdeploy.audio import load_audio  # imported on use, so `mkd --help` stays fast
+    from mkdeploy.exporters.ggml import export_ggml
+
+    with cli_errors():
+        samples = [load_audio(p) for p in sample_audio] or None
+        with console.status(f"writing {model} for whisper.cpp"):
+            m = export_ggml(model, output, quantization, force=force, samples=samples, validate=validate)
+    for w in m.warnings:
+        out.print(error_line(w, "warning:"))
+    if m.parity:
+        out.print(
+            f"parity: {m.identical}/{len(m.parity)} clips as PyTorch transcribes them "
+            f"({m.word_errors} words differ), {quantization}"
+        )
+    out.print(f"wrote {output / m.file} ({m.seconds:.0f} s): whisper-cli -m {output / m.file} -f AUDIO loads it")

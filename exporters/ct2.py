@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mkdeploy.alignment import choose_alignment_heads, model_alignment_heads
 from mkdeploy.audio import reference_clips
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.evaluate import error_rates
+from mkdeploy.exporters.heads import student_alignment_heads
 from mkdeploy.exporters.onnx import ExportError
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.ct2 import CT2Whisper
@@ -121,11 +121,7 @@ def export_ct2(
             "encodes Whisper's 30 s window, so it runs there at 30 s (as with --encoder-buckets 30), without "
             "the speed of its windows"
         )
-    heads = model_alignment_heads(model)
-    manifest.heads_source = "the model's generation config"
-    if heads is None:
-        heads = _measure_heads(tr, audios)
-        manifest.heads_source = "measured on the parity clips"
+    heads, manifest.heads_source = student_alignment_heads(tr, audios)
     manifest.alignment_heads = heads
 
     with atomic_output_dir(out, force=force) as tmp:
@@ -151,22 +147,6 @@ def export_ct2(
         manifest.seconds = round(time.perf_counter() - t0, 1)
         (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
     return manifest
-
-
-def _measure_heads(tr: WhisperTranscriber, audios: list[np.ndarray]) -> list[list[int]]:
-    """The student's own alignment heads on the clips (its generation config names heads it lacks)."""
-    import torch  # heavy; only export needs it
-
-    processor = tr.engine.processor
-    texts = tr.transcribe_arrays(audios, scoring_options("en"))
-    feats = processor.feature_extractor(list(audios), sampling_rate=16000, return_tensors="pt").input_features
-    with torch.inference_mode():
-        states = tr.model.get_encoder()(feats).last_hidden_state
-    prompt = tr.engine.prompt(scoring_options("en"))
-    eot = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    durations = [len(a) / 16000 for a in audios]
-    seqs = [t.tokens for t in texts]
-    return choose_alignment_heads(tr.model, processor.tokenizer, states, prompt, seqs, durations, eot)
 
 
 def _check_parity(

@@ -48,7 +48,10 @@ class Int8Scheme:
         accuracy_level: ``MatMulNBits``' compute type, for ``blockwise``: 0 fp32 (slow on CPU: 61 ms per
             distilled-student step against 1.9 for dynamic int8, benchmarks/results/int8_blockwise.md), 4 int8 (1.7 ms).
         encoder: for ``blockwise``: "fp32" (unquantised: the same arithmetic on every CPU's kernels,
-            benchmarks/results/int8_kernel_paths.md) or "per-channel" (dynamic int8, faster).
+            benchmarks/results/int8_kernel_paths.md), "per-channel" (dynamic int8, faster) or "static"
+            (static QDQ, S8S8 as ONNX Runtime's quantisation guide recommends on x86: per-channel int8
+            weights and int8 activations whose scales were fixed once on the calibration audio, so no batch
+            moves them; the weight MatMuls and convolutions only, softmax and layer norms stay fp32).
     """
 
     name: str
@@ -66,7 +69,12 @@ class Int8Scheme:
         activation tensor one scale computed over the whole batch, so one caller's audio moves another's
         scales (17 of 32 demo transcripts changed between batch 1 and 8, issue 46); the blockwise decoder
         quantises activations per block of one row, and an fp32 encoder quantises nothing."""
-        return self.blockwise and self.encoder == "fp32"
+        return self.blockwise and self.encoder in ("fp32", "static")
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Static scales are measured on audio: :func:`quantize_scheme` needs ``calibration``."""
+        return self.blockwise and self.encoder == "static"
 
 
 SCHEMES: dict[str, Int8Scheme] = {
@@ -78,12 +86,17 @@ SCHEMES: dict[str, Int8Scheme] = {
         Int8Scheme("per-tensor", per_channel=False),
         Int8Scheme("blockwise-decoder-fp32-encoder", blockwise=True),
         Int8Scheme("blockwise-decoder-per-channel-encoder", blockwise=True, encoder="per-channel"),
+        Int8Scheme("blockwise-decoder-static-encoder", blockwise=True, encoder="static"),
     )
 }
 
 #: what ``--int8-scheme auto`` measures: the schemes whose answer does not depend on the batch (a server
-#: batches different callers' audio together); ``auto-all`` measures every scheme
-AUTO_SCHEMES: tuple[str, ...] = tuple(name for name, s in SCHEMES.items() if s.batch_invariant)
+#: batches different callers' audio together), less static scales, which did not carry past their calibration
+#: audio (+9.12 WER points on the demo's unseen speech, benchmarks/results/int8_batch_invariance.md);
+#: ``auto-all`` measures every scheme
+AUTO_SCHEMES: tuple[str, ...] = tuple(
+    name for name, s in SCHEMES.items() if s.batch_invariant and not s.needs_calibration
+)
 
 
 def get_scheme(name: str) -> Int8Scheme:
@@ -146,17 +159,34 @@ def _edge_nodes(path: Path) -> list[str]:
     return [n for n in names if n in keep]
 
 
-def quantize_scheme(src: Path, dst: Path, scheme: Int8Scheme) -> None:
-    """Dynamic int8 quantisation of every graph of ``src`` into ``dst``, the merged decoder's If-branches
-    included (without ``EnableSubgraph`` its two branches, where all its MatMuls live, stay fp32)."""
+def quantize_scheme(src: Path, dst: Path, scheme: Int8Scheme, calibration: Sequence[np.ndarray] | None = None) -> None:
+    """Quantise every graph of ``src`` into ``dst`` as ``scheme`` says. Dynamic int8 covers the merged
+    decoder's If-branches too (without ``EnableSubgraph`` its two branches, where all its MatMuls live,
+    stay fp32).
+
+    Args:
+        src: the fp32 export.
+        dst: where the quantised graphs go (side files are the caller's).
+        scheme: how.
+        calibration: 16 kHz clips whose encoder activations fix a static scheme's scales.
+
+    Raises:
+        MkdError: a static scheme without calibration audio.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic  # heavy; only export needs it
 
+    if scheme.needs_calibration and not calibration:
+        raise MkdError(f"--int8-scheme {scheme.name} fixes its scales on audio: pass --calibration DIR")
     dst.mkdir(parents=True, exist_ok=True)
     files: tuple[str, ...] = ONNX_FILES
     if scheme.blockwise:
         _quantize_blockwise(src / ONNX_FILES[1], dst / ONNX_FILES[1], scheme)
         if scheme.encoder == "fp32":
             shutil.copy(src / ONNX_FILES[0], dst / ONNX_FILES[0])
+            return
+        if scheme.encoder == "static":
+            assert calibration is not None
+            _quantize_static_encoder(src, dst / ONNX_FILES[0], calibration)
             return
         files = ONNX_FILES[:1]
     root = logging.getLogger()
@@ -175,6 +205,62 @@ def quantize_scheme(src: Path, dst: Path, scheme: Int8Scheme) -> None:
                 nodes_to_exclude=_edge_nodes(src / name) if scheme.fp32_edges else None,
                 extra_options={"EnableSubgraph": True},
             )
+    finally:
+        root.setLevel(level)
+
+
+def encoder_calibration_features(model_dir: Path, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each clip's log-mel features ``[1, mels, frames]`` as the transcriber feeds the encoder: in the
+    smallest encoder window of ``model_dir`` that holds the clip (a windowed student's buckets), so the
+    calibrated scales see the shapes and padding served audio has."""
+    from mkdeploy.batching import model_inputs
+    from mkdeploy.constants import SAMPLE_RATE
+
+    tr = WhisperTranscriber.from_pretrained(model_dir, backend="onnx", device="cpu")
+    windows = tr.windows()
+    return [model_inputs(tr.engine, [a], windows.bucket_for(len(a) / SAMPLE_RATE)).features.numpy() for a in audios]
+
+
+def _quantize_static_encoder(src: Path, dst: Path, calibration: Sequence[np.ndarray]) -> None:
+    """The encoder of ``encoder="static"``: static QDQ, S8S8, per-channel weights; activation ranges by
+    MinMax over the calibration clips' features; only the MatMuls and convolutions that read a weight."""
+    import onnx
+    from onnxruntime.quantization import (  # heavy; only export needs it
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    features = encoder_calibration_features(src, calibration)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter([{"input_features": f} for f in features])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    model = onnx.load(str(src / ONNX_FILES[0]))
+    weights = {i.name for i in model.graph.initializer}
+    nodes = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Conv") and n.input[1] in weights]
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # the pre-processing advice again (see quantize_scheme)
+    try:
+        quantize_static(
+            src / ONNX_FILES[0],
+            dst,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=nodes,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
     finally:
         root.setLevel(level)
 
@@ -316,7 +402,7 @@ def choose_int8(
     scores, dirs = [], {}
     for scheme in chosen_schemes:
         name, d = scheme.name, work / scheme.name
-        quantize_scheme(fp32_dir, d, scheme)
+        quantize_scheme(fp32_dir, d, scheme, audios)
         copy_side_files(fp32_dir, d)
         texts, ms = _timed_transcripts(d, audios, device)
         wer = error_rates(refs, texts).wer

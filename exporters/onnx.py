@@ -394,7 +394,9 @@ def _make_variants(raw: Path, tmp: Path, options: ExportOptions, calibration, sa
             shutil.rmtree(tmp / ".int8")
             int8_info = {"scheme": name, "why": why, "calibration": what, "schemes": scores_json(scores)}
         else:
-            quantize_scheme(tmp, tmp / "int8", get_scheme(name))
+            given = get_scheme(name)
+            clips = _calibration(calibration, samples)[0] if given.needs_calibration else None
+            quantize_scheme(tmp, tmp / "int8", given, clips)
             _copy_side_files(tmp, tmp / "int8")
             int8_info = {"scheme": name, "why": "given (--int8-scheme)"}
         chosen_scheme = get_scheme(name)

@@ -27,9 +27,10 @@ from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.evaluate import error_rates
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.dirs import is_ct2_dir, is_onnx_dir
+from mkdeploy.models.ggml import is_ggml_dir
 from mkdeploy.models.window import parse_buckets
 from mkdeploy.ort import OrtOptions
-from mkdeploy.runners import CT2Runner, Runner, WhisperRunner, dir_size_mb
+from mkdeploy.runners import CT2Runner, GgmlRunner, Runner, WhisperRunner, dir_size_mb
 from mkdeploy.version import version_info
 
 
@@ -177,6 +178,12 @@ def load_runner(
 ) -> Runner:
     if not spec.path.exists():
         raise ModelError(f"--model {spec.name}={spec.path}: no such directory")
+    if is_ggml_dir(spec.path):
+        if spec.compute_type or spec.ort:
+            raise MkdError(
+                f"--model {spec.name}: a whisper.cpp model; its precision is the file's (mkd export --quantization)"
+            )
+        return GgmlRunner(spec.path, language, max_new_tokens, spec.buckets, threads)
     if is_ct2_dir(spec.path):
         if spec.buckets and spec.buckets != (30,):
             raise MkdError(f"--model {spec.name}: encoder buckets need a PyTorch or ONNX model, not CTranslate2")
@@ -204,7 +211,7 @@ def _rss_mb() -> float:
 
 #: the engines' libraries a fresh process imports before the model is loaded, so the RSS a model adds does
 #: not include them (nor depend on which model happened to import them first)
-ENGINE_LIBRARIES = ("torch", "transformers", "onnxruntime", "ctranslate2")
+ENGINE_LIBRARIES = ("torch", "transformers", "onnxruntime", "ctranslate2", "pywhispercpp.model")
 
 
 def _rss_child(conn, spec: ModelSpec, load_args: tuple, first: np.ndarray, warmup: int) -> None:
@@ -283,6 +290,7 @@ def environment(device: str, threads: int = 0) -> dict:
         "onnxruntime-gpu",
         "onnxruntime",
         "ctranslate2",
+        "pywhispercpp",
         "peft",
         "numpy",
     ):

@@ -1,9 +1,11 @@
 """The models `mkd bench` times, behind one small interface (``transcribe``/``transcribe_batch``): PyTorch
 directories and ONNX exports (any variant folder) through :class:`mkdeploy.runtime.WhisperTranscriber`,
-CTranslate2 directories (faster-whisper's format) through CTranslate2 itself, so all sit on one table."""
+CTranslate2 directories (faster-whisper's format) through CTranslate2 itself and whisper.cpp exports through
+whisper.cpp (pywhispercpp), so all sit on one table."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mkdeploy.models.ct2 import CT2Whisper, read_ct2_model_bin
+from mkdeploy.models.ggml import GgmlWhisper, ggml_param_count
 from mkdeploy.options import scoring_options
 from mkdeploy.ort import OrtOptions
 from mkdeploy.runtime import WhisperTranscriber
@@ -97,6 +100,34 @@ class CT2Runner(Runner):
     def params(self) -> int:
         m = read_ct2_model_bin(self.path / "model.bin")
         return int(sum(np.asarray(v).size for k, v in m.variables.items() if np.asarray(v).ndim >= 1))
+
+
+class GgmlRunner(Runner):
+    """A whisper.cpp export (``mkd export --format ggml``) through whisper.cpp itself
+    (:class:`mkdeploy.models.ggml.GgmlWhisper`): greedy, a windowed student's clips in their bucket."""
+
+    backend = "whisper.cpp"
+
+    def __init__(
+        self,
+        path: Path,
+        language: str,
+        max_new_tokens: int | None = None,
+        buckets: tuple[int, ...] | None = None,
+        threads: int = 0,
+    ):
+        self.path = path
+        self.whisper = GgmlWhisper(path, language, threads or 2, max_new_tokens, buckets)
+        self.windows = ",".join(str(b) for b in self.whisper.windows.buckets)
+        manifest = path / "mkdeploy_export.json"
+        self.variant = json.loads(manifest.read_text()).get("quantization", "") if manifest.exists() else ""
+        self.provider = f"pywhispercpp {self.whisper.version}".strip()
+
+    def transcribe_batch(self, audios):
+        return self.whisper.transcribe_batch(audios)
+
+    def params(self) -> int:
+        return ggml_param_count(self.whisper.file)
 
 
 def _onnx_variant(path: Path) -> str:

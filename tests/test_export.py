@@ -409,6 +409,39 @@ def test_blockwise_decoder_schemes(tiny_export, samples, tmp_path):
     assert out[0].tokens
 
 
+def test_static_encoder_scheme_fixes_its_scales_on_calibration_audio(tiny_export, samples, tmp_path):
+    """blockwise-decoder-static-encoder: the encoder's weight MatMuls and convolutions become static QDQ
+    (QuantizeLinear with constant scales, no DynamicQuantizeLinear), so a clip's encoder states are the same
+    alone as in a batch with other clips, unlike per-channel dynamic int8's; without calibration audio it
+    fails with a message naming --calibration."""
+    import onnxruntime as ort
+
+    from mkdeploy.exporters.int8 import SCHEMES, encoder_calibration_features, quantize_scheme
+
+    scheme = SCHEMES["blockwise-decoder-static-encoder"]
+    assert scheme.batch_invariant and scheme.needs_calibration
+    with pytest.raises(MkdError, match="--calibration"):
+        quantize_scheme(tiny_export, tmp_path / "none", scheme)
+    quantize_scheme(tiny_export, tmp_path / "st", scheme, samples)
+    enc = onnx.load(str(tmp_path / "st" / "encoder_model.onnx"))
+    assert _count_ops(enc.graph, "QuantizeLinear") > 0 and _count_ops(enc.graph, "DynamicQuantizeLinear") == 0
+    scales = {n.input[1] for n in enc.graph.node if n.op_type == "QuantizeLinear"}
+    assert scales <= {i.name for i in enc.graph.initializer}  # fixed at export, not computed per batch
+
+    rng = np.random.default_rng(1)
+    others = [rng.standard_normal(16000).astype(np.float32) * s for s in (0.02, 0.5)]  # much quieter, louder
+    clip, loud, quiet = (np.concatenate(encoder_calibration_features(tiny_export, [a])) for a in [samples[0], *others])
+
+    def states(model_dir, features):
+        sess = ort.InferenceSession(str(model_dir / "encoder_model.onnx"), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"input_features": features})[0]
+
+    for d, invariant in ((tmp_path / "st", True), (tiny_export / "int8", False)):
+        alone = states(d, clip)[0]
+        batched = states(d, np.concatenate([clip, loud, quiet]))[0]
+        assert np.allclose(alone, batched, atol=1e-5) == invariant, d
+
+
 def test_int8_embedding_columns_by_hand():
     """The column Gather of a [d_model, vocab] table becomes int8 columns times one scale per token:
     scale_v = max_d |T[d, v]| / 127, q = round(T / scale_v); checked against those values computed here."""
