@@ -96,7 +96,9 @@ class DecodeFlags:
 
 @config_command
 def transcribe(
-    model: Path = typer.Argument(..., help="HF Whisper directory or ONNX export directory."),
+    model: Path = typer.Argument(
+        ..., help="HF Whisper directory, ONNX export, or a CTranslate2 / whisper.cpp export (run by its engine)."
+    ),
     audio: list[Path] = typer.Argument(..., help="Audio files or folders of audio files."),
     output_dir: Path = typer.Option(Path("transcripts"), "--output-dir", "-o", help="Where transcripts go."),
     fmt: list[str] = typer.Option(["txt"], "--format", "-f", help="txt, json, srt or vtt (repeatable)."),
@@ -114,6 +116,7 @@ def transcribe(
     shards in --output-dir (a re-run skips finished shards)."""
     # imported on use, so `mkd --help` stays fast
     from mkdeploy.audio import expand_audio_paths
+    from mkdeploy.exported import ExportedTranscriber, is_exported_dir
     from mkdeploy.runtime import WhisperTranscriber
     from mkdeploy.writers import WRITERS, get_writer
 
@@ -130,12 +133,20 @@ def transcribe(
         if not paths:
             raise MkdError(f"no audio files found in {', '.join(map(str, audio))}")
         writers = [get_writer(f, output_dir, word_level=flags.word_timestamps) for f in fmt]
-        kw = {"variant": flags.variant} if flags.variant else {}
-        tr = WhisperTranscriber.from_pretrained(model, flags.backend, flags.device, flags.threads, flags.dtype, **kw)
+        opts = _options(flags)
+        tr: WhisperTranscriber | ExportedTranscriber
+        if is_exported_dir(model):  # faster-whisper's or whisper.cpp's format: run by that engine
+            if flags.backend != "auto" or flags.variant or flags.dtype != "auto":
+                raise MkdError(f"{model}: an export for another server; its engine and precision are the export's")
+            tr = ExportedTranscriber(model, opts.language, flags.device, flags.threads)
+        else:
+            kw = {"variant": flags.variant} if flags.variant else {}
+            tr = WhisperTranscriber.from_pretrained(
+                model, flags.backend, flags.device, flags.threads, flags.dtype, **kw
+            )
+            _print_windows(tr, opts)
         console.print(f"model {model} on {tr.backend}/{tr.device}" + (f" ({tr.provider})" if tr.provider else ""))
         _check_targets(paths, writers, force)
-        opts = _options(flags)
-        _print_windows(tr, opts)
         with progress(disable=len(paths) < 2) as bar:
             job = bar.add_task("transcribing", total=len(paths))
             results, failures = tr.transcribe_files(paths, opts, on_progress=lambda n: bar.advance(job, n))

@@ -127,7 +127,7 @@ def export_ct2(
     with atomic_output_dir(out, force=force) as tmp:
         staged = tmp / ".source"
         # links to the source's files (no copy of the weights), the generation config rewritten with the heads
-        shutil.copytree(model_dir, staged, copy_function=os.symlink)
+        shutil.copytree(model_dir.resolve(), staged, copy_function=os.symlink)  # links resolve from anywhere
         gen = json.loads((staged / "generation_config.json").read_text())
         gen["alignment_heads"] = heads
         (staged / "generation_config.json").unlink()

@@ -82,6 +82,7 @@ class GgmlWhisper:
         )
         if max_new_tokens:
             params["max_tokens"] = max_new_tokens
+        self._params, self._beam_models = params, {}
         try:
             self.model = Model(str(self.file), redirect_whispercpp_logs_to=None, **params)
         except Exception as exc:  # pywhispercpp raises RuntimeError / its own when whisper.cpp refuses the file
@@ -101,12 +102,51 @@ class GgmlWhisper:
             raise MkdError("whisper.cpp models need pywhispercpp: pip install 'mkdeploy[ggml]'") from None
 
     def transcribe(self, audio: np.ndarray) -> tuple[str, int]:
-        """(text, generated tokens) of one 16 kHz clip of at most 30 s."""
+        """(text, generated tokens) of one 16 kHz clip of at most 30 s, decoded as the engines are scored."""
         window = self.windows.bucket_for(len(audio) / SAMPLE_RATE)
         ctx = audio_ctx(window) if window < 30 else 0
-        segments = self.model.transcribe(np.ascontiguousarray(audio, dtype=np.float32), audio_ctx=ctx)
+        segments = self.model.transcribe(np.ascontiguousarray(audio, dtype=np.float32), audio_ctx=ctx, **self._SCORING)
         text = "".join(s.text for s in segments).strip()
         return text, _generated_tokens(self.model) + 1  # + end of text
+
+    #: scoring's per-call parameters (pywhispercpp keeps a call's parameters for the next one)
+    _SCORING: dict[str, Any] = dict(no_timestamps=True, single_segment=True, initial_prompt="")
+
+    def segments(
+        self, audio: np.ndarray, timestamps: bool = True, beam_size: int = 1, prompt: str | None = None
+    ) -> list[tuple[float, float, str]]:
+        """``(start, end, text)`` of a 16 kHz recording of any length, by whisper.cpp's own long-form loop (times
+        as whisper.cpp gives them, unclipped).
+
+        Args:
+            audio: the samples.
+            timestamps: whisper.cpp's segments with times (False: one untimed stretch per window).
+            beam_size: 1 greedy, more: whisper.cpp's beam search.
+            prompt: text given as previous context (whisper.cpp's ``initial_prompt``).
+        """
+        seconds = len(audio) / SAMPLE_RATE
+        window = self.windows.bucket_for(seconds) if seconds <= 30 else 30
+        out = self._model(beam_size).transcribe(
+            np.ascontiguousarray(audio, dtype=np.float32),
+            audio_ctx=audio_ctx(window) if window < 30 else 0,
+            no_timestamps=not timestamps,
+            single_segment=False,
+            initial_prompt=prompt or "",
+        )
+        return [(s.t0 / 100, s.t1 / 100, s.text.strip()) for s in out]  # whisper.cpp counts 10 ms units
+
+    def _model(self, beam_size: int):
+        """The greedy model, or one made for beam search (whisper.cpp fixes the strategy when it loads)."""
+        if beam_size <= 1:
+            return self.model
+        if beam_size not in self._beam_models:
+            from pywhispercpp.model import Model
+
+            params = dict(self._params, beam_search={"beam_size": beam_size, "patience": -1.0})
+            self._beam_models[beam_size] = Model(
+                str(self.file), params_sampling_strategy=1, redirect_whispercpp_logs_to=None, **params
+            )
+        return self._beam_models[beam_size]
 
     def transcribe_batch(self, audios) -> list[tuple[str, int]]:
         """One clip at a time: whisper.cpp's ``whisper_full`` decodes one audio per call."""

@@ -39,6 +39,14 @@ def test_export_holds_what_faster_whisper_loads_offline(tiny_model_dir, tmp_path
     assert len(texts) == 2 and all(n > 1 for _, n in texts)
 
 
+def test_export_of_a_relative_model_path(tiny_model_dir, tmp_path, monkeypatch):
+    """The source is staged as links: given as a relative path (`mkd export models/x out`), they must
+    still point at its files."""
+    monkeypatch.chdir(tiny_model_dir.parent)
+    m = export_ct2(tiny_model_dir.name, tmp_path / "rel", "float32", validate=False)
+    assert (tmp_path / "rel" / "model.bin").stat().st_size > 0 and m.alignment_heads
+
+
 def test_ct2_export_errors_and_warnings(tiny_model_dir, tmp_path):
     from mkdeploy.models.student import init_windowed_student
 
