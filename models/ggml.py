@@ -82,7 +82,8 @@ class GgmlWhisper:
         )
         if max_new_tokens:
             params["max_tokens"] = max_new_tokens
-        self._params, self._beam_models = params, {}
+        self._params = params
+        self._beam_models: dict[int, Any] = {}
         try:
             self.model = Model(str(self.file), redirect_whispercpp_logs_to=None, **params)
         except Exception as exc:  # pywhispercpp raises RuntimeError / its own when whisper.cpp refuses the file
