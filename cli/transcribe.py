@@ -22,6 +22,7 @@ from mkdeploy.cli.common import (
 from mkdeploy.constants import DTYPE_HELP, THREADS_HELP
 from mkdeploy.distributed.config import RayConfig
 from mkdeploy.errors import MkdError
+from mkdeploy.options import TranscriptionOptions
 
 #: why a transcript is empty, as printed after it
 GATE_NOTES = {
@@ -69,7 +70,8 @@ class DecodeFlags:
         default=False, metadata={"help": "Silero VAD first: audio without speech gives '' (needs the [serve] extra)."}
     )
     no_speech_threshold: float = field(
-        default=0.6, metadata={"help": "Whisper's no-speech gate (with avg logprob < -1); 1 turns it off."}
+        default=TranscriptionOptions.no_speech_threshold or 1.0,
+        metadata={"help": "Whisper's no-speech gate (with avg logprob < -1); 1 turns it off."},
     )
     word_timestamps: bool = field(
         default=False,
@@ -203,7 +205,6 @@ def _check_flags(flags: DecodeFlags) -> None:
 def _options(flags: DecodeFlags):
     # imported on use, so `mkd --help` stays fast
     from mkdeploy.models.window import parse_buckets
-    from mkdeploy.runtime import TranscriptionOptions
 
     return TranscriptionOptions(
         language=None if flags.language.lower() == "auto" else flags.language,

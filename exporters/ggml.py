@@ -39,7 +39,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mkdeploy.audio import reference_clips
-from mkdeploy.constants import SAMPLE_RATE
+from mkdeploy.constants import CHUNK_S, SAMPLE_RATE
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.evaluate import error_rates
 from mkdeploy.exporters.heads import student_alignment_heads
@@ -308,7 +308,7 @@ def _vocab_bytes(processor) -> list[bytes]:
 def _check_parity(manifest: GgmlManifest, tr: WhisperTranscriber, model_dir: Path, export: Path, audios) -> None:
     """whisper.cpp's greedy texts of the clips against PyTorch's, each in the same encoder window."""
     ref = [t.text for t in tr.transcribe_arrays(audios, scoring_options("en", batch_size=len(audios)))]
-    buckets = tuple(int(b) for b in manifest.audio_ctx) or (30,)
+    buckets = tuple(int(b) for b in manifest.audio_ctx) or (CHUNK_S,)
     whisper = GgmlWhisper(export, language="en", threads=2, buckets=buckets)
     got = [text for text, _ in whisper.transcribe_batch(audios)]
     scored = error_rates(ref, got)

@@ -31,6 +31,7 @@ from mkdeploy.models.ggml import is_ggml_dir
 from mkdeploy.models.window import parse_buckets
 from mkdeploy.ort import OrtOptions
 from mkdeploy.runners import CT2Runner, GgmlRunner, Runner, WhisperRunner, dir_size_mb
+from mkdeploy.stats import pct
 from mkdeploy.version import version_info
 
 
@@ -514,8 +515,6 @@ def _model_result(spec: ModelSpec, r: Runner, t: _Timings, audio_seconds: float,
 
 
 # -- writing ----------------------------------------------------------------------------------------
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}"
 
 
 def markdown_table(report: BenchReport) -> str:
@@ -539,8 +538,8 @@ def markdown_table(report: BenchReport) -> str:
         lines.append(
             f"| {m.name} | {m.backend} | {m.variant} | {m.windows} | {dev} | {m.params / 1e6:.1f} | {m.size_mb:.0f} "
             f"| {1000 * m.latency_p50:.0f} | {1000 * m.latency_p90:.0f} | {1000 * m.latency_p99:.0f} | {m.rtf:.3f} "
-            f"| {m.audio_s_per_s:.1f} | {m.tokens_per_s:.0f} | {m.rss_mb:.0f} | {_pct(m.wer)} | {_pct(m.cer)} "
-            f"| {_pct(m.wer_vs_reference)} | {m.speedup:.2f}x |"
+            f"| {m.audio_s_per_s:.1f} | {m.tokens_per_s:.0f} | {m.rss_mb:.0f} | {pct(m.wer, '')} | {pct(m.cer, '')} "
+            f"| {pct(m.wer_vs_reference, '')} | {m.speedup:.2f}x |"
         )
     lines += [
         "",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mkdeploy.audio import load_audio_with_info
-from mkdeploy.constants import SAMPLE_RATE
+from mkdeploy.constants import CHUNK_S, SAMPLE_RATE, TIME_PRECISION_S
 from mkdeploy.errors import AudioError, MkdError
 from mkdeploy.models.ct2 import CT2Whisper
 from mkdeploy.models.dirs import is_ct2_dir
@@ -26,10 +26,6 @@ from mkdeploy.models.ggml import GgmlWhisper, is_ggml_dir
 from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Segment, Transcription
 from mkdeploy.runtime import FileFailure
-
-#: Whisper's window and the spacing of its timestamp tokens
-WINDOW_S = 30
-TIMESTAMP_STEP_S = 0.02
 
 
 def is_exported_dir(path: str | Path) -> bool:
@@ -119,11 +115,11 @@ class ExportedTranscriber:
         segments: list[Segment] = []
         seek = 0  # openai/whisper's: the sample the next window starts at
         while seek < len(audio):
-            window = audio[seek : seek + WINDOW_S * SAMPLE_RATE]
+            window = audio[seek : seek + CHUNK_S * SAMPLE_RATE]
             t0 = seek / SAMPLE_RATE
             spans, consumed = ct2_window_segments(self.ct2, window, options)
             segments += [Segment(round(t0 + s, 2), round(t0 + e, 2), text) for s, e, text in spans]
-            whole = consumed <= 0 or consumed >= len(window) / SAMPLE_RATE - TIMESTAMP_STEP_S
+            whole = consumed <= 0 or consumed >= len(window) / SAMPLE_RATE - TIME_PRECISION_S
             seek += len(window) if whole else round(consumed * SAMPLE_RATE)
         return segments
 
@@ -162,7 +158,7 @@ def ct2_window_segments(
     is_ts = [i >= ts0 for i in ids]
 
     def seconds(i: int) -> float:
-        return round((ids[i] - ts0) * TIMESTAMP_STEP_S, 2)
+        return round((ids[i] - ts0) * TIME_PRECISION_S, 2)
 
     def span(a: int, b: int) -> tuple[float, float, str]:
         """ids[a:b] as a segment: its first and last timestamps (the window's bounds when missing)."""

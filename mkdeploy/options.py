@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: openai/whisper's temperature fallback: each retry 0.2 hotter, up to 1.0
+TEMPERATURE_STEP = 0.2
+
+
+def temperature_ladder(start: float = 0.0) -> tuple[float, ...]:
+    """openai/whisper's fallback ladder from ``start``: ``(0.0, 0.2, ..., 1.0)`` for 0, ``(0.6, 0.8, 1.0)``
+    for 0.6 (the API's ``temperature`` is where a request's ladder starts)."""
+    steps = int(round((1.0 - start) / TEMPERATURE_STEP))
+    return tuple(round(start + TEMPERATURE_STEP * i, 2) for i in range(max(steps, 0) + 1))
+
 
 @dataclass
 class TranscriptionOptions:
@@ -63,7 +73,7 @@ class TranscriptionOptions:
     max_new_tokens: int | None = None
     max_tokens_per_second: float = 8.0
     compression_ratio_threshold: float | None = 1.35
-    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    temperatures: tuple[float, ...] = temperature_ladder()
     encoder_buckets: tuple[int, ...] | None = None
     fast_greedy: bool = True
     no_speech_threshold: float | None = 0.6

@@ -82,3 +82,9 @@ def gap_closed(teacher: float, untrained: float, distilled: float) -> float | No
     teacher); None when the untrained student is no worse than the teacher (no gap to close)."""
     gap = untrained - teacher
     return None if gap <= 0 else (untrained - distilled) / gap
+
+
+def pct(x: float | None, unit: str = "%") -> str:
+    """A rate as percent with two decimals (``0.0912`` -> ``"9.12%"``; ``unit=""`` under a "%" column
+    header); "n/a" for a missing one."""
+    return "n/a" if x is None else f"{100 * x:.2f}{unit}"

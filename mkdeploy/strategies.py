@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -50,10 +49,6 @@ class Decoded:
     segments: list
     states: torch.Tensor | None = None
     known: list[SpeechScore | None] = field(default_factory=list)
-
-
-class DecodingStrategy(Protocol):
-    def decode(self, engine: Engine, inputs: ModelInputs, options: TranscriptionOptions, kw: dict) -> Decoded: ...
 
 
 class GenerateSegments:

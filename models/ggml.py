@@ -10,14 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from mkdeploy.constants import SAMPLE_RATE
+from mkdeploy.constants import CHUNK_S, MEL_FRAMES_PER_S, SAMPLE_RATE
 from mkdeploy.errors import MkdError
 from mkdeploy.models.window import WindowConfig
 
 #: the model file inside a ggml export directory
 GGML_FILE = "ggml-model.bin"
-#: whisper.cpp's encoder positions per second of audio (1500 for 30 s)
-AUDIO_CTX_PER_S = 50
+#: whisper.cpp's encoder positions per second of audio (1500 for 30 s): the mel frames, halved by conv2's stride
+AUDIO_CTX_PER_S = MEL_FRAMES_PER_S // 2
 #: bytes of a tensor of n elements, by ggml_type: F32, F16, Q8_0 (34 bytes per block of 32: fp16 scale + 32 int8)
 _TENSOR_BYTES = {0: lambda n: 4 * n, 1: lambda n: 2 * n, 8: lambda n: 34 * (n // 32)}
 
@@ -66,7 +66,7 @@ class GgmlWhisper:
         manifest = self.file.parent / "mkdeploy_export.json"
         if buckets is None:
             listed = json.loads(manifest.read_text()).get("audio_ctx", {}) if manifest.exists() else {}
-            buckets = tuple(int(b) for b in listed) or (30,)
+            buckets = tuple(int(b) for b in listed) or (CHUNK_S,)
         self.windows = WindowConfig(buckets)
         params: dict[str, Any] = dict(
             language=language,
@@ -105,7 +105,7 @@ class GgmlWhisper:
     def transcribe(self, audio: np.ndarray) -> tuple[str, int]:
         """(text, generated tokens) of one 16 kHz clip of at most 30 s, decoded as the engines are scored."""
         window = self.windows.bucket_for(len(audio) / SAMPLE_RATE)
-        ctx = audio_ctx(window) if window < 30 else 0
+        ctx = audio_ctx(window) if window < CHUNK_S else 0
         segments = self.model.transcribe(np.ascontiguousarray(audio, dtype=np.float32), audio_ctx=ctx, **self._SCORING)
         text = "".join(s.text for s in segments).strip()
         return text, _generated_tokens(self.model) + 1  # + end of text
@@ -126,10 +126,10 @@ class GgmlWhisper:
             prompt: text given as previous context (whisper.cpp's ``initial_prompt``).
         """
         seconds = len(audio) / SAMPLE_RATE
-        window = self.windows.bucket_for(seconds) if seconds <= 30 else 30
+        window = self.windows.bucket_for(seconds) if seconds <= CHUNK_S else CHUNK_S
         out = self._model(beam_size).transcribe(
             np.ascontiguousarray(audio, dtype=np.float32),
-            audio_ctx=audio_ctx(window) if window < 30 else 0,
+            audio_ctx=audio_ctx(window) if window < CHUNK_S else 0,
             no_timestamps=not timestamps,
             single_segment=False,
             initial_prompt=prompt or "",

@@ -46,13 +46,14 @@ from mkdeploy.fsutil import atomic_write_text
 from mkdeploy.models.dirs import is_ct2_dir
 from mkdeploy.models.student import init_pruned_student, init_windowed_student
 from mkdeploy.models.window import BUCKETS_ATTR
-from mkdeploy.options import scoring_options
+from mkdeploy.options import TranscriptionOptions, scoring_options
 from mkdeploy.runners import CT2Runner
 from mkdeploy.runtime import WhisperTranscriber
+from mkdeploy.stats import pct
 from mkdeploy.version import version_info, version_string
 
 #: the reference-free pseudo-label filter: Whisper's log-probability fallback threshold (openai/whisper)
-MIN_AVG_LOGPROB = -1.0
+MIN_AVG_LOGPROB = TranscriptionOptions.logprob_threshold
 #: the demo's int8: `mkd export`'s default kind, batch-invariant (a clip's transcript does not depend on the
 #: clips batched with it: 0 of 32 in-domain clips change between batch 1 and 8, against 15 of 32 for dynamic
 #: per-channel int8, at the same batch-1 latency; benchmarks/results/int8_batch_invariance.md), named rather
@@ -489,7 +490,7 @@ def _report_lines(opts, corpus, info, summary, head: Headline, bench_md: str, ti
         "## What was merged",
         "",
         f"- {sel.get('checkpoint') or 'the untrained student'} at alpha {sel.get('alpha', 0):.2f}: {sel.get('reason', 'n/a')}",
-        f"- dev WER during training: {_pct(summary.get('wer_before'))} at step 0 → {_pct(summary.get('wer_after'))} "
+        f"- dev WER during training: {pct(summary.get('wer_before'))} at step 0 → {pct(summary.get('wer_after'))} "
         "at the last step (full table in run/eval.jsonl)",
         "",
         "## The frontier: WER against latency (pareto.png)",
@@ -513,7 +514,3 @@ def _report_lines(opts, corpus, info, summary, head: Headline, bench_md: str, ti
         f"- total: {60 * head.minutes:.0f}",
         "",
     ]
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"

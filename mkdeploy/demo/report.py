@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mkdeploy.stats import gap_closed, paired_bootstrap
+from mkdeploy.stats import gap_closed, paired_bootstrap, pct
 
 #: the test sets by their headline names
 SETS = {"test_in_domain": "in_domain", "test_unseen_text": "unseen_text", "test_unseen_speech": "unseen_speech"}
@@ -104,10 +104,6 @@ class Headline:
         return asdict(self)
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
 def _pts(ci: list[float]) -> str:
     return f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
 
@@ -129,12 +125,12 @@ def wer_table(head: Headline) -> list[str]:
     pruned = any(f.source_fp32 is not None for f in sets.values())
     for e, engine in (("fp32", "PyTorch fp32"), ("int8", "ONNX int8")):
         for m in MODELS:
-            cells = [_pct(getattr(f, f"{m}_{e}")) for f in sets.values()]
+            cells = [pct(getattr(f, f"{m}_{e}")) for f in sets.values()]
             if m == "distilled":
                 cells = [f"**{c}**" for c in cells]
             lines.append(f"| {names[m]} | {engine} | " + " | ".join(cells) + " |")
         if e == "fp32" and pruned:
-            cells = [_pct(f.source_fp32) for f in sets.values()]
+            cells = [pct(f.source_fp32) for f in sets.values()]
             lines.append(
                 "| tiny.en whole, 30 s window (what the student was made from, untrained) | PyTorch fp32 | "
                 + " | ".join(cells)
@@ -289,8 +285,8 @@ def pareto_table(pareto: list[dict]) -> list[str]:
         tput = "n/a" if p["clips_per_s"] is None else f"{p['clips_per_s']:.2f}"
         lines.append(
             f"| {name} | {p['engine']} {p['variant']} | {p['windows']} | {p['p50_ms']:.0f} | "
-            f"{tput} | {_pct(w['in_domain'])} | "
-            f"{_pct(w['unseen_text'])} | {_pct(w['unseen_speech'])} | {'yes' if p['on_frontier'] else ''} |"
+            f"{tput} | {pct(w['in_domain'])} | "
+            f"{pct(w['unseen_text'])} | {pct(w['unseen_speech'])} | {'yes' if p['on_frontier'] else ''} |"
         )
     return lines
 

@@ -163,10 +163,6 @@ class RecipeConfig:
     def uses_heads(self) -> bool:
         return self.recipe in ("fitnet", "manifold")
 
-    @property
-    def uses_kd(self) -> bool:
-        return self.recipe != "ce"
-
     def w_nce(self, step: int) -> float:
         """InfoNCE weight at ``step``: linear decay from w_nce_start to w_nce_end."""
         if self.recipe != "manifold":

@@ -96,10 +96,3 @@ class FitNetLoss(nn.Module):
         ra = a.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-6)
         rb = b.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-6)
         return (a / ra - b / rb).pow(2).mean()
-
-
-class CosineLoss(nn.Module):
-    """Cosine-only alignment: L_cos = mean_n (1 − cos(a_n, b_n)). An ablation alternative."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (1 - F.cosine_similarity(a.float(), b.float(), dim=-1)).mean()

@@ -17,8 +17,8 @@ from mkdeploy.batching import WINDOW_SAMPLES
 from mkdeploy.errors import AudioError, AudioTooLong, MkdError
 from mkdeploy.language import check_language, language_name
 from mkdeploy.longform import Piece, cut_at_pauses, join
+from mkdeploy.options import TranscriptionOptions, temperature_ladder
 from mkdeploy.results import Transcription
-from mkdeploy.runtime import TranscriptionOptions
 from mkdeploy.serve.auth import require_api_key
 from mkdeploy.serve.batcher import QueueFull
 from mkdeploy.serve.errors import OpenAIError, error_body
@@ -251,12 +251,10 @@ def _options(state, language: str | None, prompt: str | None, fmt: str, temperat
         lang = check_language(state.engine.transcriber.engine, language)
     except MkdError as exc:
         raise OpenAIError(400, str(exc), "bad_request", param="language") from None
-    # openai/whisper's fallback ladder, starting from the temperature asked for
-    ladder = tuple(round(temperature + 0.2 * i, 2) for i in range(6) if temperature + 0.2 * i <= 1.0 + 1e-9)
     return TranscriptionOptions(
         language=lang,
         return_timestamps=fmt in ("srt", "vtt", "verbose_json"),
-        temperatures=ladder,
+        temperatures=temperature_ladder(temperature),  # openai/whisper's, from the temperature asked for
         initial_prompt=prompt or None,
         vad_filter=state.config.vad,
         encoder_buckets=tuple(state.config.encoder_buckets) if state.config.encoder_buckets else None,
