@@ -28,7 +28,7 @@ from mkdeploy.demo.corpus import TEST_SPLITS
 from mkdeploy.demo.report import TITLES
 from mkdeploy.evaluate import error_rates
 from mkdeploy.exporters.int8 import SCHEMES, quantize_scheme
-from mkdeploy.exporters.onnx import _copy_side_files
+from mkdeploy.exporters.onnx import copy_side_files
 from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 
 VARIANTS = {
@@ -54,7 +54,7 @@ def main() -> None:
         if not (d / "decoder_model_merged.onnx").exists():
             shutil.rmtree(d, ignore_errors=True)
             quantize_scheme(fp32, d, SCHEMES[scheme], calibration)
-            _copy_side_files(fp32, d)
+            copy_side_files(fp32, d)
         dirs[label] = d
     opts = TranscriptionOptions(language="en", return_timestamps=False)
     reference = {s: json.loads((w / "scores" / f"distilled_fp32.{s}.json").read_text())["wer"] for s in TEST_SPLITS}

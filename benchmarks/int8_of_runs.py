@@ -16,7 +16,7 @@ from mkdeploy.cli.common import quiet_libraries
 
 quiet_libraries()
 from mkdeploy.demo.corpus import build_corpus, demo_corpus  # noqa: E402
-from mkdeploy.demo.pipeline import _export, score_model  # noqa: E402
+from mkdeploy.demo.pipeline import export_for_scoring, score_model  # noqa: E402
 from mkdeploy.stats import paired_bootstrap  # noqa: E402
 
 w, x = Path("work/demo"), Path(sys.argv[1] if len(sys.argv) > 1 else "work/abl-enc4")
@@ -24,7 +24,7 @@ corpus = build_corpus(w / "corpus", demo_corpus())
 models = {"untrained": w / "models" / "tiny.en", **{f"s{s}": x / "models" / f"kd-pseudo-s{s}-final" for s in range(3)}}
 out = {}
 for name, m in models.items():
-    onnx = _export(m, x / "onnx" / name)
+    onnx = export_for_scoring(m, x / "onnx" / name)
     out[name] = score_model(onnx / "int8", corpus, x / "scores-int8", name)
     print(name, {k: round(100 * v["wer"], 2) for k, v in out[name].items()}, flush=True)
 for s in ("s0", "s1", "s2"):

@@ -32,7 +32,7 @@ def main() -> None:
     from mkdeploy.demo.corpus import SPLITS, TEST_SPLITS, Corpus
     from mkdeploy.demo.pipeline import score_model
     from mkdeploy.exporters.int8 import SCHEMES, choose_int8
-    from mkdeploy.exporters.onnx import _copy_side_files
+    from mkdeploy.exporters.onnx import copy_side_files
     from mkdeploy.version import version_string
 
     w = a.workdir
@@ -47,7 +47,7 @@ def main() -> None:
         fp32_dir = w / "models" / f"{model}-onnx"
         work = w / "int8-schemes" / model
         _, chosen, scores, why = choose_int8(
-            fp32_dir, work, audios, refs, a.max_wer_delta, list(SCHEMES), _copy_side_files, keep=True
+            fp32_dir, work, audios, refs, a.max_wer_delta, list(SCHEMES), copy_side_files, keep=True
         )
         pt = w / "models" / model
         fp32 = {s: r["wer"] for s, r in score_model(pt, corpus, w / "scores", fp32_names[model]).items()}

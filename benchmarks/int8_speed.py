@@ -34,7 +34,7 @@ def main() -> None:
     a = ap.parse_args()
     quiet_libraries()
     from mkdeploy.exporters.int8 import get_scheme, quantize_scheme
-    from mkdeploy.exporters.onnx import _copy_side_files
+    from mkdeploy.exporters.onnx import copy_side_files
 
     w = a.workdir
     schemes = a.schemes.split(",")
@@ -51,7 +51,7 @@ def main() -> None:
             d = w / "int8-schemes" / model / scheme
             if not (d / "encoder_model.onnx").exists():
                 quantize_scheme(w / "models" / f"{model}-onnx", d, get_scheme(scheme))
-                _copy_side_files(w / "models" / f"{model}-onnx", d)
+                copy_side_files(w / "models" / f"{model}-onnx", d)
             specs.append(ModelSpec(f"{model} onnx {scheme}", d))
     report = run_bench(
         w / "corpus" / "test_in_domain.jsonl",

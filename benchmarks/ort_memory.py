@@ -36,14 +36,14 @@ LOAD_IMPORTS = {
 def _import_child(conn, modules: tuple[str, ...]) -> None:
     import importlib
 
-    from mkdeploy.bench import ENGINE_LIBRARIES, _rss_mb
+    from mkdeploy.bench import ENGINE_LIBRARIES, rss_mb
 
     for lib in ENGINE_LIBRARIES:
         importlib.import_module(lib)
-    before = _rss_mb()
+    before = rss_mb()
     for mod in modules:
         importlib.import_module(mod)
-    conn.send(_rss_mb() - before)
+    conn.send(rss_mb() - before)
 
 
 def import_rss_mb(modules: tuple[str, ...]) -> float:

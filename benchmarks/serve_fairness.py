@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -138,7 +139,9 @@ def main() -> None:
     modes = {"yield between steps (default)": ["--yield-steps"], "no yield (--no-yield-steps)": ["--no-yield-steps"]}
     rows = {}
     for name, flags in modes.items():
-        rows[name] = run_mode(a.model, [*common, *flags], short, long, a.shorts, Path("/tmp/serve_fairness.log"))
+        rows[name] = run_mode(
+            a.model, [*common, *flags], short, long, a.shorts, Path(tempfile.gettempdir()) / "serve_fairness.log"
+        )
         print(name, rows[name], flush=True)
 
     env = environment("cpu")

@@ -16,6 +16,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,7 +47,9 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, list[LoadResult]] = {}
     for mode, flags in modes.items():
-        server = ServerProcess(args.model, *common, *flags, log=Path(f"/tmp/serve_load_{mode.replace(', ', '_')}.log"))
+        server = ServerProcess(
+            args.model, *common, *flags, log=Path(tempfile.gettempdir()) / (f"serve_load_{mode.replace(', ', '_')}.log")
+        )
         url = server.url
         try:
             run_load(url, clips, 2, 4)  # warm the connection path and the batch shapes

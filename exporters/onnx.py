@@ -123,7 +123,7 @@ def _opset_of(path: Path) -> int:
     return max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _copy_side_files(src: Path, dst: Path) -> None:
+def copy_side_files(src: Path, dst: Path) -> None:
     for f in src.iterdir():
         if f.is_file() and f.suffix != ".onnx" and not f.name.endswith(".onnx_data") and f.name != MANIFEST:
             shutil.copy(f, dst / f.name)
@@ -238,7 +238,7 @@ def convert_fp16(src: Path, dst: Path, side_files: Path) -> None:
         model = onnx.load(str(src / name if (src / name).exists() else side_files / name))
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
         onnx.save(model, str(dst / name))
-    _copy_side_files(side_files, dst)
+    copy_side_files(side_files, dst)
 
 
 def _sample_audio(samples: Sequence[np.ndarray] | None) -> tuple[list[np.ndarray], str]:
@@ -388,7 +388,7 @@ def _make_variants(raw: Path, tmp: Path, options: ExportOptions, calibration, sa
             audios, refs, what = _calibration(calibration, samples)
             candidates = list(AUTO_SCHEMES if name == "auto" else SCHEMES)
             chosen, name, scores, why = choose_int8(
-                tmp, tmp / ".int8", audios, refs, options.max_wer_delta, candidates, _copy_side_files, device
+                tmp, tmp / ".int8", audios, refs, options.max_wer_delta, candidates, copy_side_files, device
             )
             chosen.rename(tmp / "int8")
             shutil.rmtree(tmp / ".int8")
@@ -397,7 +397,7 @@ def _make_variants(raw: Path, tmp: Path, options: ExportOptions, calibration, sa
             given = get_scheme(name)
             clips = _calibration(calibration, samples)[0] if given.needs_calibration else None
             quantize_scheme(tmp, tmp / "int8", given, clips)
-            _copy_side_files(tmp, tmp / "int8")
+            copy_side_files(tmp, tmp / "int8")
             int8_info = {"scheme": name, "why": "given (--int8-scheme)"}
         chosen_scheme = get_scheme(name)
         int8_info["scales"] = (
@@ -446,7 +446,7 @@ def _export_fp32(model_dir: Path, raw: Path, tmp: Path, options: ExportOptions) 
     config = json.loads((raw / "config.json").read_text())
     config[ONNX_DYNAMIC_FRAMES_ATTR] = True
     (raw / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    _copy_side_files(raw, tmp)
+    copy_side_files(raw, tmp)
 
 
 def export_onnx(

@@ -204,7 +204,7 @@ def load_runner(
 # -- measuring --------------------------------------------------------------------------------------
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     import psutil  # only the bench's memory figures need it
 
     return psutil.Process().memory_info().rss / 1e6
@@ -225,11 +225,11 @@ def _rss_child(conn, spec: ModelSpec, load_args: tuple, first: np.ndarray, warmu
                 importlib.import_module(lib)
             except ImportError:
                 pass
-        before = _rss_mb()
+        before = rss_mb()
         runner = load_runner(spec, *load_args)
         for _ in range(max(1, warmup)):
             runner.transcribe(first)
-        conn.send(("ok", _rss_mb() - before))
+        conn.send(("ok", rss_mb() - before))
     except Exception as e:  # reported to the parent, which raises it with the model's name
         conn.send(("error", f"{type(e).__name__}: {e}"))
 
@@ -412,11 +412,11 @@ def _check_names(specs: Sequence[ModelSpec], reference: str | None) -> str:
 def _load(spec: ModelSpec, device: str, language: str, max_new_tokens, threads, dtype, first, warmup: int, progress):
     """(runner, load + warm-up seconds, resident memory it added in MB)."""
     progress(f"loading {spec.name}")
-    before, t0 = _rss_mb(), time.perf_counter()
+    before, t0 = rss_mb(), time.perf_counter()
     runner = load_runner(spec, device, language, max_new_tokens, threads, dtype)
     for _ in range(warmup):
         runner.transcribe(first)
-    return runner, time.perf_counter() - t0, _rss_mb() - before
+    return runner, time.perf_counter() - t0, rss_mb() - before
 
 
 @dataclass

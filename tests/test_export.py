@@ -375,7 +375,7 @@ def test_blockwise_decoder_schemes(tiny_export, samples, tmp_path):
     copy beside the projection's); the encoder stays fp32 byte for byte, or per-channel dynamic int8; and,
     given the same encoder states, the decoder's logits are closer to fp32's than per-channel int8's are."""
     from mkdeploy.exporters.int8 import SCHEMES, quantize_scheme
-    from mkdeploy.exporters.onnx import _copy_side_files
+    from mkdeploy.exporters.onnx import copy_side_files
 
     quantize_scheme(tiny_export, tmp_path / "bw", SCHEMES["blockwise-decoder-fp32-encoder"])
     quantize_scheme(tiny_export, tmp_path / "bwpc", SCHEMES["blockwise-decoder-per-channel-encoder"])
@@ -404,7 +404,7 @@ def test_blockwise_decoder_schemes(tiny_export, samples, tmp_path):
     _, pc = _first_step_logits(tiny_export / "int8", features, hidden)
     assert np.abs(bw - ref).max() < np.abs(pc - ref).max()
     # and it decodes through the transcriber like any int8 export
-    _copy_side_files(tiny_export, tmp_path / "bw")
+    copy_side_files(tiny_export, tmp_path / "bw")
     out = WhisperTranscriber.from_pretrained(tmp_path / "bw", device="cpu").transcribe_arrays(samples[:1], GREEDY)
     assert out[0].tokens
 

@@ -46,3 +46,15 @@ def test_every_result_file_the_readme_cites_exists():
     assert cited
     for path in cited:
         assert (ROOT / path).exists(), path
+
+
+def test_the_results_index_lists_every_result_file_and_only_those():
+    """benchmarks/results/README.md names each file (or folder) there, and each name it lists exists."""
+    results = ROOT / "benchmarks" / "results"
+    index = (results / "README.md").read_text()
+    present = {p.name for p in results.iterdir() if p.name != "README.md"}
+    for name in present:
+        assert name in index, f"{name} is not in benchmarks/results/README.md"
+    rows = [line.split("|")[1].strip() for line in index.splitlines() if line.startswith("| ") and "---" not in line]
+    listed = {name.strip().rstrip("/") for cell in rows if cell != "file" for name in cell.split(",")}
+    assert listed and listed <= present, sorted(listed - present)

@@ -196,7 +196,7 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
     onnx = {p.name: w / "models" / f"{p.name}-onnx" for p in to_export}
     stage(
         "export the students, the teacher and the source to ONNX int8",
-        lambda: [_export(p, onnx[p.name]) for p in to_export],
+        lambda: [export_for_scoring(p, onnx[p.name]) for p in to_export],
     )
     models = {
         "teacher_fp32": teacher,
@@ -425,7 +425,7 @@ def _merge(run: Path, merged: Path, log) -> None:
         log(f"WARNING: {warning}")
 
 
-def _export(model: Path, out: Path) -> Path:
+def export_for_scoring(model: Path, out: Path) -> Path:
     """Export fp32 + int8 unless ``out`` already holds an export newer than the model."""
     manifest = out / "mkdeploy_export.json"
     fresh = manifest.exists() and (out / "int8").exists()
