@@ -33,7 +33,7 @@ import numpy as np
 from mkdeploy.audio import reference_clips
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.evaluate import error_rates
-from mkdeploy.exporters.heads import student_alignment_heads
+from mkdeploy.exporters.alignment_heads import student_alignment_heads
 from mkdeploy.exporters.onnx import ExportError
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.ct2 import CT2Whisper

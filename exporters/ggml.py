@@ -42,7 +42,7 @@ from mkdeploy.audio import reference_clips
 from mkdeploy.constants import CHUNK_S, SAMPLE_RATE
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.evaluate import error_rates
-from mkdeploy.exporters.heads import student_alignment_heads
+from mkdeploy.exporters.alignment_heads import student_alignment_heads
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
 from mkdeploy.models.ggml import GGML_FILE, GgmlWhisper, audio_ctx
@@ -97,7 +97,7 @@ class GgmlManifest:
     Attributes:
         audio_ctx: encoder bucket in seconds -> whisper.cpp's ``audio_ctx`` for it (empty for a 30 s model).
         alignment_heads: the student's ``[[layer, head], ...]`` (for whisper.cpp's custom DTW heads);
-            ``heads_source`` says where they come from (:func:`mkdeploy.exporters.heads.student_alignment_heads`).
+            ``heads_source`` says where they come from (:func:`mkdeploy.exporters.alignment_heads.student_alignment_heads`).
         parity: per parity clip, the PyTorch and whisper.cpp texts; ``identical`` counts equal ones and
             ``word_errors`` the words whisper.cpp's differ by.
         warnings: what whisper.cpp does differently from mkd's own runtime.
