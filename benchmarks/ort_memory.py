@@ -26,7 +26,7 @@ from mkdeploy.demo.weights import ct2_package_dir
 from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 
 #: the Python modules each engine's load imports beyond ENGINE_LIBRARIES (mkdeploy.ort.load_ort_model,
-#: mkdeploy.runners.CT2Runner): part of what a fresh process's RSS counts as "the model"
+#: mkdeploy.bench.runners.CT2Runner): part of what a fresh process's RSS counts as "the model"
 LOAD_IMPORTS = {
     "onnx": ("optimum.onnxruntime.modeling_seq2seq", "transformers.models.whisper.processing_whisper"),
     "ct2": ("tokenizers", "transformers.models.whisper.feature_extraction_whisper"),

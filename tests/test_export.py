@@ -112,7 +112,7 @@ def test_lean_memory_options_reach_the_sessions(tiny_export, tiny_model_dir):
     """The memory switches of OrtOptions (benchmarks/ort_memory.py) are set on every session, through the
     runner `mkd bench` uses, and decoding gives the same tokens with them."""
     from mkdeploy.bench import ModelSpec, load_runner
-    from mkdeploy.runners import WhisperRunner
+    from mkdeploy.bench.runners import WhisperRunner
 
     run = load_runner(ModelSpec("lean", tiny_export, ort="lean"), "cpu", "en", 16, threads=1)
     assert isinstance(run, WhisperRunner)

@@ -21,6 +21,7 @@ from typing import Any
 
 from mkdeploy.audio import load_audio
 from mkdeploy.bench import ModelSpec, markdown_table, run_bench, write_report
+from mkdeploy.bench.runners import CT2Runner
 from mkdeploy.data import load_manifest
 from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec, build_corpus, demo_corpus, manifest_rows
 from mkdeploy.demo.report import (
@@ -47,7 +48,6 @@ from mkdeploy.models.dirs import is_ct2_dir
 from mkdeploy.models.student import init_pruned_student, init_windowed_student
 from mkdeploy.models.window import BUCKETS_ATTR
 from mkdeploy.options import TranscriptionOptions, scoring_options
-from mkdeploy.runners import CT2Runner
 from mkdeploy.runtime import WhisperTranscriber
 from mkdeploy.stats import pct
 from mkdeploy.version import version_info, version_string
