@@ -31,12 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from mkdeploy.audio import reference_clips
-from mkdeploy.errors import MkdError, ModelError
+from mkdeploy.errors import ExportError, MkdError, ModelError
 from mkdeploy.evaluate import error_rates
 from mkdeploy.exporters.alignment_heads import student_alignment_heads
-from mkdeploy.exporters.onnx import ExportError
 from mkdeploy.fsutil import atomic_output_dir
-from mkdeploy.models.ct2 import CT2Whisper
+from mkdeploy.models.ct2_whisper import CT2Whisper
 from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
 from mkdeploy.models.window import model_buckets
 from mkdeploy.options import scoring_options

@@ -27,6 +27,10 @@ class DataError(MkdError):
     """A bad manifest or data set."""
 
 
+class ExportError(MkdError):
+    """An export ran but failed validation or conversion (nothing is written)."""
+
+
 class OutputExistsError(MkdError):
     """An output that exists and would be overwritten without --force."""
 

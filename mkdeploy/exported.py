@@ -1,7 +1,7 @@
 """`mkd transcribe` on a model exported for another server (``mkd export --format ct2 / ggml``), run by that
 server's own engine, so what a user reads is what faster-whisper or whisper.cpp will say.
 
-- **CTranslate2** (:class:`mkdeploy.models.ct2.CT2Whisper`): the audio in consecutive 30 s windows, each
+- **CTranslate2** (:class:`mkdeploy.models.ct2_whisper.CT2Whisper`): the audio in consecutive 30 s windows, each
   decoded with Whisper's timestamp tokens (``<|0.00|>`` ... ``<|30.00|>``, 0.02 s apart) and cut into
   segments at each pair, as openai/whisper's tokenizer lays them out.
 - **whisper.cpp** (:class:`mkdeploy.models.ggml.GgmlWhisper`): whisper.cpp's own long-form loop and segments.
@@ -20,7 +20,7 @@ import numpy as np
 from mkdeploy.audio import load_audio_with_info
 from mkdeploy.constants import CHUNK_S, SAMPLE_RATE, TIME_PRECISION_S
 from mkdeploy.errors import AudioError, MkdError
-from mkdeploy.models.ct2 import CT2Whisper
+from mkdeploy.models.ct2_whisper import CT2Whisper
 from mkdeploy.models.dirs import is_ct2_dir
 from mkdeploy.models.ggml import GgmlWhisper, is_ggml_dir
 from mkdeploy.options import TranscriptionOptions

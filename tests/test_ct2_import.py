@@ -9,7 +9,8 @@ import torch
 from ct2_writer import quantize_int8, random_whisper_variables, write_model_bin
 
 from mkdeploy.errors import ModelError, OutputExistsError
-from mkdeploy.models.ct2 import import_ct2, read_ct2_model_bin, repair_bpe_merges, sinusoids
+from mkdeploy.models.ct2 import import_ct2, read_ct2_model_bin, sinusoids
+from mkdeploy.models.ct2_tokenizer import repair_bpe_merges
 
 ALIAS = {"decoder/projection/weight": "decoder/embeddings/weight"}
 

@@ -24,7 +24,7 @@ def test_export_holds_what_faster_whisper_loads_offline(tiny_model_dir, tmp_path
     manifest; CTranslate2 loads and runs it (texts of a random model are not compared: it decodes to its
     token cap, which differs by engine; the real models' parity is the integration test below)."""
     from mkdeploy.audio import reference_clips
-    from mkdeploy.models.ct2 import CT2Whisper
+    from mkdeploy.models.ct2_whisper import CT2Whisper
 
     m = export_ct2(tiny_model_dir, tmp_path / "ct2", "float32", validate=False)
     out = tmp_path / "ct2"

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from mkdeploy.models.ct2 import CT2Whisper, read_ct2_model_bin
+from mkdeploy.models.ct2 import read_ct2_model_bin
+from mkdeploy.models.ct2_whisper import CT2Whisper
 from mkdeploy.models.ggml import GgmlWhisper, ggml_param_count
 from mkdeploy.options import scoring_options
 from mkdeploy.ort import OrtOptions
@@ -75,7 +76,7 @@ class WhisperRunner(Runner):
 
 class CT2Runner(Runner):
     """A CTranslate2 Whisper directory (faster-whisper's format), greedy like the others
-    (:class:`mkdeploy.models.ct2.CT2Whisper`)."""
+    (:class:`mkdeploy.models.ct2_whisper.CT2Whisper`)."""
 
     backend = "ctranslate2"
 
