@@ -151,8 +151,8 @@ def test_teacher_cache_fingerprint_is_the_same_for_relative_and_absolute_paths(
     from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
 
     from mkdeploy.data import Utterance
-    from mkdeploy.distill.data import TeacherPass
     from mkdeploy.distill.records import TeacherNeeds
+    from mkdeploy.distill.teacher_pass import TeacherPass
 
     s_proc = AutoProcessor.from_pretrained(tiny_model_dir)
     clip = tmp_path / "a.wav"
@@ -178,8 +178,8 @@ def _logits_teacher_pass(student_dir, teacher_dir, run_dir):
     """A TeacherPass caching the logits only, with the teacher and its processor."""
     from transformers import AutoProcessor, GenerationConfig, WhisperForConditionalGeneration
 
-    from mkdeploy.distill.data import TeacherPass
     from mkdeploy.distill.records import TeacherNeeds
+    from mkdeploy.distill.teacher_pass import TeacherPass
 
     s_proc = AutoProcessor.from_pretrained(student_dir)
     teacher = WhisperForConditionalGeneration.from_pretrained(teacher_dir).eval()

@@ -20,11 +20,12 @@ from torch import nn
 from mkdeploy.data import Utterance, load_manifest
 from mkdeploy.distill.batches import BatchSampler, EncoderStates
 from mkdeploy.distill.config import RecipeConfig
-from mkdeploy.distill.data import Labeller, TeacherPass, pseudo_label_and_cache
 from mkdeploy.distill.evaluator import DevEvaluator
+from mkdeploy.distill.labelling import Labeller, pseudo_label_and_cache
 from mkdeploy.distill.objective import Objective
 from mkdeploy.distill.records import LabelRules, TeacherNeeds
 from mkdeploy.distill.rundir import RunDir
+from mkdeploy.distill.teacher_pass import TeacherPass
 from mkdeploy.distill.tokens import shared_vocab
 from mkdeploy.errors import MkdError
 from mkdeploy.models.heads import ProjectionHeads, layer_map

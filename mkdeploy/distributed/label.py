@@ -1,8 +1,8 @@
 """The teacher's pass on Ray Data: pseudo-labels and cached teacher outputs for `mkd train`.
 
 Teacher actors (each holds the teacher, on a GPU where the cluster has one) compute what
-:meth:`~mkdeploy.distill.data.TeacherPass.compute` computes and send it back; the driver, which owns the
-run directory, stores each row with :meth:`~mkdeploy.distill.data.TeacherPass.store`. So the run directory
+:meth:`~mkdeploy.distill.teacher_pass.TeacherPass.compute` computes and send it back; the driver, which owns the
+run directory, stores each row with :meth:`~mkdeploy.distill.teacher_pass.TeacherPass.store`. So the run directory
 needs no shared filesystem, and what lands there is byte for byte the format of a local pass
 (``data/labels.jsonl`` and ``data/teacher/*.pt``, under the run's fingerprint): training, ``--resume`` and
 ``--cache-dir`` read it unchanged, and a killed pass resumes from the rows already logged.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mkdeploy.data import Utterance
-from mkdeploy.distill.data import TeacherPassSpec
+from mkdeploy.distill.labelling import TeacherPassSpec
 from mkdeploy.distill.records import LabelRecord
 from mkdeploy.distributed.cluster import BatchHook, actor_gpus, connect, stream_results
 from mkdeploy.distributed.config import RayConfig
@@ -55,7 +55,7 @@ class LabelActor:
 
 @dataclass
 class RayLabeller:
-    """A :class:`~mkdeploy.distill.data.Labeller` that runs the teacher's pass on ``config.actors`` actors.
+    """A :class:`~mkdeploy.distill.labelling.Labeller` that runs the teacher's pass on ``config.actors`` actors.
 
     Args:
         config: the cluster and the actors' resources.
