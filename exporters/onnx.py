@@ -32,11 +32,10 @@ from mkdeploy.exporters.int8 import (
     AUTO_SCHEMES,
     ONNX_FILES,
     SCHEMES,
-    choose_int8,
     get_scheme,
     quantize_scheme,
-    scores_json,
 )
+from mkdeploy.exporters.int8_choice import choose_int8, scores_json
 from mkdeploy.exporters.onnx_graph import untie_output_projection, windowed_encoder_onnx_config
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
