@@ -22,7 +22,6 @@ import numpy as np
 from mkdeploy.errors import MkdError
 from mkdeploy.runtime import WhisperTranscriber
 
-
 ONNX_FILES = ("encoder_model.onnx", "decoder_model_merged.onnx")
 
 
