@@ -40,8 +40,9 @@ def main() -> None:
 
     quiet_libraries()
     from mkdeploy.demo.corpus import TEST_SPLITS, build_corpus
-    from mkdeploy.demo.pipeline import DemoOptions, distil, prepare_student, score_model
+    from mkdeploy.demo.pipeline import DemoOptions, distil, prepare_student
     from mkdeploy.demo.report import TITLES
+    from mkdeploy.demo.scoring import score_model
     from mkdeploy.distill.checkpoints import latest_checkpoint
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.merge import merge_run

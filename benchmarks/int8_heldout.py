@@ -58,7 +58,7 @@ def main() -> None:
     from mkdeploy.cli.common import quiet_libraries
 
     quiet_libraries()
-    from mkdeploy.demo.pipeline import score
+    from mkdeploy.demo.scoring import score
     from mkdeploy.stats import paired_bootstrap
 
     w = a.workdir

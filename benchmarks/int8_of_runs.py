@@ -16,7 +16,8 @@ from mkdeploy.cli.common import quiet_libraries
 
 quiet_libraries()
 from mkdeploy.demo.corpus import build_corpus, demo_corpus  # noqa: E402
-from mkdeploy.demo.pipeline import export_for_scoring, score_model  # noqa: E402
+from mkdeploy.demo.pipeline import export_for_scoring  # noqa: E402
+from mkdeploy.demo.scoring import score_model  # noqa: E402
 from mkdeploy.stats import paired_bootstrap  # noqa: E402
 
 w, x = Path("work/demo"), Path(sys.argv[1] if len(sys.argv) > 1 else "work/abl-enc4")

@@ -30,7 +30,7 @@ def main() -> None:
     from mkdeploy.audio import load_audio
     from mkdeploy.data import load_manifest
     from mkdeploy.demo.corpus import SPLITS, TEST_SPLITS, Corpus
-    from mkdeploy.demo.pipeline import score_model
+    from mkdeploy.demo.scoring import score_model
     from mkdeploy.exporters.int8 import SCHEMES
     from mkdeploy.exporters.int8_choice import choose_int8
     from mkdeploy.exporters.onnx import copy_side_files

@@ -29,7 +29,8 @@ def main() -> None:
 
     quiet_libraries()
     from mkdeploy.demo.corpus import build_corpus, demo_corpus
-    from mkdeploy.demo.pipeline import DemoOptions, distil, score_model
+    from mkdeploy.demo.pipeline import DemoOptions, distil
+    from mkdeploy.demo.scoring import score_model
     from mkdeploy.distill.checkpoints import latest_checkpoint
     from mkdeploy.distill.config import RecipeConfig
     from mkdeploy.distill.merge import merge_run

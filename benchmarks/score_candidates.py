@@ -25,7 +25,7 @@ def main() -> None:
 
     quiet_libraries()
     from mkdeploy.demo.corpus import SPLITS, TEST_SPLITS, Corpus
-    from mkdeploy.demo.pipeline import score_model
+    from mkdeploy.demo.scoring import score_model
     from mkdeploy.distill.merge import merge_run
     from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 

@@ -103,7 +103,7 @@ def main() -> None:
     quiet_libraries()
     from mkdeploy.data import load_manifest
     from mkdeploy.demo.corpus import SPLITS, TEST_SPLITS, Corpus
-    from mkdeploy.demo.pipeline import score_model
+    from mkdeploy.demo.scoring import score_model
     from mkdeploy.distill.merge import merge_run
     from mkdeploy.distill.select import Candidate, choose
     from mkdeploy.evaluate import error_rates

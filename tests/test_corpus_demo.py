@@ -200,7 +200,7 @@ def test_pareto_rows_mark_the_frontier_and_judge_the_shipped_student(tmp_path):
     both speed and in-domain WER is off the frontier; the verdicts say where the shipped student stands
     against each untrained point; the plot is written."""
     from mkdeploy.bench import BenchReport, ThroughputResult
-    from mkdeploy.demo.report import pareto_rows, pareto_table, plot_pareto, shipped_verdicts
+    from mkdeploy.demo.pareto import pareto_rows, pareto_table, plot_pareto, shipped_verdicts
 
     def sc(wer):
         return {s: {"wer": wer} for s in ("test_in_domain", "test_unseen_text", "test_unseen_speech")}

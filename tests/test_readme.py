@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from mkdeploy.demo.report import SETS, pareto_table
+from mkdeploy.demo.pareto import pareto_table
+from mkdeploy.demo.report import SETS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

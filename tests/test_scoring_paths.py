@@ -51,7 +51,7 @@ def models(tiny_en_teacher, tmp_path_factory):
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
 def test_eval_bench_demo_and_server_give_the_same_transcripts(models, clips, variant, tmp_path):
     from mkdeploy.bench.runners import WhisperRunner
-    from mkdeploy.demo.pipeline import score
+    from mkdeploy.demo.scoring import score
 
     model, (manifest, rows) = models[variant], clips
     refs = [r["text"] for r in rows]

@@ -37,6 +37,9 @@ from mkdeploy.fsutil import atomic_write_text
 
 SPLITS = ("train", "dev", "test_in_domain", "test_unseen_text", "test_unseen_speech")
 TEST_SPLITS = SPLITS[2:]
+#: each test split's key in the headline JSON, and its name in tables
+SETS = {"test_in_domain": "in_domain", "test_unseen_text": "unseen_text", "test_unseen_speech": "unseen_speech"}
+TITLES = {"test_in_domain": "in-domain", "test_unseen_text": "unseen text", "test_unseen_speech": "unseen speech"}
 #: ALSA's channel-test recordings: a human voice no engine made (alsa-utils). Noise.wav holds no speech.
 ALSA_DIR = Path("/usr/share/sounds/alsa")
 

@@ -19,21 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mkdeploy.audio import load_audio
 from mkdeploy.bench import ModelSpec, markdown_table, run_bench, write_report
-from mkdeploy.bench.runners import CT2Runner
-from mkdeploy.data import load_manifest
-from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec, build_corpus, demo_corpus, manifest_rows
-from mkdeploy.demo.report import (
-    Headline,
-    pareto_rows,
-    pareto_table,
-    plot_pareto,
-    set_figures,
-    shipped_verdicts,
-    verdicts,
-    wer_table,
-)
+from mkdeploy.demo.corpus import TEST_SPLITS, CorpusSpec, build_corpus, demo_corpus
+from mkdeploy.demo.pareto import pareto_rows, plot_pareto
+from mkdeploy.demo.report import Headline, report_lines, set_figures
+from mkdeploy.demo.scoring import score_model
 from mkdeploy.demo.weights import ct2_package_dir, import_package
 from mkdeploy.distill.checkpoints import latest_checkpoint
 from mkdeploy.distill.config import RecipeConfig
@@ -41,15 +31,11 @@ from mkdeploy.distill.merge import merge_run
 from mkdeploy.distill.select import Selection
 from mkdeploy.distill.trainer import TrainArgs, train
 from mkdeploy.errors import MkdError
-from mkdeploy.evaluate import error_rates, wer_by_group
 from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 from mkdeploy.fsutil import atomic_write_text
-from mkdeploy.models.dirs import is_ct2_dir
 from mkdeploy.models.student import init_pruned_student, init_windowed_student
 from mkdeploy.models.window import BUCKETS_ATTR
-from mkdeploy.options import TranscriptionOptions, scoring_options
-from mkdeploy.runtime import WhisperTranscriber
-from mkdeploy.stats import pct
+from mkdeploy.options import TranscriptionOptions
 from mkdeploy.version import version_info, version_string
 
 #: the reference-free pseudo-label filter: Whisper's log-probability fallback threshold (openai/whisper)
@@ -105,59 +91,6 @@ class DemoOptions:
     # score the model the student was made from (tiny.en whole, Whisper's 30 s window) on the three sets:
     # the checkpoint a user gets without training, the yardstick the student must match
     score_source: bool = True
-
-
-#: clips per call when scoring (:data:`~mkdeploy.demo.report.DECODING`)
-SCORE_BATCH = 8
-
-
-def score(model: Path | WhisperTranscriber | CT2Runner, manifest: Path, cache: Path) -> dict:
-    """Transcribe a test manifest (:data:`~mkdeploy.demo.report.DECODING`) and score it, overall, by engine
-    and per clip (word errors and reference words, what the bootstrap resamples); cached in ``cache``.
-
-    ``model``: a directory, or a model already loaded (one load serves the three test sets): a transcriber,
-    or CTranslate2 (greedy, no timestamps, batches of :data:`SCORE_BATCH`)."""
-    if cache.exists():
-        return json.loads(cache.read_text())
-    rows = manifest_rows(manifest)
-    utts = load_manifest(manifest, require_text=True)
-    tr = model if isinstance(model, WhisperTranscriber | CT2Runner) else _load_scorer(model)
-    if isinstance(tr, CT2Runner):
-        audios = [load_audio(u.audio) for u in utts]
-        hyps = [
-            t for i in range(0, len(audios), SCORE_BATCH) for t, _ in tr.transcribe_batch(audios[i : i + SCORE_BATCH])
-        ]
-    else:
-        options = scoring_options("en", batch_size=SCORE_BATCH)
-        res, _ = tr.transcribe_files([u.audio for u in utts], options)
-        by = {t.path: t.text for t in res}
-        hyps = [by.get(str(u.audio), "") for u in utts]
-    refs = [u.text or "" for u in utts]
-    scored = error_rates(refs, hyps)
-    out = {
-        "wer": scored.wer,
-        "by_engine": wer_by_group(refs, hyps, [r["engine"] for r in rows]),
-        "word_errors": [u.word_errors for u in scored.utterances],
-        "ref_words": [u.ref_words for u in scored.utterances],
-        "hypotheses": hyps,
-    }
-    atomic_write_text(cache, json.dumps(out, indent=1) + "\n")
-    return out
-
-
-def _load_scorer(model: Path) -> WhisperTranscriber | CT2Runner:
-    if is_ct2_dir(model):
-        return CT2Runner(model, "cpu", "en", compute_type="int8")
-    return WhisperTranscriber.from_pretrained(model, device="cpu")
-
-
-def score_model(model: Path, corpus, scores_dir: Path, name: str) -> dict[str, dict]:
-    """:func:`score` on each test set, the model loaded once (and not at all when every score is cached)."""
-    caches = {split: scores_dir / f"{name}.{split}.json" for split in TEST_SPLITS}
-    tr = None
-    if not all(c.exists() for c in caches.values()):
-        tr = _load_scorer(model)
-    return {split: score(tr or model, corpus[split], caches[split]) for split in TEST_SPLITS}
 
 
 def _stage_timer(log: Callable[[str], None]):
@@ -241,7 +174,9 @@ def run_demo(opts: DemoOptions, log: Callable[[str], None] = print) -> Headline:
         pareto=pareto,
     )
     plot_pareto(pareto, w / "pareto.png")
-    lines = _report_lines(opts, corpus, info, summary, head, markdown_table(bench), timings)
+    lines = report_lines(
+        opts, corpus, info, summary, head, markdown_table(bench), timings, MIN_AVG_LOGPROB, DEMO_INT8_SCHEME
+    )
     atomic_write_text(w / "REPORT.md", "\n".join(lines) + "\n")
     atomic_write_text(w / "headline.json", json.dumps(head.to_dict(), indent=2) + "\n")
     return head
@@ -435,82 +370,3 @@ def export_for_scoring(model: Path, out: Path) -> Path:
         opts = ExportOptions(quantize="int8", int8_scheme=DEMO_INT8_SCHEME, validate=False)
         export_onnx(model, out, opts, force=True)
     return out
-
-
-def _report_lines(opts, corpus, info, summary, head: Headline, bench_md: str, timings) -> list[str]:
-    sel = head.selected
-    spec = opts.corpus
-    voices = ", ".join(spec.train_voices) or "every training voice"
-    labels = (
-        "the teacher's greedy transcripts (no reference read for training), kept where its mean token "
-        f"log-probability is at least {MIN_AVG_LOGPROB} and the transcript is no repetition loop"
-        if opts.labels == "pseudo"
-        else "the corpus's transcripts, clips the teacher misses by more than 30% along them dropped"
-    )
-    return [
-        "# mkdeploy demo report",
-        "",
-        f"{head.version} · {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC · {head.minutes:.1f} min",
-        "",
-        f"Teacher: Whisper base ({info['parameters']['teacher'] / 1e6:.1f}M params) · student: {head.student} "
-        f"({info['parameters']['student'] / 1e6:.1f}M) · recipe {opts.recipe}, {opts.steps} steps of {opts.batch_size} "
-        f"clips · trainable {head.trainable_pct:.2f}% of the teacher · {info['data']['kept']} training clips kept "
-        f"({info['data']['dropped']} dropped by the label filter).",
-        "",
-        f"Training speech: plain Debian fortunes ({spec.sentences_per_clip[0]}-{spec.sentences_per_clip[1]} per clip) "
-        f"spoken by {voices}, augmented (tempo, pitch, reverb, telephone band, hum; coloured noise at "
-        f"{spec.augment.snr_db[0]:g}-{spec.augment.snr_db[1]:g} dB SNR on {100 * spec.augment.p_noise:.0f}% of clips): the voices and "
-        "noise band benchmarks/results/corpus_calibration.md kept. "
-        f"Labels: {labels}; KD on the teacher's distributions along them (τ = {info['recipe']['tau_kd']:g}); LoRA on "
-        + (
-            f"the decoder and the top {n} encoder layers. "
-            if (n := info["recipe"]["encoder_lora_layers"])
-            else "the decoder, the encoder frozen. "
-        )
-        + "No test clip, text or voice chooses anything: "
-        f"the checkpoint is chosen on the {len(manifest_rows(corpus['dev']))}-clip dev split (with references).",
-        "",
-        f"Decoding, the same for every model: {head.decoding}.",
-        "",
-        "## Word error rate on speech never trained on",
-        "",
-        *wer_table(head),
-        "",
-        "What the intervals support:",
-        "",
-        *verdicts(head),
-        "",
-        "- in-domain: new fortunes, the training voices; unseen text: the project's everyday sentences (all 73 "
-        "of them: that set cannot be larger); unseen speech: espeak-ng voices (never trained on) and ALSA's "
-        "recorded human voice.",
-        f"- int8 is `{DEMO_INT8_SCHEME}` (the decoder's weights in 8-bit blocks, activations quantised per row, "
-        "the encoder in fp32): a clip's transcript does not depend on its batch. int8 kernels differ by CPU "
-        "instruction set: compare int8 figures within one machine (this report's CPU is in bench/bench.json).",
-        "",
-        "## What was merged",
-        "",
-        f"- {sel.get('checkpoint') or 'the untrained student'} at alpha {sel.get('alpha', 0):.2f}: {sel.get('reason', 'n/a')}",
-        f"- dev WER during training: {pct(summary.get('wer_before'))} at step 0 → {pct(summary.get('wer_after'))} "
-        "at the last step (full table in run/eval.jsonl)",
-        "",
-        "## The frontier: WER against latency (pareto.png)",
-        "",
-        "One bench run on the in-domain test clips (batch 1 and batch 8, 2 threads, CPU); WER per test set from "
-        "the scoring above. The student ships as ONNX int8 with its encoder windows.",
-        "",
-        *pareto_table(head.pareto),
-        "",
-        "The shipped student against each point a user gets without mkd's training:",
-        "",
-        *shipped_verdicts(head.pareto),
-        "",
-        "## Latency (batch 1, greedy, CPU; speed-up against tiny.en whole in ONNX int8)",
-        "",
-        bench_md,
-        "",
-        "## Stage times (s)",
-        "",
-        *[f"- {k}: {v}" for k, v in timings.items()],
-        f"- total: {60 * head.minutes:.0f}",
-        "",
-    ]
