@@ -1,7 +1,7 @@
 """`mkd serve --ray`: the same OpenAI-compatible app, deployed as Ray Serve replicas.
 
 One application code path for both modes: each replica is a Ray Serve deployment whose FastAPI ingress is
-the app :func:`mkdeploy.serve.app.create_app` builds, around one loaded :class:`~mkdeploy.serve.engine.Engine`
+the app :func:`mkdeploy.serve.app.create_app` builds, around one loaded :class:`~mkdeploy.serve.served_model.Engine`
 and its own cross-request batcher. Ray Serve's proxy spreads requests over the replicas (power of two
 choices on their queue lengths), restarts a replica whose process dies and, with ``--autoscale``, adds and
 removes replicas with the load. The routes, errors, limits and the request log are the plain server's.
@@ -22,7 +22,7 @@ from mkdeploy.distributed.config import RayServeConfig
 from mkdeploy.errors import MkdError
 from mkdeploy.serve.app import configure_logging, create_app
 from mkdeploy.serve.config import ServeConfig
-from mkdeploy.serve.engine import Engine
+from mkdeploy.serve.served_model import Engine
 
 logger = logging.getLogger("mkdeploy.serve")
 

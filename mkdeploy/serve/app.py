@@ -23,10 +23,10 @@ from fastapi import FastAPI
 
 from mkdeploy.serve.batcher import Batcher
 from mkdeploy.serve.config import ServeConfig
-from mkdeploy.serve.engine import Engine
-from mkdeploy.serve.errors import error_body, install_error_handlers
 from mkdeploy.serve.metrics import Metrics
+from mkdeploy.serve.openai_errors import error_body, install_error_handlers
 from mkdeploy.serve.routers import health, models, transcriptions, translations
+from mkdeploy.serve.served_model import Engine
 
 logger = logging.getLogger("mkdeploy.serve")
 

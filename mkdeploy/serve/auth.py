@@ -6,7 +6,7 @@ import secrets
 
 from fastapi import Request
 
-from mkdeploy.serve.errors import OpenAIError
+from mkdeploy.serve.openai_errors import OpenAIError
 
 
 async def require_api_key(request: Request) -> None:

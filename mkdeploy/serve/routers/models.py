@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from mkdeploy.serve.auth import require_api_key
-from mkdeploy.serve.errors import OpenAIError
+from mkdeploy.serve.openai_errors import OpenAIError
 from mkdeploy.serve.schemas import ModelCard, ModelList
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])

@@ -21,7 +21,7 @@ from mkdeploy.options import TranscriptionOptions, temperature_ladder
 from mkdeploy.results import Transcription
 from mkdeploy.serve.auth import require_api_key
 from mkdeploy.serve.batcher import QueueFull
-from mkdeploy.serve.errors import OpenAIError, error_body
+from mkdeploy.serve.openai_errors import OpenAIError, error_body
 from mkdeploy.serve.schemas import RESPONSE_FORMATS, TranscriptionJson, TranscriptionVerbose
 from mkdeploy.writers import WRITERS
 

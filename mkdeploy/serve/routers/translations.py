@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 
 from mkdeploy.serve.auth import require_api_key
-from mkdeploy.serve.errors import OpenAIError
+from mkdeploy.serve.openai_errors import OpenAIError
 from mkdeploy.serve.routers.transcriptions import check_ready, handle_audio
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
