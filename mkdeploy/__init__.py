@@ -11,3 +11,31 @@ __version__ = "0.1.0"
 _root = _Path(__file__).resolve().parent.parent
 if (_root / "cli" / "__init__.py").exists() and not (_Path(__file__).parent / "cli").exists():
     __path__.append(str(_root))
+
+#: the public names, imported on first use so `import mkdeploy` (and `mkd --help`) stays light:
+#: ``from mkdeploy import WhisperTranscriber, TranscriptionOptions``
+_PUBLIC = {
+    "WhisperTranscriber": "mkdeploy.runtime",
+    "TranscriptionOptions": "mkdeploy.options",
+    "Transcription": "mkdeploy.results",
+    "Segment": "mkdeploy.results",
+    "Word": "mkdeploy.results",
+    "ExportedTranscriber": "mkdeploy.exported",
+    "export_onnx": "mkdeploy.exporters.onnx",
+    "ExportOptions": "mkdeploy.exporters.onnx",
+    "export_ct2": "mkdeploy.exporters.ct2",
+    "export_ggml": "mkdeploy.exporters.ggml",
+    "import_ct2": "mkdeploy.models.ct2",
+    "error_rates": "mkdeploy.evaluate",
+    "run_bench": "mkdeploy.bench",
+    "ModelSpec": "mkdeploy.bench",
+}
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'mkdeploy' has no attribute {name!r}")

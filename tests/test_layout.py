@@ -46,3 +46,20 @@ def test_file_names_repeat_only_for_parallel_roles():
     repeated = {name: dirs for name, dirs in folders.items() if len(dirs) > 1}
     unexplained = {name: dirs for name, dirs in repeated.items() if not dirs <= PARALLEL.get(name, set())}
     assert not unexplained, unexplained
+
+
+def test_the_public_names_resolve_and_import_mkdeploy_stays_light():
+    """Every name `from mkdeploy import ...` offers is the library's own object, and importing the package
+    alone pulls in neither torch nor transformers (they load with the first name used)."""
+    import subprocess
+    import sys
+
+    import mkdeploy
+    from mkdeploy.runtime import WhisperTranscriber
+
+    assert mkdeploy.WhisperTranscriber is WhisperTranscriber
+    for name in mkdeploy.__all__:
+        assert getattr(mkdeploy, name) is not None, name
+    code = "import sys, mkdeploy; print(any(m in sys.modules for m in ('torch', 'transformers')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
