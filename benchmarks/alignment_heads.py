@@ -1,7 +1,7 @@
 """Inherited alignment heads against heads chosen by measurement (issue 28, item 1).
 
 A model whose generation config names no usable alignment heads gets them from
-:func:`mkdeploy.alignment.choose_alignment_heads` (the heads whose attention peak best follows token order).
+:func:`mkdeploy.transcription.alignment.choose_alignment_heads` (the heads whose attention peak best follows token order).
 Should merge or student init measure and save them for every student instead? This script measures the
 top 8 on 8 dev clips (the decoder forced along their references), writes a copy of each model with those
 heads, and scores both copies on benchmarks/word_onsets.py's joined clips (first words within 0.2 s of
@@ -26,11 +26,11 @@ def measured_heads(model_dir: Path, dev: Path, clips: int = 8) -> list[list[int]
     import soundfile as sf
     import torch
 
-    from mkdeploy.alignment import choose_alignment_heads
     from mkdeploy.constants import SAMPLE_RATE
     from mkdeploy.data import load_manifest
-    from mkdeploy.decoding import decoder_prompt
     from mkdeploy.models.student import load_whisper
+    from mkdeploy.transcription.alignment import choose_alignment_heads
+    from mkdeploy.transcription.decoding import decoder_prompt
 
     model, proc = load_whisper(model_dir)
     utts = load_manifest(dev, require_text=True)[:clips]

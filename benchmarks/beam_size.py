@@ -20,7 +20,7 @@ from mkdeploy.data import load_manifest
 from mkdeploy.demo.corpus import TEST_SPLITS
 from mkdeploy.demo.report import TITLES
 from mkdeploy.evaluate import error_rates
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ decoder's session alone on the same inputs (``session.run`` with numpy, no Pytho
 share of a step shows.
 
 The second table times the greedy loop itself (the encoder's states given) through optimum's decoder
-wrapper and through mkdeploy's raw-session step (:class:`mkdeploy.ort.LeanDecoderStep`): per decoder
+wrapper and through mkdeploy's raw-session step (:class:`mkdeploy.transcription.ort.LeanDecoderStep`): per decoder
 step, the loop's time, the time inside the session's run calls, and what is left outside them.
 
     python benchmarks/cpu_profile.py ONNX_INT8_DIR CT2_DIR MANIFEST --threads 2 --limit 12 \\
@@ -81,8 +81,8 @@ def profile_loop(path: Path, audios, threads: int, repeats: int) -> dict[str, di
     difference (what the Python side costs), through optimum's wrapper and through the raw-session step."""
     import torch
 
-    from mkdeploy.decoding import greedy_decode, no_speech_token
     from mkdeploy.options import TranscriptionOptions
+    from mkdeploy.transcription.decoding import greedy_decode, no_speech_token
 
     engine = load_runner(ModelSpec("ort", path), "cpu", "en", threads=threads).tr.engine
     fe, gen = engine.processor.feature_extractor, engine.model.generation_config

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mkdeploy.decoding import greedy_decode, torch_step  # noqa: E402
-from mkdeploy.static_decoder import StaticGreedyDecoder  # noqa: E402
+from mkdeploy.transcription.decoding import greedy_decode, torch_step  # noqa: E402
+from mkdeploy.transcription.static_decoder import StaticGreedyDecoder  # noqa: E402
 
 #: Whisper's published shapes (openai/whisper's ModelDimensions): d_model, heads, encoder/decoder layers, vocab
 SHAPES = {

@@ -29,7 +29,7 @@ from mkdeploy.demo.report import TITLES
 from mkdeploy.evaluate import error_rates
 from mkdeploy.exporters.int8 import SCHEMES, quantize_scheme
 from mkdeploy.exporters.onnx import copy_side_files
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 VARIANTS = {
     "per-channel (dynamic)": "per-channel",

@@ -15,7 +15,7 @@ import time
 from mkdeploy.cli.common import quiet_libraries
 from mkdeploy.demo.synthesis import Voice, synthesize
 from mkdeploy.evaluate import error_rates
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

@@ -33,7 +33,7 @@ def main() -> None:
     from mkdeploy.audio import SAMPLE_RATE, load_audio
     from mkdeploy.data import load_manifest
     from mkdeploy.evaluate import error_rates
-    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+    from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
     from mkdeploy.version import version_string
 
     pause = np.zeros(int(0.8 * SAMPLE_RATE), np.float32)

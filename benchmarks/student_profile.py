@@ -21,7 +21,7 @@ from transformers import WhisperFeatureExtractor
 
 from mkdeploy.audio import SAMPLE_RATE, load_audio
 from mkdeploy.data import load_manifest
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 
 def main() -> None:

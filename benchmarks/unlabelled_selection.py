@@ -71,7 +71,7 @@ def select_split(demo: Path, out: Path, n: int) -> Path:
 def transcribe(model: Path, manifest: Path, cache: Path) -> list[str]:
     from mkdeploy.data import load_manifest
     from mkdeploy.fsutil import atomic_write_text
-    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+    from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
     if cache.exists():
         return json.loads(cache.read_text())

@@ -48,7 +48,7 @@ def main() -> None:
     from mkdeploy.exporters.onnx import ExportOptions, export_onnx
     from mkdeploy.models.student import init_windowed_student
     from mkdeploy.models.window import WindowConfig, parse_buckets
-    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+    from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
     w = a.workdir
     w.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from mkdeploy.demo.augment import NOISE_ONLY, augment
 from mkdeploy.demo.synthesis import Voice, join_utterances, synthesize
 from mkdeploy.demo.text import everyday_sentences
 from mkdeploy.evaluate import utterance_onset_errors
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 from mkdeploy.version import version_string
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,7 +72,11 @@ def measure(model: Path, clips: list[dict], snap: bool = True) -> dict:
     """One model's onset errors; ``snap=False`` measures DTW's times alone (the pause snapping off)."""
     tr = WhisperTranscriber.from_pretrained(model, device="cpu")
     opts = TranscriptionOptions(language="en", word_timestamps=True)
-    with patch("mkdeploy.alignment.snap_to_speech", side_effect=lambda w, *_: w) if not snap else nullcontext():
+    with (
+        patch("mkdeploy.transcription.alignment.snap_to_speech", side_effect=lambda w, *_: w)
+        if not snap
+        else nullcontext()
+    ):
         res, _ = tr.transcribe_files([Path(c["audio"]) for c in clips], opts)
     by = {r.path: r for r in res}
     errors, monotonic, inside = [], True, True

@@ -118,9 +118,9 @@ def transcribe(
     shards in --output-dir (a re-run skips finished shards)."""
     # imported on use, so `mkd --help` stays fast
     from mkdeploy.audio import expand_audio_paths
-    from mkdeploy.exported import ExportedTranscriber, is_exported_dir
-    from mkdeploy.runtime import WhisperTranscriber
-    from mkdeploy.writers import WRITERS, get_writer
+    from mkdeploy.transcription.exported import ExportedTranscriber, is_exported_dir
+    from mkdeploy.transcription.runtime import WhisperTranscriber
+    from mkdeploy.transcription.writers import WRITERS, get_writer
 
     quiet_libraries()
     with cli_errors():

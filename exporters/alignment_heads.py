@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from mkdeploy.alignment import choose_alignment_heads, model_alignment_heads
 from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.options import scoring_options
-from mkdeploy.runtime import WhisperTranscriber
+from mkdeploy.transcription.alignment import choose_alignment_heads, model_alignment_heads
+from mkdeploy.transcription.runtime import WhisperTranscriber
 
 
 def student_alignment_heads(tr: WhisperTranscriber, audios: list[np.ndarray]) -> tuple[list[list[int]], str]:
@@ -31,7 +31,7 @@ def student_alignment_heads(tr: WhisperTranscriber, audios: list[np.ndarray]) ->
 
 def _measure_heads(tr: WhisperTranscriber, audios: list[np.ndarray]) -> list[list[int]]:
     """The heads whose cross-attention best follows time on the clips
-    (:func:`mkdeploy.alignment.choose_alignment_heads`)."""
+    (:func:`mkdeploy.transcription.alignment.choose_alignment_heads`)."""
     import torch  # heavy; only export needs it
 
     processor = tr.engine.processor

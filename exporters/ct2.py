@@ -8,7 +8,7 @@ The conversion is CTranslate2's own (``ctranslate2.converters.TransformersConver
   faster-whisper's ``word_timestamps=True`` reads them. A pruned student inherits its teacher's list, which
   can name decoder layers it no longer has (5 of tiny.en's 8 heads sit in layer 3; faster-whisper #688). Such a
   list is replaced by the heads whose cross-attention best follows time on the parity clips
-  (:func:`mkdeploy.alignment.choose_alignment_heads`), and the manifest says so.
+  (:func:`mkdeploy.transcription.alignment.choose_alignment_heads`), and the manifest says so.
 - **offline files**: tokenizer.json and preprocessor_config.json are copied beside model.bin; without them
   faster-whisper downloads openai/whisper-tiny's at load time (fails offline; #582: wrong mel bins).
 - **short encoder windows**: CTranslate2 always encodes Whisper's 30 s window, so a windowed student runs
@@ -39,7 +39,7 @@ from mkdeploy.models.ct2_whisper import CT2Whisper
 from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
 from mkdeploy.models.window import model_buckets
 from mkdeploy.options import scoring_options
-from mkdeploy.runtime import WhisperTranscriber
+from mkdeploy.transcription.runtime import WhisperTranscriber
 from mkdeploy.version import version_info
 
 #: CTranslate2's weight types `--quantization` takes, and the compute type each is checked with on CPU

@@ -48,7 +48,7 @@ from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
 from mkdeploy.models.ggml import GGML_FILE, GgmlWhisper, audio_ctx
 from mkdeploy.models.window import model_buckets
 from mkdeploy.options import scoring_options
-from mkdeploy.runtime import WhisperTranscriber
+from mkdeploy.transcription.runtime import WhisperTranscriber
 from mkdeploy.version import version_info
 
 MANIFEST = "mkdeploy_export.json"

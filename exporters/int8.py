@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mkdeploy.errors import MkdError
-from mkdeploy.runtime import WhisperTranscriber
+from mkdeploy.transcription.runtime import WhisperTranscriber
 
 ONNX_FILES = ("encoder_model.onnx", "decoder_model_merged.onnx")
 
@@ -187,8 +187,8 @@ def encoder_calibration_features(model_dir: Path, audios: Sequence[np.ndarray]) 
     """Each clip's log-mel features ``[1, mels, frames]`` as the transcriber feeds the encoder: in the
     smallest encoder window of ``model_dir`` that holds the clip (a windowed student's buckets), so the
     calibrated scales see the shapes and padding served audio has."""
-    from mkdeploy.batching import model_inputs
     from mkdeploy.constants import SAMPLE_RATE
+    from mkdeploy.transcription.batching import model_inputs
 
     tr = WhisperTranscriber.from_pretrained(model_dir, backend="onnx", device="cpu")
     windows = tr.windows()

@@ -14,7 +14,7 @@ import numpy as np
 
 from mkdeploy.evaluate import error_rates
 from mkdeploy.exporters.int8 import get_scheme, quantize_scheme
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 logger = logging.getLogger(__name__)
 

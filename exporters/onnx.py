@@ -40,7 +40,7 @@ from mkdeploy.exporters.onnx_graph import untie_output_projection, windowed_enco
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
 from mkdeploy.models.window import ONNX_DYNAMIC_FRAMES_ATTR, windowed_encoder_class
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 from mkdeploy.version import version_info
 
 logger = logging.getLogger(__name__)

@@ -15,12 +15,12 @@ if (_root / "cli" / "__init__.py").exists() and not (_Path(__file__).parent / "c
 #: the public names, imported on first use so `import mkdeploy` (and `mkd --help`) stays light:
 #: ``from mkdeploy import WhisperTranscriber, TranscriptionOptions``
 _PUBLIC = {
-    "WhisperTranscriber": "mkdeploy.runtime",
+    "WhisperTranscriber": "mkdeploy.transcription.runtime",
     "TranscriptionOptions": "mkdeploy.options",
     "Transcription": "mkdeploy.results",
     "Segment": "mkdeploy.results",
     "Word": "mkdeploy.results",
-    "ExportedTranscriber": "mkdeploy.exported",
+    "ExportedTranscriber": "mkdeploy.transcription.exported",
     "export_onnx": "mkdeploy.exporters.onnx",
     "ExportOptions": "mkdeploy.exporters.onnx",
     "export_ct2": "mkdeploy.exporters.ct2",

@@ -16,7 +16,7 @@ from pathlib import Path
 import jiwer
 
 from mkdeploy.data import load_manifest
-from mkdeploy.runtime import WhisperTranscriber
+from mkdeploy.transcription.runtime import WhisperTranscriber
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,4 @@
-"""Decoding options, shared by every backend and decoding strategy (:mod:`mkdeploy.runtime`)."""
+"""Decoding options, shared by every backend and decoding strategy (:mod:`mkdeploy.transcription.runtime`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class TranscriptionOptions:
 
     Attributes:
         language: language code for multilingual models; None (or "auto") detects it per clip from the
-            first 30 s (:mod:`mkdeploy.language`), as openai/whisper and faster-whisper do when none is given.
+            first 30 s (:mod:`mkdeploy.transcription.language`), as openai/whisper and faster-whisper do when none is given.
             ``.en`` models are always English.
         task: "transcribe" or "translate" (multilingual models only).
         batch_size: clips decoded together.
@@ -42,25 +42,25 @@ class TranscriptionOptions:
             ``(30,)`` forces Whisper's 30 s window; shorter buckets on a model not trained for them trim
             its window untrained, as whisper.cpp's ``audio_ctx`` does, and cost accuracy.
         fast_greedy: greedy decoding without timestamps of clips up to 30 s runs a lean loop
-            (:mod:`mkdeploy.decoding`, same tokens as ``generate``, ~3 ms less per token); False uses
+            (:mod:`mkdeploy.transcription.decoding`, same tokens as ``generate``, ~3 ms less per token); False uses
             ``generate`` throughout.
         no_speech_threshold: openai/whisper's no-speech gate: a clip whose ``<|nocaptions|>`` probability
             is above this and whose average token log-probability is below ``logprob_threshold`` comes
             back empty (``gate="no_speech"``). None turns it off. Costs one teacher-forced decoder pass.
         logprob_threshold: see ``no_speech_threshold`` (openai/whisper's -1.0).
-        vad_filter: run Silero VAD first (:mod:`mkdeploy.vad`, the ``[serve]`` extra) and return clips
+        vad_filter: run Silero VAD first (:mod:`mkdeploy.transcription.vad`, the ``[serve]`` extra) and return clips
             without detected speech empty, undecoded (``gate="vad"``). Catches noise and hum that the
             no-speech gate lets through.
         initial_prompt: text given to the decoder as previous context (``<|startofprev|>``), as
             openai/whisper's ``initial_prompt`` and the OpenAI API's ``prompt``.
         word_timestamps: each word's start and end (cross-attention over the alignment heads and DTW,
-            :mod:`mkdeploy.alignment`; one extra decoder pass per clip, and for an ONNX export a PyTorch
+            :mod:`mkdeploy.transcription.alignment`; one extra decoder pass per clip, and for an ONNX export a PyTorch
             pass of the model it was exported from). Fills ``Transcription.words`` and each segment's.
         batched_long_form: audio over 30 s is cut at Silero VAD's pauses into pieces of at most 30 s that
-            are decoded as batches with everything else (:mod:`mkdeploy.longform`; needs the ``[serve]``
+            are decoded as batches with everything else (:mod:`mkdeploy.transcription.longform`; needs the ``[serve]``
             extra) instead of ``generate``'s window-by-window walk; results are joined, times mapped back.
         static_decoder: greedy decoding of PyTorch models on CUDA runs the static-cache step of
-            :mod:`mkdeploy.static_decoder`, captured as a CUDA graph (same tokens, without a kernel launch
+            :mod:`mkdeploy.transcription.static_decoder`, captured as a CUDA graph (same tokens, without a kernel launch
             per operation); None: on for PyTorch on CUDA, off elsewhere (on CPU it gives the same tokens; a
             speed gain there is not measured).
     """

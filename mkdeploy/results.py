@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class Word:
-    """One word with its time in seconds (cross-attention alignment, :mod:`mkdeploy.alignment`) and the
+    """One word with its time in seconds (cross-attention alignment, :mod:`mkdeploy.transcription.alignment`) and the
     decoder's mean probability of its tokens."""
 
     word: str

@@ -69,7 +69,7 @@ def init_pruned_student(
         layer.encoder_attn.layer_idx = idx
     cfg.decoder_layers, cfg.encoder_layers = len(keep_dec), len(keep_enc)
     # word timestamps read these heads: a kept layer's heads keep their role under its new index; heads of
-    # dropped layers go (none left: mkdeploy/alignment.py chooses heads by measurement on the clips at hand)
+    # dropped layers go (none left: mkdeploy/transcription/alignment.py chooses heads by measurement on the clips at hand)
     gen = model.generation_config
     if getattr(gen, "alignment_heads", None):
         gen.alignment_heads = [

@@ -1,4 +1,4 @@
-"""Word timestamps (mkdeploy/alignment.py): DTW and the median filter against hand-computed cases, word
+"""Word timestamps (mkdeploy/transcription/alignment.py): DTW and the median filter against hand-computed cases, word
 grouping on a real tokenizer, and the transcriber's words on a tiny random model (their shape: every token
 in one word, times ordered inside the clip). The real tiny.en and base on speech with a known pause are
 in tests/test_alignment_real.py."""
@@ -6,7 +6,9 @@ in tests/test_alignment_real.py."""
 import numpy as np
 from transformers import AutoTokenizer
 
-from mkdeploy.alignment import (
+from mkdeploy.evaluate import utterance_onset_errors
+from mkdeploy.results import Word
+from mkdeploy.transcription.alignment import (
     clamp_long_words,
     dtw,
     median_filter,
@@ -15,9 +17,7 @@ from mkdeploy.alignment import (
     snap_to_speech,
     split_words,
 )
-from mkdeploy.evaluate import utterance_onset_errors
-from mkdeploy.results import Word
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 
 def test_dtw_follows_the_cheap_diagonal_and_breaks_ties_as_openai_whisper():

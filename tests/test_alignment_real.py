@@ -13,7 +13,7 @@ from mkdeploy.cli.main import app
 from mkdeploy.demo.augment import NOISE_ONLY, augment
 from mkdeploy.demo.synthesis import Voice, join_utterances, synthesize
 from mkdeploy.evaluate import utterance_onset_errors
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("prometheus_client", reason="the [serve] extra")
 
 from mkdeploy.results import Transcription  # noqa: E402
-from mkdeploy.runtime import TranscriptionOptions  # noqa: E402
 from mkdeploy.serve.batcher import Batcher, QueueFull  # noqa: E402
 from mkdeploy.serve.metrics import Metrics  # noqa: E402
+from mkdeploy.transcription.runtime import TranscriptionOptions  # noqa: E402
 
 
 class Recorder:
@@ -183,7 +183,7 @@ def test_timed_out_pieces_leave_the_queue_without_a_decode():
 
 class SteppedDecoder:
     """A decode whose pieces of long uploads (first sample >= 100) take ``steps`` counted decoder steps, each
-    after :func:`mkdeploy.decoding.step_boundary` as the real loops call it; a short clip is one event.
+    after :func:`mkdeploy.transcription.decoding.step_boundary` as the real loops call it; a short clip is one event.
     ``pause_at``: (piece, step) after which the decoder waits for ``resume`` (the test acts meanwhile)."""
 
     def __init__(self, steps: int = 6, pause_at: tuple[int, int] | None = None):
@@ -192,7 +192,7 @@ class SteppedDecoder:
         self.paused, self.resume = threading.Event(), threading.Event()
 
     def __call__(self, audios, options):
-        from mkdeploy.decoding import step_boundary
+        from mkdeploy.transcription.decoding import step_boundary
 
         ids = [int(a[0]) for a in audios]
         if ids[0] < 100:

@@ -119,7 +119,7 @@ def test_model_spec_suffixes():
     assert parse_model_spec("o=/m/int8:ort=no-arena,no-prepack").ort == "no-arena,no-prepack"
     with pytest.raises(MkdError, match="no-arena, no-pattern, no-prepack, lean"):
         parse_model_spec("o=/m/int8:ort=no-cache")
-    from mkdeploy.ort import OrtOptions
+    from mkdeploy.transcription.ort import OrtOptions
 
     o = OrtOptions.from_memory_flags("no-arena,no-prepack", threads=2)
     assert (o.cpu_mem_arena, o.mem_pattern, o.prepacking, o.threads) == (False, True, False, 2)

@@ -14,8 +14,8 @@ from mkdeploy.cli.main import app
 from mkdeploy.errors import MkdError, ModelError, OutputExistsError
 from mkdeploy.exporters.onnx import MANIFEST, ExportOptions, export_onnx
 from mkdeploy.models.window import WindowConfig
-from mkdeploy.ort import load_ort_model
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.ort import load_ort_model
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 GREEDY = TranscriptionOptions(return_timestamps=False, batch_size=4, max_new_tokens=24)
 
@@ -238,7 +238,7 @@ def test_onnx_word_timestamps_come_from_the_source_model(tiny_export, tiny_model
     """An export has no attention outputs: its words are aligned by the PyTorch model its manifest names, so
     the fp32 export's words equal PyTorch's; a moved source is a one-line error naming the fix."""
     from mkdeploy.errors import ModelError
-    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+    from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
     opts = TranscriptionOptions(
         return_timestamps=False, max_new_tokens=8, word_timestamps=True, no_speech_threshold=None
@@ -263,7 +263,7 @@ def test_lean_onnx_decoder_gives_optimums_tokens(tiny_export, samples, variant):
     """The raw-session step (the cache kept as ORT values) decodes the same tokens as optimum's wrapper,
     in the lean greedy loop (batch of 3, no-speech scores read on the way) and in the timestamped pass.
     fp16 has separate decoder graphs (no merged cache branch): it stays on optimum's wrapper."""
-    from mkdeploy.ort import LeanDecoderStep
+    from mkdeploy.transcription.ort import LeanDecoderStep
 
     ox = WhisperTranscriber.from_pretrained(tiny_export, device="cpu", variant=variant)
     features = ox.engine.processor.feature_extractor(samples, sampling_rate=16000, return_tensors="pt")

@@ -11,8 +11,8 @@ import torch
 from signals import noise_clips
 
 from mkdeploy.audio import load_audio
-from mkdeploy.decoding import score_speech
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.decoding import score_speech
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 
 class _Gen:
@@ -75,7 +75,7 @@ def test_digital_silence_is_never_decoded(tiny_model_dir):
 def test_vad_rejects_noise_and_hum_but_keeps_quiet_speech():
     pytest.importorskip("silero_vad", reason="the [serve] extra")  # installed by make test
     from mkdeploy.audio import reference_clips
-    from mkdeploy.vad import has_speech, speech_seconds
+    from mkdeploy.transcription.vad import has_speech, speech_seconds
 
     for name, noise in noise_clips().items():
         assert not has_speech(noise), name
@@ -104,7 +104,7 @@ def test_scores_read_while_decoding_equal_the_teacher_forced_pass(tiny_en_teache
     """The greedy loop's no-speech probability and average log-probability are the ones score_speech
     reads in its own pass (``generate`` path), and that pass then runs only for clips the loop could not
     score (cut at the token cap)."""
-    import mkdeploy.gate as gate
+    import mkdeploy.transcription.gate as gate
 
     tr = WhisperTranscriber.from_pretrained(tiny_en_teacher, device="cpu")
     noise = np.random.default_rng(3).standard_normal(16000 * 2).astype(np.float32) * 0.05

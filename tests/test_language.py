@@ -1,4 +1,4 @@
-"""Language detection (mkdeploy/language.py) and decoding in the detected language, on tiny random models:
+"""Language detection (mkdeploy/transcription/language.py) and decoding in the detected language, on tiny random models:
 the probabilities against a softmax computed by hand from the model's own logits, and the transcriber's
 use of them. The real base on French and German speech is in tests/test_language_real.py."""
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mkdeploy.errors import MkdError
-from mkdeploy.language import check_language, detect_languages, language_codes, language_name
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.language import check_language, detect_languages, language_codes, language_name
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_a_one_language_batch_is_encoded_once(multi, monkeypatch):
     audios = _clips(5, (2, 2))
     # the random model's guess varies by clip; fix it so the batch is one language
     monkeypatch.setattr(
-        "mkdeploy.runtime.detect_languages",
+        "mkdeploy.transcription.runtime.detect_languages",
         lambda e, a, batch_size=8: [g.__class__("de", g.probability, g.top) for g in detect_languages(e, a)],
     )
     calls = []

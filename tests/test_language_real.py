@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mkdeploy.cli.main import app
 from mkdeploy.demo.synthesis import Voice, synthesize
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 pytestmark = pytest.mark.integration
 

@@ -36,7 +36,7 @@ def test_layers_hold(tree):
 @pytest.mark.parametrize(
     "module, upward",
     [
-        ("audio.py", "mkdeploy.runtime"),  # core importing the runtime
+        ("audio.py", "mkdeploy.transcription.runtime"),  # core importing the runtime
         ("models/student.py", "mkdeploy.exporters.onnx"),  # models importing an exporter
         ("runtime.py", "mkdeploy.demo.corpus"),  # the runtime importing the demo
     ],

@@ -55,7 +55,7 @@ def test_the_public_names_resolve_and_import_mkdeploy_stays_light():
     import sys
 
     import mkdeploy
-    from mkdeploy.runtime import WhisperTranscriber
+    from mkdeploy.transcription.runtime import WhisperTranscriber
 
     assert mkdeploy.WhisperTranscriber is WhisperTranscriber
     for name in mkdeploy.__all__:

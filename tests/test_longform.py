@@ -1,11 +1,11 @@
-"""Batched long-form (mkdeploy/longform.py): pieces planned from speech spans by hand, results joined on the
+"""Batched long-form (mkdeploy/transcription/longform.py): pieces planned from speech spans by hand, results joined on the
 input's clock, and the transcriber's batched path on real speech with the real tiny.en (integration)."""
 
 import numpy as np
 import pytest
 
-from mkdeploy.longform import Piece, join, plan_pieces
 from mkdeploy.results import Segment, Transcription, Word
+from mkdeploy.transcription.longform import Piece, join, plan_pieces
 
 SR = 16000
 
@@ -42,7 +42,7 @@ def test_batched_long_form_on_real_speech(tiny_en_teacher):
     pytest.importorskip("silero_vad", reason="the [serve] extra")
     from mkdeploy.demo.synthesis import Voice, synthesize
     from mkdeploy.evaluate import error_rates
-    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+    from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
     texts = [
         "Seven ships sailed north before the winter storms arrived.",

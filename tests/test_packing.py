@@ -1,4 +1,4 @@
-"""Window packing (mkdeploy/packing.py): planning and attribution against hand-made cases, and on the
+"""Window packing (mkdeploy/transcription/packing.py): planning and attribution against hand-made cases, and on the
 real tiny.en that packed clips come back with their own words."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mkdeploy.packing import GAP_S, assign_segments, pack, plan_windows, transcribe_packed
 from mkdeploy.results import Segment
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.packing import GAP_S, assign_segments, pack, plan_windows, transcribe_packed
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 
 def test_plan_windows_fits_clips_first_fit_and_leaves_long_ones_alone():

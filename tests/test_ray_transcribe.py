@@ -18,8 +18,8 @@ from mkdeploy.data import Utterance, load_manifest, write_manifest  # noqa: E402
 from mkdeploy.distributed.cluster import connect  # noqa: E402
 from mkdeploy.distributed.config import RayConfig  # noqa: E402
 from mkdeploy.distributed.transcribe import ModelSpec, read_shards, transcribe_on_ray  # noqa: E402
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber  # noqa: E402
 from mkdeploy.testing.faults import FaultInjection  # noqa: E402
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

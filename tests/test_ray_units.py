@@ -16,7 +16,7 @@ from mkdeploy.data import Utterance
 from mkdeploy.distributed.config import RayConfig, RayServeConfig
 from mkdeploy.distributed.transcribe import JOB_FILE, ModelSpec, job_record, plan, prepare_output
 from mkdeploy.errors import MkdError, OutputExistsError
-from mkdeploy.runtime import TranscriptionOptions
+from mkdeploy.transcription.runtime import TranscriptionOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_transcribe_files_batches_by_position(tiny_model_dir, speech_clips, tmp_
     import numpy as np
     import soundfile as sf
 
-    from mkdeploy.runtime import WhisperTranscriber
+    from mkdeploy.transcription.runtime import WhisperTranscriber
 
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(8000, np.float32), 16000)

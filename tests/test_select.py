@@ -80,7 +80,7 @@ def test_lora_scale_moves_merged_weights_linearly(tiny_model_dir):
 
 def _dev_wer(model_dir, manifest) -> float:
     from mkdeploy.evaluate import evaluate_manifest
-    from mkdeploy.runtime import TranscriptionOptions
+    from mkdeploy.transcription.runtime import TranscriptionOptions
 
     rates, _, _ = evaluate_manifest(
         model_dir,

@@ -1,13 +1,13 @@
-"""The static-cache decoder step (mkdeploy/static_decoder.py) gives the transformers loop's greedy tokens
+"""The static-cache decoder step (mkdeploy/transcription/static_decoder.py) gives the transformers loop's greedy tokens
 exactly; its CUDA-graph mode is checked where a GPU is present."""
 
 import numpy as np
 import pytest
 import torch
 
-from mkdeploy.decoding import decoder_prompt, greedy_decode, torch_step
 from mkdeploy.models.student import load_whisper
-from mkdeploy.static_decoder import StaticGreedyDecoder, batch_bucket
+from mkdeploy.transcription.decoding import decoder_prompt, greedy_decode, torch_step
+from mkdeploy.transcription.static_decoder import StaticGreedyDecoder, batch_bucket
 
 
 def _reference_and_static(model_dir, audios, max_new_tokens, device="cpu", cuda_graphs=False, dtype=torch.float32):
@@ -72,7 +72,7 @@ def test_cuda_graph_replay_matches_the_transformers_loop():
 
 
 def test_transcriber_uses_the_static_decoder_when_asked_and_gets_the_same_text(tiny_model_dir):
-    from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+    from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
     rng = np.random.default_rng(5)
     audios = [rng.standard_normal(16000 * s).astype(np.float32) * 0.1 for s in (1, 2, 3, 2)]
@@ -89,7 +89,7 @@ def test_transcriber_uses_the_static_decoder_when_asked_and_gets_the_same_text(t
 
 def test_dtype_and_threads_are_honoured(tiny_model_dir):
     from mkdeploy.errors import MkdError
-    from mkdeploy.runtime import WhisperTranscriber, resolve_dtype
+    from mkdeploy.transcription.runtime import WhisperTranscriber, resolve_dtype
 
     assert resolve_dtype("auto", "cuda") == torch.float16 and resolve_dtype("auto", "cpu") == torch.float32
     with pytest.raises(MkdError, match="--dtype"):

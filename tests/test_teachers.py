@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from mkdeploy.audio import load_audio
 from mkdeploy.cli.main import app
 from mkdeploy.evaluate import error_rates
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 
 from mkdeploy.errors import ModelError
-from mkdeploy.runtime import Segment, Transcription, TranscriptionOptions, WhisperTranscriber
-from mkdeploy.writers import WriteJSON, WriteSRT, WriteTXT, WriteVTT, format_timestamp
+from mkdeploy.transcription.runtime import Segment, Transcription, TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.writers import WriteJSON, WriteSRT, WriteTXT, WriteVTT, format_timestamp
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""`mkd transcribe` on CTranslate2 and whisper.cpp exports (mkdeploy/exported.py): each run by its own
+"""`mkd transcribe` on CTranslate2 and whisper.cpp exports (mkdeploy/transcription/exported.py): each run by its own
 engine, long audio window by window as openai/whisper seeks, what the engine cannot do here refused."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ pytest.importorskip("ctranslate2", reason="the [test] extra")
 pytest.importorskip("pywhispercpp", reason="the [ggml] extra (in [test])")
 
 from mkdeploy.cli.main import app  # noqa: E402
-from mkdeploy.exported import ct2_window_segments  # noqa: E402
 from mkdeploy.options import TranscriptionOptions  # noqa: E402
+from mkdeploy.transcription.exported import ct2_window_segments  # noqa: E402
 
 runner = CliRunner()
 

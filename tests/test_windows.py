@@ -1,4 +1,4 @@
-"""Short encoder windows (models/window.py), the lean greedy loop (mkdeploy/decoding.py) and their use in
+"""Short encoder windows (models/window.py), the lean greedy loop (mkdeploy/transcription/decoding.py) and their use in
 training, export, transcription and bench, on tiny random models."""
 
 import json
@@ -11,7 +11,6 @@ import torch
 from typer.testing import CliRunner
 
 from mkdeploy.cli.main import app
-from mkdeploy.decoding import GreedyResult, compression_ratio, greedy_decode
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.models.student import load_whisper
 from mkdeploy.models.window import (
@@ -22,7 +21,8 @@ from mkdeploy.models.window import (
     parse_buckets,
     window_frames,
 )
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.decoding import GreedyResult, compression_ratio, greedy_decode
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 BUCKETS = (5, 10, 20, 30)
 
@@ -135,7 +135,7 @@ def test_lean_loop_tokens_equal_generate(tiny_model_dir, buckets):
 
 def test_lean_loop_hands_repetition_loops_to_the_fallback(tiny_model_dir, monkeypatch):
     """A greedy output that fails the compression check is decoded again by generate()."""
-    import mkdeploy.decoding as dec
+    import mkdeploy.transcription.decoding as dec
 
     tr = WhisperTranscriber.from_pretrained(tiny_model_dir, backend="torch", device="cpu")
     calls = []

@@ -1,5 +1,5 @@
 """The models `mkd bench` times, behind one small interface (``transcribe``/``transcribe_batch``): PyTorch
-directories and ONNX exports (any variant folder) through :class:`mkdeploy.runtime.WhisperTranscriber`,
+directories and ONNX exports (any variant folder) through :class:`mkdeploy.transcription.runtime.WhisperTranscriber`,
 CTranslate2 directories (faster-whisper's format) through CTranslate2 itself and whisper.cpp exports through
 whisper.cpp (pywhispercpp), so all sit on one table."""
 
@@ -16,8 +16,8 @@ from mkdeploy.models.ct2 import read_ct2_model_bin
 from mkdeploy.models.ct2_whisper import CT2Whisper
 from mkdeploy.models.ggml import GgmlWhisper, ggml_param_count
 from mkdeploy.options import scoring_options
-from mkdeploy.ort import OrtOptions
-from mkdeploy.runtime import WhisperTranscriber
+from mkdeploy.transcription.ort import OrtOptions
+from mkdeploy.transcription.runtime import WhisperTranscriber
 
 
 class Runner:
@@ -41,7 +41,7 @@ class Runner:
 
 
 class WhisperRunner(Runner):
-    """PyTorch or ONNX Runtime through :class:`mkdeploy.runtime.WhisperTranscriber`."""
+    """PyTorch or ONNX Runtime through :class:`mkdeploy.transcription.runtime.WhisperTranscriber`."""
 
     def __init__(
         self,

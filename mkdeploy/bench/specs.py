@@ -11,7 +11,7 @@ from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.models.dirs import is_ct2_dir, is_onnx_dir
 from mkdeploy.models.ggml import is_ggml_dir
 from mkdeploy.models.window import parse_buckets
-from mkdeploy.ort import OrtOptions
+from mkdeploy.transcription.ort import OrtOptions
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ModelSpec:
             None: ``default``, the type the model was saved in), so faster-whisper's fastest path is the
             yardstick. CTranslate2 entries only.
         ort: ONNX Runtime's memory switches, e.g. ``no-arena,no-prepack`` or ``lean``
-            (:meth:`mkdeploy.ort.OrtOptions.from_memory_flags`; None: its defaults). ONNX entries only.
+            (:meth:`mkdeploy.transcription.ort.OrtOptions.from_memory_flags`; None: its defaults). ONNX entries only.
     """
 
     name: str

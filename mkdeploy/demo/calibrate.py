@@ -30,7 +30,7 @@ from mkdeploy.demo.augment import AugmentSpec, augment
 from mkdeploy.demo.synthesis import Voice, synthesize
 from mkdeploy.evaluate import error_rates
 from mkdeploy.fsutil import atomic_write_text
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 #: noise bands of the calibration grid (dB SNR); None is the chain without added noise
 DEFAULT_BANDS: tuple[tuple[float, float] | None, ...] = (None, (20.0, 30.0), (10.0, 20.0), (5.0, 10.0), (0.0, 5.0))

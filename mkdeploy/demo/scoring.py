@@ -14,7 +14,7 @@ from mkdeploy.evaluate import error_rates, wer_by_group
 from mkdeploy.fsutil import atomic_write_text
 from mkdeploy.models.dirs import is_ct2_dir
 from mkdeploy.options import scoring_options
-from mkdeploy.runtime import WhisperTranscriber
+from mkdeploy.transcription.runtime import WhisperTranscriber
 
 #: clips per call when scoring (:data:`~mkdeploy.demo.report.DECODING`)
 SCORE_BATCH = 8

@@ -10,7 +10,7 @@ from mkdeploy.data import Utterance
 from mkdeploy.distill.select import Candidate
 from mkdeploy.evaluate import error_rates, wer_by_group
 from mkdeploy.models.window import WindowConfig
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 
 def checkpoint_name(step: int) -> str:

@@ -20,7 +20,6 @@ from transformers.modeling_outputs import BaseModelOutput
 from mkdeploy.audio import SAMPLE_RATE, load_audio
 from mkdeploy.constants import CHUNK_S, COMPRESSION_RATIO_MAX, SAMPLES_PER_FRAME
 from mkdeploy.data import Utterance
-from mkdeploy.decoding import text_compression_ratio, token_cap
 from mkdeploy.distill.records import (
     ForcedPass,
     LabelRecord,
@@ -33,6 +32,7 @@ from mkdeploy.distill.tokens import ForcedSequence, SharedVocab, force, force_se
 from mkdeploy.errors import DataError
 from mkdeploy.evaluate import error_rates
 from mkdeploy.options import TranscriptionOptions
+from mkdeploy.transcription.decoding import text_compression_ratio, token_cap
 
 
 def valid_frames(n_samples: int, max_frames: int = 1500) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mkdeploy.constants import CHUNK_S, TIME_PRECISION_S
-from mkdeploy.decoding import decoder_prompt
+from mkdeploy.transcription.decoding import decoder_prompt
 
 
 @dataclass

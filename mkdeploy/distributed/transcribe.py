@@ -25,7 +25,7 @@ from mkdeploy.distributed.config import RayConfig
 from mkdeploy.errors import AudioError, MkdError, OutputExistsError
 from mkdeploy.fsutil import atomic_write_text
 from mkdeploy.results import Transcription
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 JOB_FILE = "job.json"
 

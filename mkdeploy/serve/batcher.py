@@ -9,7 +9,7 @@ future: results are matched to requests by position within a batch, never by con
 Pieces of a long upload (``background=True``, cut at VAD pauses by the router) are a second class of job:
 at most ``piece_batch`` of them are decoded per call, and batches of short requests and batches of pieces
 take turns. Within a batch of pieces the worker yields at every decoder step
-(:func:`mkdeploy.decoding.between_steps`): when short requests are waiting, it decodes them right there,
+(:func:`mkdeploy.transcription.decoding.between_steps`): when short requests are waiting, it decodes them right there,
 then resumes the pieces where they stopped (their tokens and KV cache untouched). A short clip sent while
 a 10-minute file decodes so waits for at most one encoder pass and one decoder step of the file, never for a
 whole batch of pieces (benchmarks/results/serve_fairness_cpu.md); the file advances whenever nothing short
@@ -36,10 +36,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from mkdeploy.audio import SAMPLE_RATE
-from mkdeploy.decoding import DecodeCancelled, between_steps
 from mkdeploy.results import Transcription
-from mkdeploy.runtime import WINDOW_SAMPLES, TranscriptionOptions
 from mkdeploy.serve.metrics import Metrics
+from mkdeploy.transcription.decoding import DecodeCancelled, between_steps
+from mkdeploy.transcription.runtime import WINDOW_SAMPLES, TranscriptionOptions
 
 logger = logging.getLogger("mkdeploy.serve")
 
@@ -70,7 +70,7 @@ class Batcher:
     """Collects requests into batches and decodes them on a worker thread.
 
     Args:
-        decode: the model call (:meth:`mkdeploy.runtime.WhisperTranscriber.transcribe_arrays`).
+        decode: the model call (:meth:`mkdeploy.transcription.runtime.WhisperTranscriber.transcribe_arrays`).
         max_batch: most requests decoded together (1 turns batching off).
         max_wait_ms: how long the first waiting request waits for company.
         max_queue: most requests accepted and not yet answered (pieces of long uploads included).

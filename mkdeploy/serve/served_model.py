@@ -7,9 +7,9 @@ import threading
 import time
 
 from mkdeploy.audio import reference_clips
-from mkdeploy.packing import transcribe_packed
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber
 from mkdeploy.serve.config import ServeConfig
+from mkdeploy.transcription.packing import transcribe_packed
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
 
 logger = logging.getLogger("mkdeploy.serve")
 

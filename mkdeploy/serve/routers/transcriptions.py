@@ -13,17 +13,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from mkdeploy.audio import decode_audio_bytes
-from mkdeploy.batching import WINDOW_SAMPLES
 from mkdeploy.errors import AudioError, AudioTooLong, MkdError
-from mkdeploy.language import check_language, language_name
-from mkdeploy.longform import Piece, cut_at_pauses, join
 from mkdeploy.options import TranscriptionOptions, temperature_ladder
 from mkdeploy.results import Transcription
 from mkdeploy.serve.auth import require_api_key
 from mkdeploy.serve.batcher import QueueFull
 from mkdeploy.serve.openai_errors import OpenAIError, error_body
 from mkdeploy.serve.schemas import RESPONSE_FORMATS, TranscriptionJson, TranscriptionVerbose
-from mkdeploy.writers import WRITERS
+from mkdeploy.transcription.batching import WINDOW_SAMPLES
+from mkdeploy.transcription.language import check_language, language_name
+from mkdeploy.transcription.longform import Piece, cut_at_pauses, join
+from mkdeploy.transcription.writers import WRITERS
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
@@ -67,7 +67,7 @@ async def handle_audio(
 
     ``task``: "transcribe", or "translate" (into English; the translations router checks the model first).
     ``stream``: server-sent events as OpenAI's API sends them: ``transcript.text.delta`` per piece decoded
-    (pieces cut at VAD pauses, :mod:`mkdeploy.longform`), then ``transcript.text.done`` with the text.
+    (pieces cut at VAD pauses, :mod:`mkdeploy.transcription.longform`), then ``transcript.text.done`` with the text.
     """
     state = request.app.state
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ import numpy as np
 
 from mkdeploy.audio import SAMPLE_RATE
 from mkdeploy.results import Segment, Transcription, Word
-from mkdeploy.vad import speech_spans
+from mkdeploy.transcription.vad import speech_spans
 
 #: longest piece, in seconds: Whisper's window
 MAX_PIECE_S = 30.0
@@ -44,7 +44,7 @@ def plan_pieces(spans: Sequence[tuple[int, int]], n_samples: int, max_s: float =
     the piece from the first one's start to the last one's end still fits (WhisperX's ``merge_chunks``).
 
     Args:
-        spans: (start, end) sample indices of speech, in order (:func:`mkdeploy.vad.speech_spans`).
+        spans: (start, end) sample indices of speech, in order (:func:`mkdeploy.transcription.vad.speech_spans`).
         n_samples: the audio's length (spans are clipped to it).
         max_s: the longest piece in seconds.
     """

@@ -1,14 +1,14 @@
 """Transcription with a Whisper model on PyTorch or ONNX Runtime (faster-whisper's ``WhisperModel`` in
 spirit), composed of small parts:
 
-- loading and the model's own operations: :mod:`mkdeploy.engine`
-- batch formation (which clips decode together, their inputs): :mod:`mkdeploy.batching`
-- the decoding strategies behind one interface: :mod:`mkdeploy.strategies`
-- the silence, VAD and no-speech gates: :mod:`mkdeploy.gate`
-- the spoken language when none is given: :mod:`mkdeploy.language`
-- word timestamps: :mod:`mkdeploy.alignment`
-- long audio cut at pauses and batched: :mod:`mkdeploy.longform`
-- long-form audio: ``generate`` walks it window by window (:class:`~mkdeploy.strategies.GenerateSegments`)
+- loading and the model's own operations: :mod:`mkdeploy.transcription.engine`
+- batch formation (which clips decode together, their inputs): :mod:`mkdeploy.transcription.batching`
+- the decoding strategies behind one interface: :mod:`mkdeploy.transcription.strategies`
+- the silence, VAD and no-speech gates: :mod:`mkdeploy.transcription.gate`
+- the spoken language when none is given: :mod:`mkdeploy.transcription.language`
+- word timestamps: :mod:`mkdeploy.transcription.alignment`
+- long audio cut at pauses and batched: :mod:`mkdeploy.transcription.longform`
+- long-form audio: ``generate`` walks it window by window (:class:`~mkdeploy.transcription.strategies.GenerateSegments`)
 """
 
 from __future__ import annotations
@@ -20,21 +20,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mkdeploy.alignment import add_words
 from mkdeploy.audio import SAMPLE_RATE, load_audio_with_info
-from mkdeploy.batching import WINDOW_SAMPLES, model_inputs, plan_batches
-from mkdeploy.engine import Backend, Device, Engine, load_engine, resolve_device, resolve_dtype, set_torch_threads
 from mkdeploy.errors import AudioError
-from mkdeploy.gate import no_speech_gate, pre_gate
-from mkdeploy.language import check_language, detect_languages
-from mkdeploy.longform import Piece, cut_at_pauses, join
 from mkdeploy.models.dirs import export_source
 from mkdeploy.models.student import load_whisper
 from mkdeploy.models.window import WindowConfig, segment_frames
 from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Segment, Transcription
-from mkdeploy.static_decoder import StaticGreedyDecoder
-from mkdeploy.strategies import LeanGreedy, choose_strategy, decode_timestamped, token_cap, transcriptions
+from mkdeploy.transcription.alignment import add_words
+from mkdeploy.transcription.batching import WINDOW_SAMPLES, model_inputs, plan_batches
+from mkdeploy.transcription.engine import (
+    Backend,
+    Device,
+    Engine,
+    load_engine,
+    resolve_device,
+    resolve_dtype,
+    set_torch_threads,
+)
+from mkdeploy.transcription.gate import no_speech_gate, pre_gate
+from mkdeploy.transcription.language import check_language, detect_languages
+from mkdeploy.transcription.longform import Piece, cut_at_pauses, join
+from mkdeploy.transcription.static_decoder import StaticGreedyDecoder
+from mkdeploy.transcription.strategies import LeanGreedy, choose_strategy, decode_timestamped, token_cap, transcriptions
 
 __all__ = [
     "WINDOW_SAMPLES",
@@ -89,7 +97,7 @@ class WhisperTranscriber:
         **onnx_kwargs,
     ) -> WhisperTranscriber:
         """Load a HF Whisper directory (PyTorch) or an ONNX export (ONNX Runtime); the arguments are
-        :func:`mkdeploy.engine.load_engine`'s."""
+        :func:`mkdeploy.transcription.engine.load_engine`'s."""
         e = load_engine(path, backend, device, threads, dtype, **onnx_kwargs)
         return cls(e.model, e.processor, e.backend, e.device, e.provider, e.path)
 
@@ -105,7 +113,7 @@ class WhisperTranscriber:
 
     @property
     def states_memo(self) -> dict | None:
-        """See :attr:`mkdeploy.engine.Engine.states_memo`."""
+        """See :attr:`mkdeploy.transcription.engine.Engine.states_memo`."""
         return self.engine.states_memo
 
     @states_memo.setter
@@ -151,7 +159,7 @@ class WhisperTranscriber:
         return [r for r in results if r is not None]
 
     def _transcribe_pieces(self, audios: Sequence[np.ndarray], options: TranscriptionOptions) -> list[Transcription]:
-        """Batched long-form (:mod:`mkdeploy.longform`): inputs over 30 s cut at VAD pauses, every piece
+        """Batched long-form (:mod:`mkdeploy.transcription.longform`): inputs over 30 s cut at VAD pauses, every piece
         and every short input decoded in the same batches, the long ones joined back."""
         plan: list[tuple[int, Piece]] = []
         for i, a in enumerate(audios):
@@ -176,7 +184,7 @@ class WhisperTranscriber:
     def _detect_and_transcribe(
         self, audios: list[np.ndarray], options: TranscriptionOptions, window_s: int
     ) -> list[Transcription]:
-        """No language given to a multilingual model: detect each clip's (:mod:`mkdeploy.language`), then
+        """No language given to a multilingual model: detect each clip's (:mod:`mkdeploy.transcription.language`), then
         decode each language's clips together. The encoder's states of the detection pass are kept for
         the decode (a batch of one language, in a 30 s window, is encoded once)."""
         e = self.engine
@@ -231,7 +239,7 @@ class WhisperTranscriber:
         return results
 
     def aligner(self):
-        """The PyTorch model that aligns words (:mod:`mkdeploy.alignment`): this one on PyTorch; for an ONNX
+        """The PyTorch model that aligns words (:mod:`mkdeploy.transcription.alignment`): this one on PyTorch; for an ONNX
         export, the directory it was exported from (its manifest names it and its weights' hash), loaded
         once on first use, on the export's device (ONNX graphs do not output attention weights)."""
         if self.backend == "torch":
@@ -242,7 +250,7 @@ class WhisperTranscriber:
         return self._aligner
 
     def decode_timestamped(self, audios: Sequence[np.ndarray], options: TranscriptionOptions) -> list[list[Segment]]:
-        """:func:`mkdeploy.strategies.decode_timestamped` on clips of at most 30 s."""
+        """:func:`mkdeploy.transcription.strategies.decode_timestamped` on clips of at most 30 s."""
         return decode_timestamped(self.engine, model_inputs(self.engine, list(audios)), options)
 
     def transcribe_files(

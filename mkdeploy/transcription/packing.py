@@ -22,7 +22,7 @@ import numpy as np
 
 from mkdeploy.audio import SAMPLE_RATE
 from mkdeploy.results import Segment, Transcription
-from mkdeploy.runtime import TranscriptionOptions, WhisperTranscriber, pre_gate
+from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber, pre_gate
 
 #: seconds of silence between packed clips: Whisper closes a segment at a pause this long
 GAP_S = 1.0

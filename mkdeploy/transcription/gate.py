@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from mkdeploy.audio import SAMPLE_RATE, SILENCE_PEAK
-from mkdeploy.decoding import SpeechScore, no_speech_token, ort_logits, score_speech, torch_logits
-from mkdeploy.engine import Engine
 from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Transcription
-from mkdeploy.vad import has_speech
+from mkdeploy.transcription.decoding import SpeechScore, no_speech_token, ort_logits, score_speech, torch_logits
+from mkdeploy.transcription.engine import Engine
+from mkdeploy.transcription.vad import has_speech
 
 
 def pre_gate(audio: np.ndarray, options: TranscriptionOptions) -> Transcription | None:

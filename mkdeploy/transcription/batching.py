@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from mkdeploy.audio import SAMPLE_RATE
-from mkdeploy.engine import Engine
 from mkdeploy.models.window import FULL_WINDOW_S, WindowConfig, window_features
+from mkdeploy.transcription.engine import Engine
 
 #: Samples in one Whisper window (30 s).
 WINDOW_SAMPLES = FULL_WINDOW_S * SAMPLE_RATE

@@ -1,13 +1,13 @@
 """Decoding strategies behind one interface: each turns a batch's model inputs into token sequences.
 
 - :class:`LeanGreedy`: greedy, timestamp-free decoding of clips up to 30 s through the lean loop of
-  :mod:`mkdeploy.decoding` (or, for PyTorch on CUDA, the captured static-cache step of
-  :mod:`mkdeploy.static_decoder`); same tokens as ``generate``, without its per-token overhead.
+  :mod:`mkdeploy.transcription.decoding` (or, for PyTorch on CUDA, the captured static-cache step of
+  :mod:`mkdeploy.transcription.static_decoder`); same tokens as ``generate``, without its per-token overhead.
 - :class:`GenerateSegments`: Hugging Face ``generate`` with timestamps (segments; long-form audio).
 - :class:`Generate`: ``generate`` without timestamps (beam search, prompts, sampling).
 
 :func:`choose_strategy` picks one for a batch; :func:`decode_timestamped` is the single greedy pass with
-timestamp tokens that mkdeploy/packing.py uses on packed windows.
+timestamp tokens that mkdeploy/transcription/packing.py uses on packed windows.
 """
 
 from __future__ import annotations
@@ -18,20 +18,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mkdeploy import decoding
 from mkdeploy.audio import SAMPLE_RATE
-from mkdeploy.batching import ModelInputs
 from mkdeploy.constants import TIME_PRECISION_S
-from mkdeploy.decoding import (
+from mkdeploy.options import TranscriptionOptions
+from mkdeploy.results import Segment, Transcription
+from mkdeploy.transcription import decoding
+from mkdeploy.transcription.batching import ModelInputs
+from mkdeploy.transcription.decoding import (
     SpeechScore,
     greedy_decode,
     greedy_decode_timestamps,
     no_speech_token,
 )
-from mkdeploy.engine import Engine
-from mkdeploy.options import TranscriptionOptions
-from mkdeploy.results import Segment, Transcription
-from mkdeploy.static_decoder import StaticGreedyDecoder
+from mkdeploy.transcription.engine import Engine
+from mkdeploy.transcription.static_decoder import StaticGreedyDecoder
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Generate:
 
 
 class LeanGreedy:
-    """Greedy, timestamp-free decoding through :func:`mkdeploy.decoding.greedy_decode`; clips whose output
+    """Greedy, timestamp-free decoding through :func:`mkdeploy.transcription.decoding.greedy_decode`; clips whose output
     fails the compression-ratio check are decoded again by ``generate`` (temperature fallback). Owns the
     static decoder it captures on first use (one buffer length serves the usual caps)."""
 
@@ -172,9 +172,9 @@ def decode_timestamped(engine: Engine, inputs: ModelInputs, options: Transcripti
     """One greedy pass with timestamp tokens over clips of at most 30 s, parsed into segments.
 
     ``generate`` with timestamps took 6.9-22 s for one packed 27 s window of tiny.en int8 on 2 cores
-    (it walks the window segment by segment); this runs the lean loop of :mod:`mkdeploy.decoding` with
+    (it walks the window segment by segment); this runs the lean loop of :mod:`mkdeploy.transcription.decoding` with
     openai/whisper's timestamp rules, one pass. No temperature fallback: the caller checks the result
-    (mkdeploy/packing.py decodes a window it cannot attribute again, clip by clip).
+    (mkdeploy/transcription/packing.py decodes a window it cannot attribute again, clip by clip).
     """
     if inputs.long_form:
         raise ValueError("decode_timestamped takes clips of at most 30 s")

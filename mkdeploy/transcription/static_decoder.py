@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mkdeploy.decoding import GreedyResult, greedy_results
+from mkdeploy.transcription.decoding import GreedyResult, greedy_results
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +199,13 @@ class StaticGreedyDecoder:
 
         Args:
             encoder_states: the encoder's output for the clips.
-            prompt: the decoder prompt (:func:`mkdeploy.decoding.decoder_prompt`).
+            prompt: the decoder prompt (:func:`mkdeploy.transcription.decoding.decoder_prompt`).
             max_new_tokens: cap on generated tokens per clip, end-of-text included (as ``generate``).
             compression_ratio_threshold: flag outputs above it for the temperature fallback.
 
         Returns:
-            one :class:`~mkdeploy.decoding.GreedyResult` per clip, the same as
-            :func:`mkdeploy.decoding.greedy_decode` gives with the transformers step.
+            one :class:`~mkdeploy.transcription.decoding.GreedyResult` per clip, the same as
+            :func:`mkdeploy.transcription.decoding.greedy_decode` gives with the transformers step.
         """
         n, enc_len = encoder_states.shape[0], encoder_states.shape[1]
         p = len(prompt)

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import torch
 
-from mkdeploy.decoding import StepBoundary, StepFn, decoder_prompt, ort_step, torch_step, yielding
 from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.models.dirs import check_model_dir, is_onnx_dir
 from mkdeploy.models.student import load_whisper
@@ -27,7 +26,8 @@ from mkdeploy.models.window import (
     model_buckets,
 )
 from mkdeploy.options import TranscriptionOptions
-from mkdeploy.ort import LeanDecoderStep, OrtOptions, lean_decoder_session, load_ort_model
+from mkdeploy.transcription.decoding import StepBoundary, StepFn, decoder_prompt, ort_step, torch_step, yielding
+from mkdeploy.transcription.ort import LeanDecoderStep, OrtOptions, lean_decoder_session, load_ort_model
 
 Backend = Literal["auto", "torch", "onnx"]
 Device = Literal["auto", "cuda", "cpu"]
@@ -88,7 +88,7 @@ class Engine:
         #: encoder cannot change between calls (the trainer scoring dev with a frozen encoder, where
         #: the encoder was half of each evaluation's time)
         self.states_memo: dict[str, Any] | None = None
-        #: ONNX on CPU: drive the merged decoder's session directly (:class:`~mkdeploy.ort.LeanDecoderStep`);
+        #: ONNX on CPU: drive the merged decoder's session directly (:class:`~mkdeploy.transcription.ort.LeanDecoderStep`);
         #: False goes through optimum's wrapper (benchmarks/cpu_profile.py compares the two)
         self.lean_onnx_decoder = True
 
@@ -122,7 +122,7 @@ class Engine:
         """``generate``'s arguments for ``options`` (long-form: the per-window no-speech test too)."""
         kw: dict = dict(return_timestamps=options.return_timestamps, num_beams=options.num_beams)
         if yielding():
-            # generate yields at each of its steps too (the server's long uploads, mkdeploy.decoding.between_steps);
+            # generate yields at each of its steps too (the server's long uploads, mkdeploy.transcription.decoding.between_steps);
             # only then, since a custom processor list makes generate warn about its own suppression processors
             from transformers import LogitsProcessorList  # heavy; imported on use so the core import stays light
 
@@ -156,7 +156,7 @@ class Engine:
             return self.model.generate(**kw)
 
     def decoder_step(self, encoder_hidden_states) -> StepFn:
-        """The step function the greedy loops of :mod:`mkdeploy.decoding` call, over these encoder states:
+        """The step function the greedy loops of :mod:`mkdeploy.transcription.decoding` call, over these encoder states:
         PyTorch's decoder, the raw ONNX session on CPU, or optimum's ONNX wrapper (CUDA, unmerged graphs)."""
         if self.backend == "torch":
             return torch_step(self.model, encoder_hidden_states)
@@ -199,7 +199,7 @@ def load_engine(
         threads: CPU threads for PyTorch (process-wide) and ONNX Runtime's intra-op pool (0: their defaults).
         dtype: PyTorch weights: "float32", "float16", "bfloat16" or "auto" (float16 on CUDA, float32 on CPU).
             An ONNX export's precision is its variant folder.
-        onnx_kwargs: passed to :func:`mkdeploy.ort.load_ort_model` (e.g. ``variant``).
+        onnx_kwargs: passed to :func:`mkdeploy.transcription.ort.load_ort_model` (e.g. ``variant``).
     """
     path = check_model_dir(path)
     set_torch_threads(threads)

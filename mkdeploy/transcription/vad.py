@@ -2,7 +2,7 @@
 
 Whisper was trained on captioned audio and writes a caption for whatever it hears: on white noise the base
 model wrote "I'm going to put the", on brown noise "Thank you.", on 50 Hz hum "you" (issue 15). Its own
-no-speech probability (:mod:`mkdeploy.runtime`) catches part of that; a dedicated detector catches the
+no-speech probability (:mod:`mkdeploy.transcription.runtime`) catches part of that; a dedicated detector catches the
 rest before any decoding is paid for. Silero VAD (https://github.com/snakers4/silero-vad, the detector
 faster-whisper's ``vad_filter`` uses) ships its ONNX model inside the ``silero-vad`` wheel, so nothing is
 downloaded at run time. It is an optional dependency (the ``[serve]`` extra).

@@ -11,7 +11,7 @@ it), a word's time is its first token's start to the next word's start, and its 
 its tokens'.
 
 PyTorch only: ONNX exports do not output attention weights, so an export is aligned with a PyTorch pass of
-the model it was exported from (:meth:`mkdeploy.runtime.WhisperTranscriber.aligner`): one decoder pass
+the model it was exported from (:meth:`mkdeploy.transcription.runtime.WhisperTranscriber.aligner`): one decoder pass
 per clip, no change to the exported graphs (whisper.cpp and sherpa-onnx keep the attention inside their
 own runtimes instead; an extra ONNX output would double the decoder graphs to maintain).
 """
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from mkdeploy.audio import SAMPLE_RATE
-from mkdeploy.batching import WINDOW_SAMPLES, model_inputs
-from mkdeploy.decoding import forced_ids
 from mkdeploy.results import Word
+from mkdeploy.transcription.batching import WINDOW_SAMPLES, model_inputs
+from mkdeploy.transcription.decoding import forced_ids
 
 #: encoder frames per second (Whisper's 2x downsampled 100 Hz mel: 1500 frames per 30 s)
 FRAMES_PER_SECOND = 50
@@ -335,7 +335,7 @@ def add_words(engine, aligner, audios: Sequence[np.ndarray], results, options, s
     """Fill ``words`` of each result and of its segments (in place).
 
     Args:
-        engine: the :class:`~mkdeploy.engine.Engine` that decoded (its tokenizer and decoder prompt).
+        engine: the :class:`~mkdeploy.transcription.engine.Engine` that decoded (its tokenizer and decoder prompt).
         aligner: a PyTorch Whisper with the same weights (the engine's own model on PyTorch).
         audios: the batch's audio.
         results: its :class:`~mkdeploy.results.Transcription` objects.

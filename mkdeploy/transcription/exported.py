@@ -25,7 +25,7 @@ from mkdeploy.models.dirs import is_ct2_dir
 from mkdeploy.models.ggml import GgmlWhisper, is_ggml_dir
 from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Segment, Transcription
-from mkdeploy.runtime import FileFailure
+from mkdeploy.transcription.runtime import FileFailure
 
 
 def is_exported_dir(path: str | Path) -> bool:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mkdeploy.batching import WINDOW_SAMPLES, model_inputs
-from mkdeploy.decoding import ort_logits, torch_logits
-from mkdeploy.engine import Engine
 from mkdeploy.errors import MkdError
+from mkdeploy.transcription.batching import WINDOW_SAMPLES, model_inputs
+from mkdeploy.transcription.decoding import ort_logits, torch_logits
+from mkdeploy.transcription.engine import Engine
 
 #: what a caller passes (CLI, server, library) to ask for detection instead of a language code
 AUTO = "auto"
