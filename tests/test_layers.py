@@ -38,7 +38,7 @@ def test_layers_hold(tree):
     [
         ("audio.py", "mkdeploy.transcription.runtime"),  # core importing the runtime
         ("models/student.py", "mkdeploy.exporters.onnx"),  # models importing an exporter
-        ("runtime.py", "mkdeploy.demo.corpus"),  # the runtime importing the demo
+        ("transcription/runtime.py", "mkdeploy.demo.corpus"),  # the runtime importing the demo
     ],
 )
 def test_an_upward_import_breaks_the_build(tree, module, upward):
