@@ -24,6 +24,7 @@ logging.disable(logging.WARNING)
 
 import numpy as np
 
+from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.demo.augment import NOISE_ONLY, AugmentSpec, augment
 from mkdeploy.demo.calibrate import score_clips
 from mkdeploy.demo.corpus import CorpusSpec, demo_corpus, split_texts
@@ -99,7 +100,7 @@ def main() -> None:
         path = clips_dir / f"{p['id']}.wav"
         if not path.exists():
             audio = augment(synthesize(p["text"], Voice(p["engine"], p["name"], p["rate"])), p["seed"], p["spec"])
-            sf.write(path, audio, 16000, subtype="PCM_16")
+            sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
         return path
 
     with ThreadPoolExecutor(2) as ex:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mkdeploy.audio import load_audio  # noqa: E402
 from mkdeploy.bench import ModelSpec, load_runner  # noqa: E402
+from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.data import load_manifest  # noqa: E402
 
 
@@ -49,13 +50,13 @@ def profile_ort(path: Path, audios, threads: int, repeats: int) -> dict:
     fe = tr.processor.feature_extractor
     enc_s, clip_s, tokens, step_raw = [], [], [], []
     for a in audios:
-        feats = torch.from_numpy(fe([a], sampling_rate=16000, return_tensors="np").input_features)
+        feats = torch.from_numpy(fe([a], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features)
         enc_s.append(median_time(lambda feats=feats: tr.encode(feats), repeats))
         clip_s.append(median_time(lambda a=a: run.transcribe(a), repeats))
         tokens.append(run.transcribe(a)[1])
     # one decoder step on the raw session: the first cache-branch call after the prompt
     sess = tr.model.decoder.session
-    states = tr.encode(torch.from_numpy(fe([audios[0]], sampling_rate=16000, return_tensors="np").input_features))
+    states = tr.encode(torch.from_numpy(fe([audios[0]], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features))
     h = states.last_hidden_state.numpy()
     names = [i.name for i in sess.get_inputs()]
     first = {"input_ids": np.array([[50257, 50362]], dtype=np.int64), "encoder_hidden_states": h,
@@ -103,7 +104,7 @@ def profile_loop(path: Path, audios, threads: int, repeats: int) -> dict[str, di
         setattr(session, name, timed)
     states = [
         engine.encode(
-            torch.from_numpy(fe([a], sampling_rate=16000, return_tensors="np").input_features)
+            torch.from_numpy(fe([a], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features)
         ).last_hidden_state
         for a in audios
     ]
@@ -141,7 +142,7 @@ def profile_ct2(path: Path, audios, threads: int, repeats: int) -> dict:
     run = load_runner(ModelSpec("ct2", path, compute_type="int8"), "cpu", "en", threads=threads)
     enc_s, clip_s, tokens = [], [], []
     for a in audios:
-        feats = run.fe([a], sampling_rate=16000, return_tensors="np").input_features
+        feats = run.fe([a], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
         sv = run.ct2.StorageView.from_array(np.ascontiguousarray(feats))
         enc_s.append(median_time(lambda sv=sv: run.model.encode(sv, to_cpu=True), repeats))
         clip_s.append(median_time(lambda a=a: run.transcribe(a), repeats))

@@ -17,6 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mkdeploy.constants import SAMPLE_RATE
+
 #: espeak-ng voices in no demo split (mkdeploy.demo.synthesis.UNSEEN_VOICES has six others)
 VOICES = ("en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 
@@ -41,7 +43,7 @@ def build(workdir: Path, clips: int) -> Path:
         voice = VOICES[i % len(VOICES)]
         audio = synthesize(text, Voice("espeak-ng", voice))
         name = f"{i:03d}_{voice}.wav"
-        sf.write(out / name, audio, 16000)
+        sf.write(out / name, audio, SAMPLE_RATE)
         rows.append(json.dumps({"audio": name, "text": text, "engine": "espeak-ng", "voice": voice}))
     atomic_write_text(manifest, "\n".join(rows) + "\n")
     return manifest

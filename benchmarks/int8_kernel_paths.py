@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mkdeploy.constants import SAMPLE_RATE
+
 #: (name in the report, the Linear module in transformers' Whisper, rows of its input kept)
 LAYERS = (
     ("encoder layer 0 fc1", "model.encoder.layers.0.fc1", 48),
@@ -65,7 +67,7 @@ def prepare(a) -> None:
     model, processor = load_whisper(a.workdir / "models" / a.model)
     model.eval()
     clip = load_manifest(a.workdir / "corpus" / "test_unseen_speech.jsonl")[0]
-    feats = processor.feature_extractor(load_audio(clip.audio), sampling_rate=16000, return_tensors="pt")
+    feats = processor.feature_extractor(load_audio(clip.audio), sampling_rate=SAMPLE_RATE, return_tensors="pt")
     captured: dict[str, np.ndarray] = {}
 
     def keep(name: str):

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from mkdeploy.audio import load_audio
+from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.data import load_manifest
 from mkdeploy.distributed.cluster import connect
 from mkdeploy.distributed.config import RayConfig
@@ -34,7 +35,7 @@ from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscri
 
 def transcription_rows(args, rows, cores: int) -> list[str]:
     options = TranscriptionOptions(batch_size=args.batch_size)
-    audio_s = sum(len(load_audio(r.audio)) for r in rows) / 16000
+    audio_s = sum(len(load_audio(r.audio)) for r in rows) / SAMPLE_RATE
     tr = WhisperTranscriber.from_pretrained(args.model, "auto", "cpu", cores, **_variant(args))
     tr.transcribe_files([rows[0].audio], options)  # warm
     t0 = time.perf_counter()

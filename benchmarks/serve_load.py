@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mkdeploy.audio import expand_audio_paths, load_audio, reference_clips
+from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.testing.load import LoadResult, ServerProcess, run_load
 
 
@@ -63,7 +64,7 @@ def main() -> None:
     table = _table(results, levels)
     print(table)
     if args.out:
-        seconds = sum(len(c) for c in clips) / 16000 / len(clips)
+        seconds = sum(len(c) for c in clips) / SAMPLE_RATE / len(clips)
         head = (
             f"# `mkd serve` load: batching off vs on\n\nCommand: `python {' '.join(map(shlex.quote, sys.argv))}`\n\n"
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; model {args.model}"

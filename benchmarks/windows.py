@@ -23,6 +23,8 @@ import json
 import time
 from pathlib import Path
 
+from mkdeploy.constants import SAMPLE_RATE
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -174,7 +176,7 @@ def main() -> None:
     for r in load_manifest(long_held):
         cur += [load_audio(r.audio), np.zeros(8000, np.float32)]
         txt.append(r.text)
-        if sum(len(x) for x in cur) > 45 * 16000:
+        if sum(len(x) for x in cur) > 45 * SAMPLE_RATE:
             longs.append(np.concatenate(cur))
             long_refs.append(" ".join(txt))
             cur, txt = [], []
@@ -184,7 +186,7 @@ def main() -> None:
         res = tr.transcribe_arrays(longs, TranscriptionOptions(batch_size=1))
         long_form[model_label] = {
             "clips": len(longs),
-            "seconds": round(sum(len(x) for x in longs) / 16000, 1),
+            "seconds": round(sum(len(x) for x in longs) / SAMPLE_RATE, 1),
             "wer": error_rates(long_refs, [t.text for t in res]).wer,
         }
 

@@ -27,6 +27,7 @@ logging.disable(logging.WARNING)
 import numpy as np
 import soundfile as sf
 
+from mkdeploy.constants import SAMPLE_RATE
 from mkdeploy.demo.augment import NOISE_ONLY, augment
 from mkdeploy.demo.synthesis import Voice, join_utterances, synthesize
 from mkdeploy.demo.text import everyday_sentences
@@ -62,7 +63,7 @@ def build(workdir: Path, n: int, seed: int = 0) -> list[dict]:
             [synthesize(t, voice) for t in chosen], list(rng.uniform(0.4, 2.0, 2)), float(rng.uniform(0.2, 1.0))
         )
         path = workdir / f"joined-{i:03d}.wav"
-        sf.write(path, augment(audio, [seed, i], NOISE), 16000, subtype="PCM_16")
+        sf.write(path, augment(audio, [seed, i], NOISE), SAMPLE_RATE, subtype="PCM_16")
         clips.append({"audio": str(path), "texts": chosen, "onsets": onsets, "voice": f"{voice.engine}/{voice.name}"})
     meta.write_text(json.dumps(clips, indent=1))
     return clips

@@ -45,9 +45,9 @@ class DecodeFlags:
         },
     )
     task: str = field(default="transcribe", metadata={"help": "transcribe or translate (multilingual models)."})
-    batch_size: int = field(default=8, metadata={"help": "Clips decoded together."})
+    batch_size: int = field(default=TranscriptionOptions.batch_size, metadata={"help": "Clips decoded together."})
     beam_size: int = field(
-        default=1,
+        default=TranscriptionOptions.num_beams,
         metadata={
             "help": "Beams per clip (1: greedy, the fastest; faster-whisper and openai/whisper's CLI use 5). "
             "Cost and gain on the demo's sets: benchmarks/results/beam_size.md."
@@ -61,7 +61,9 @@ class DecodeFlags:
         default=None,
         metadata={"help": "ONNX variant: fp32, int8 or fp16 (default: the folder given, fp32 at an export's root)."},
     )
-    timestamps: bool = field(default=True, metadata={"help": "Predict segment times."})
+    timestamps: bool = field(
+        default=TranscriptionOptions.return_timestamps, metadata={"help": "Predict segment times."}
+    )
     encoder_buckets: list[int] | None = field(
         default=None,
         metadata={"help": "Encoder windows in seconds, e.g. 5,10,20,30 (default: the model's own; 30: Whisper's)."},

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mkdeploy.audio import SAMPLE_RATE
+from mkdeploy.constants import CHUNK_S, SAMPLE_RATE
 from mkdeploy.results import Segment, Transcription
 from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber, pre_gate
 
@@ -28,8 +28,10 @@ from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscri
 GAP_S = 1.0
 #: clips longer than this are decoded on their own
 MAX_PACKED_CLIP_S = 10.0
-#: usable length of a window (Whisper's 30 s, less a margin for its last timestamp)
-WINDOW_S = 29.0
+#: margin (s) left at a window's end for its last timestamp
+END_MARGIN_S = 1.0
+#: usable length of a window: Whisper's, less that margin
+WINDOW_S = CHUNK_S - END_MARGIN_S
 #: how far (s) a segment may reach into another clip's audio before the window is decoded again unpacked
 MAX_OVERLAP_S = 0.5
 
