@@ -63,11 +63,8 @@ def export_cmd(
     from mkdeploy.exporters.onnx import ExportOptions, export_onnx
 
     quiet_libraries()
-    if fmt == "ct2":
-        _export_ct2(model, output, quantization or "int8", sample_audio, validate, force)
-        return
-    if fmt == "ggml":
-        _export_ggml(model, output, quantization or "q8_0", sample_audio, validate, force)
+    if fmt in ("ct2", "ggml"):
+        _export_for_engine(fmt, model, output, quantization, sample_audio, validate, force)
         return
     with cli_errors():
         if fmt != "onnx":
@@ -119,14 +116,24 @@ def export_cmd(
     out.print(f"wrote {output} ({manifest.sample_audio or 'no parity check'})")
 
 
-def _export_ct2(model: Path, output: Path, quantization: str, sample_audio: list[Path], validate: bool, force: bool):
+def _export_for_engine(
+    fmt: str, model: Path, output: Path, quantization: str | None, sample_audio: list[Path], validate: bool, force: bool
+):
+    """``--format ct2`` or ``ggml``: the export, its warnings, heads and parity, and how the target loads it."""
     from mkdeploy.audio import load_audio  # imported on use, so `mkd --help` stays fast
     from mkdeploy.exporters.ct2 import export_ct2
+    from mkdeploy.exporters.ggml import export_ggml
+    from mkdeploy.models.ggml import GGML_FILE
 
+    export, default, engine = {
+        "ct2": (export_ct2, "int8", "CTranslate2"),
+        "ggml": (export_ggml, "q8_0", "whisper.cpp"),
+    }[fmt]
+    quantization = quantization or default
     with cli_errors():
         samples = [load_audio(p) for p in sample_audio] or None
-        with console.status(f"converting {model} for CTranslate2"):
-            m = export_ct2(model, output, quantization, force=force, samples=samples, validate=validate)
+        with console.status(f"writing {model} for {engine}"):
+            m = export(model, output, quantization, force=force, samples=samples, validate=validate)
     for w in m.warnings:
         out.print(error_line(w, "warning:"))
     out.print(f"alignment heads ({m.heads_source}): {m.alignment_heads}")
@@ -135,22 +142,9 @@ def _export_ct2(model: Path, output: Path, quantization: str, sample_audio: list
             f"parity: {m.identical}/{len(m.parity)} clips as PyTorch transcribes them "
             f"({m.word_errors} words differ), {quantization}"
         )
-    out.print(f"wrote {output} ({m.seconds:.0f} s): faster_whisper.WhisperModel({str(output)!r}) loads it")
-
-
-def _export_ggml(model: Path, output: Path, quantization: str, sample_audio: list[Path], validate: bool, force: bool):
-    from mkdeploy.audio import load_audio  # imported on use, so `mkd --help` stays fast
-    from mkdeploy.exporters.ggml import export_ggml
-
-    with cli_errors():
-        samples = [load_audio(p) for p in sample_audio] or None
-        with console.status(f"writing {model} for whisper.cpp"):
-            m = export_ggml(model, output, quantization, force=force, samples=samples, validate=validate)
-    for w in m.warnings:
-        out.print(error_line(w, "warning:"))
-    if m.parity:
-        out.print(
-            f"parity: {m.identical}/{len(m.parity)} clips as PyTorch transcribes them "
-            f"({m.word_errors} words differ), {quantization}"
-        )
-    out.print(f"wrote {output / m.file} ({m.seconds:.0f} s): whisper-cli -m {output / m.file} -f AUDIO loads it")
+    loads = (
+        f"faster_whisper.WhisperModel({str(output)!r})"
+        if fmt == "ct2"
+        else f"whisper-cli -m {output / GGML_FILE} -f AUDIO"
+    )
+    out.print(f"wrote {output} ({m.seconds:.0f} s): {loads} loads it")

@@ -25,22 +25,20 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from mkdeploy.audio import reference_clips
 from mkdeploy.errors import ExportError, MkdError, ModelError
-from mkdeploy.evaluate import error_rates
-from mkdeploy.exporters.alignment_heads import student_alignment_heads
+from mkdeploy.exporters.target import TargetManifest, student_alignment_heads
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.ct2_whisper import CT2Whisper
 from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
 from mkdeploy.models.window import model_buckets
 from mkdeploy.options import scoring_options
 from mkdeploy.transcription.runtime import WhisperTranscriber
-from mkdeploy.version import version_info
 
 #: CTranslate2's weight types `--quantization` takes, and the compute type each is checked with on CPU
 QUANTIZATIONS = {"int8": "int8", "int8_float16": "int8", "float16": "float32", "float32": "float32"}
@@ -50,29 +48,12 @@ SIDE_FILES = ("tokenizer.json", "preprocessor_config.json")
 
 
 @dataclass
-class CT2Manifest:
-    """Written to OUT/mkdeploy_export.json.
+class CT2Manifest(TargetManifest):
+    """Written to OUT/mkdeploy_export.json (:class:`~mkdeploy.exporters.target.TargetManifest`'s fields); the
+    alignment heads are also written to config.json, where faster-whisper reads them."""
 
-    Attributes:
-        alignment_heads: ``[[layer, head], ...]`` written to config.json; ``heads_source`` says where they
-            came from ("the model's generation config" or "measured on the parity clips").
-        parity: per parity clip, the PyTorch and CTranslate2 texts; ``identical`` counts equal ones and
-            ``word_errors`` the words CTranslate2's differ by.
-        warnings: what the target does differently from mkd's own runtime (short windows, ...).
-    """
-
-    source: str
-    source_sha256: str
     format: str = "ctranslate2"
     quantization: str = "int8"
-    alignment_heads: list[list[int]] = field(default_factory=list)
-    heads_source: str = ""
-    parity: list[dict] = field(default_factory=list)
-    identical: int = 0
-    word_errors: int = 0
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    mkdeploy: dict = field(default_factory=version_info)
 
 
 def export_ct2(
@@ -156,10 +137,7 @@ def _check_parity(
     opts = replace(scoring_options("en", batch_size=len(audios)), encoder_buckets=(30,))
     ref = [t.text for t in tr.transcribe_arrays(audios, opts)]
     got = [t for t, _ in CT2Whisper(export, "cpu", QUANTIZATIONS[manifest.quantization]).transcribe_batch(audios)]
-    scored = error_rates(ref, got)
-    manifest.parity = [{"pytorch": r, "ctranslate2": g} for r, g in zip(ref, got)]
-    manifest.identical = sum(r == g for r, g in zip(ref, got))
-    manifest.word_errors = sum(u.word_errors for u in scored.utterances)
+    manifest.record_parity("ctranslate2", ref, got, audios)
     if manifest.quantization == "float32" and manifest.identical < len(ref):
         raise ExportError(
             f"{model_dir}: the CTranslate2 float32 export transcribes {len(ref) - manifest.identical} of "

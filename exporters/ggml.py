@@ -39,17 +39,15 @@ from typing import BinaryIO
 import numpy as np
 
 from mkdeploy.audio import reference_clips
-from mkdeploy.constants import CHUNK_S, SAMPLE_RATE
+from mkdeploy.constants import CHUNK_S
 from mkdeploy.errors import MkdError, ModelError
-from mkdeploy.evaluate import error_rates
-from mkdeploy.exporters.alignment_heads import student_alignment_heads
+from mkdeploy.exporters.target import TargetManifest, student_alignment_heads
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.models.dirs import check_model_dir, hash_model_dir, is_onnx_dir
 from mkdeploy.models.ggml import GGML_FILE, GgmlWhisper, audio_ctx
 from mkdeploy.models.window import model_buckets
 from mkdeploy.options import scoring_options
 from mkdeploy.transcription.runtime import WhisperTranscriber
-from mkdeploy.version import version_info
 
 MANIFEST = "mkdeploy_export.json"
 GGML_MAGIC = 0x67676D6C  # "ggml"
@@ -91,32 +89,18 @@ _TOP_NAMES = {
 
 
 @dataclass
-class GgmlManifest:
-    """Written to OUT/mkdeploy_export.json.
+class GgmlManifest(TargetManifest):
+    """Written to OUT/mkdeploy_export.json (fields of :class:`~mkdeploy.exporters.target.TargetManifest`, and:)
 
     Attributes:
+        file: the model file in the export directory.
         audio_ctx: encoder bucket in seconds -> whisper.cpp's ``audio_ctx`` for it (empty for a 30 s model).
-        alignment_heads: the student's ``[[layer, head], ...]`` (for whisper.cpp's custom DTW heads);
-            ``heads_source`` says where they come from (:func:`mkdeploy.exporters.alignment_heads.student_alignment_heads`).
-        parity: per parity clip, the PyTorch and whisper.cpp texts; ``identical`` counts equal ones and
-            ``word_errors`` the words whisper.cpp's differ by.
-        warnings: what whisper.cpp does differently from mkd's own runtime.
     """
 
-    source: str
-    source_sha256: str
     format: str = "ggml"
     quantization: str = "q8_0"
     file: str = GGML_FILE
     audio_ctx: dict[str, int] = field(default_factory=dict)
-    alignment_heads: list[list[int]] = field(default_factory=list)
-    heads_source: str = ""
-    parity: list[dict] = field(default_factory=list)
-    identical: int = 0
-    word_errors: int = 0
-    warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    mkdeploy: dict = field(default_factory=version_info)
 
 
 def export_ggml(
@@ -310,10 +294,4 @@ def _check_parity(manifest: GgmlManifest, tr: WhisperTranscriber, model_dir: Pat
     ref = [t.text for t in tr.transcribe_arrays(audios, scoring_options("en", batch_size=len(audios)))]
     buckets = tuple(int(b) for b in manifest.audio_ctx) or (CHUNK_S,)
     whisper = GgmlWhisper(export, language="en", threads=2, buckets=buckets)
-    got = [text for text, _ in whisper.transcribe_batch(audios)]
-    scored = error_rates(ref, got)
-    manifest.parity = [
-        {"pytorch": r, "whisper.cpp": g, "seconds": round(len(a) / SAMPLE_RATE, 2)} for r, g, a in zip(ref, got, audios)
-    ]
-    manifest.identical = sum(r == g for r, g in zip(ref, got))
-    manifest.word_errors = sum(u.word_errors for u in scored.utterances)
+    manifest.record_parity("whisper.cpp", ref, [text for text, _ in whisper.transcribe_batch(audios)], audios)

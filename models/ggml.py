@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mkdeploy.constants import CHUNK_S, MEL_FRAMES_PER_S, SAMPLE_RATE
-from mkdeploy.errors import MkdError
+from mkdeploy.errors import MissingExtraError, MkdError
 from mkdeploy.models.window import WindowConfig
 
 #: the model file inside a ggml export directory
@@ -100,7 +100,9 @@ class GgmlWhisper:
         try:
             import pywhispercpp.model  # noqa: F401
         except ImportError:
-            raise MkdError("whisper.cpp models need pywhispercpp: pip install 'mkdeploy[ggml]'") from None
+            raise MissingExtraError(
+                "ggml", "whisper.cpp (a ggml model, or its export's parity check)", "pywhispercpp"
+            ) from None
 
     def transcribe(self, audio: np.ndarray) -> tuple[str, int]:
         """(text, generated tokens) of one 16 kHz clip of at most 30 s, decoded as the engines are scored."""

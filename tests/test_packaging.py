@@ -177,6 +177,12 @@ def test_the_built_wheel_in_a_fresh_venv_runs_every_command(tmp_path, speech_cli
     hyps = [json.loads((work / "out" / f"{Path(c).stem}.json").read_text())["text"] for c in clips]
     assert error_rates([t for _, t in speech_clips[:2]], hyps).wer < 0.2, hyps
 
+    # whisper.cpp's file is written without its engine installed; running it names the extra that adds it
+    run("export", str(work / "tiny.en"), str(work / "ggml"), "--format", "ggml", "--no-validate")
+    assert (work / "ggml" / "ggml-model.bin").stat().st_size > 10_000_000
+    no_ggml = run("transcribe", str(work / "ggml"), clips[0], "-o", str(work / "out-ggml"), ok=False)
+    assert no_ggml.returncode == 2 and "pip install 'mkdeploy[ggml]'" in no_ggml.stderr, no_ggml.stderr
+
 
 BLOCKING = textwrap.dedent("""
     import sys
@@ -197,11 +203,13 @@ BLOCKING = textwrap.dedent("""
         ("ray", ["serve", "--ray", "MODEL"], "ray"),
         ("ray", ["transcribe", "--ray", "AUDIO"], "ray"),
         ("silero_vad", ["transcribe", "--vad", "AUDIO"], "serve"),
+        ("pywhispercpp", ["export", "MODEL", "OUT", "--format", "ggml"], "ggml"),
     ],
 )
 def test_missing_extra_errors_name_the_extra(blocked, args, extra, tiny_model_dir, speech_clips, tmp_path):
     args = [str(tiny_model_dir) if a == "MODEL" else a for a in args]
     args = [str(speech_clips[0][0].parent) if a == "AUDIO" else a for a in args]
+    args = [str(tmp_path / "export") if a == "OUT" else a for a in args]
     if args[0] == "transcribe":
         args = ["transcribe", str(tiny_model_dir), *args[1:], "-o", str(tmp_path / "out")]
     r = subprocess.run([sys.executable, "-c", BLOCKING, blocked, *args], capture_output=True, text=True, timeout=300)
