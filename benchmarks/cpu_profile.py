@@ -7,7 +7,7 @@ decoder's session alone on the same inputs (``session.run`` with numpy, no Pytho
 share of a step shows.
 
 The second table times the greedy loop itself (the encoder's states given) through optimum's decoder
-wrapper and through mkdeploy's raw-session step (:class:`mkdeploy.transcription.ort.LeanDecoderStep`): per decoder
+wrapper and through mkdeploy's raw-session step (:class:`mkdeploy.lean.sessions.DecoderStep`): per decoder
 step, the loop's time, the time inside the session's run calls, and what is left outside them.
 
     python benchmarks/cpu_profile.py ONNX_INT8_DIR CT2_DIR MANIFEST --threads 2 --limit 12 \\
@@ -109,7 +109,7 @@ def profile_loop(path: Path, audios, threads: int, repeats: int) -> dict[str, di
         for a in audios
     ]
     out = {}
-    for label, lean in (("optimum wrapper", False), ("raw session (LeanDecoderStep)", True)):
+    for label, lean in (("optimum wrapper", False), ("raw session (DecoderStep)", True)):
         engine.lean_onnx_decoder = lean
         loop_s, steps, tokens = 0.0, 0, []
         inside[0] = 0.0

@@ -70,8 +70,7 @@ def run_shape(shape: str, tokens: int, repeats: int) -> list[str]:
         def loop(feats=feats, batch=batch):
             with torch.inference_mode():
                 states = model.get_encoder()(feats).last_hidden_state
-                return greedy_decode(torch_step(model, states), batch, prompt, gen, tokens, gen.eos_token_id + 1,
-                                     device="cuda")  # fmt: skip
+                return greedy_decode(torch_step(model, states), batch, prompt, gen, tokens, gen.eos_token_id + 1)
 
         def graph(feats=feats):
             with torch.inference_mode():

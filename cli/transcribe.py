@@ -53,7 +53,13 @@ class DecodeFlags:
             "Cost and gain on the demo's sets: benchmarks/results/beam_size.md."
         },
     )
-    backend: str = field(default="auto", metadata={"help": "auto, torch or onnx."})
+    backend: str = field(
+        default="auto",
+        metadata={
+            "help": "auto, torch, onnx (optimum) or onnx-lean (ONNX Runtime, numpy and tokenizers only; what auto "
+            "runs an export on where torch is not installed)."
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto, cuda or cpu."})
     threads: int = field(default=0, metadata={"help": THREADS_HELP})
     dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
@@ -121,7 +127,7 @@ def transcribe(
     # imported on use, so `mkd --help` stays fast
     from mkdeploy.audio import expand_audio_paths
     from mkdeploy.transcription.exported import ExportedTranscriber, is_exported_dir
-    from mkdeploy.transcription.runtime import WhisperTranscriber
+    from mkdeploy.transcription.loading import load_transcriber
     from mkdeploy.transcription.writers import WRITERS, get_writer
 
     quiet_libraries()
@@ -138,16 +144,13 @@ def transcribe(
             raise MkdError(f"no audio files found in {', '.join(map(str, audio))}")
         writers = [get_writer(f, output_dir, word_level=flags.word_timestamps) for f in fmt]
         opts = _options(flags)
-        tr: WhisperTranscriber | ExportedTranscriber
+        tr: Any
         if is_exported_dir(model):  # faster-whisper's or whisper.cpp's format: run by that engine
             if flags.backend != "auto" or flags.variant or flags.dtype != "auto":
                 raise MkdError(f"{model}: an export for another server; its engine and precision are the export's")
             tr = ExportedTranscriber(model, opts.language, flags.device, flags.threads)
         else:
-            kw = {"variant": flags.variant} if flags.variant else {}
-            tr = WhisperTranscriber.from_pretrained(
-                model, flags.backend, flags.device, flags.threads, flags.dtype, **kw
-            )
+            tr = load_transcriber(model, flags.backend, flags.device, flags.threads, flags.dtype, flags.variant)
             _print_windows(tr, opts)
         console.print(f"model {model} on {tr.backend}/{tr.device}" + (f" ({tr.provider})" if tr.provider else ""))
         _check_targets(paths, writers, force)
@@ -196,8 +199,8 @@ def _transcribe_on_ray(
 
 
 def _check_flags(flags: DecodeFlags) -> None:
-    if flags.backend not in ("auto", "torch", "onnx") or flags.device not in ("auto", "cuda", "cpu"):
-        raise MkdError("--backend takes auto|torch|onnx and --device auto|cuda|cpu")
+    if flags.backend not in ("auto", "torch", "onnx", "onnx-lean") or flags.device not in ("auto", "cuda", "cpu"):
+        raise MkdError("--backend takes auto|torch|onnx|onnx-lean and --device auto|cuda|cpu")
     if flags.batch_size < 1 or flags.threads < 0 or not 0.0 <= flags.no_speech_threshold <= 1.0:
         raise MkdError("--batch-size must be >= 1, --threads >= 0 and --no-speech-threshold within 0..1")
     if flags.beam_size < 1:

@@ -16,7 +16,7 @@ from pathlib import Path
 import jiwer
 
 from mkdeploy.data import load_manifest
-from mkdeploy.transcription.runtime import WhisperTranscriber
+from mkdeploy.transcription.loading import load_transcriber
 
 
 @lru_cache(maxsize=1)
@@ -150,7 +150,7 @@ def evaluate_manifest(
     """
 
     rows = load_manifest(manifest, require_text=True)
-    transcriber = WhisperTranscriber.from_pretrained(model_path, backend, device, threads, dtype)
+    transcriber = load_transcriber(model_path, backend, device, threads, dtype)
     results, failures = transcriber.transcribe_files([r.audio for r in rows], options, on_progress=on_progress)
     by_path = {t.path: t for t in results}
     kept = [r for r in rows if str(r.audio) in by_path]

@@ -72,3 +72,11 @@ class Transcription:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class FileFailure:
+    """An input that could not be transcribed, with a one-line reason naming the file."""
+
+    path: str
+    reason: str

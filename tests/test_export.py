@@ -263,12 +263,12 @@ def test_lean_onnx_decoder_gives_optimums_tokens(tiny_export, samples, variant):
     """The raw-session step (the cache kept as ORT values) decodes the same tokens as optimum's wrapper,
     in the lean greedy loop (batch of 3, no-speech scores read on the way) and in the timestamped pass.
     fp16 has separate decoder graphs (no merged cache branch): it stays on optimum's wrapper."""
-    from mkdeploy.transcription.ort import LeanDecoderStep
+    from mkdeploy.lean.sessions import DecoderStep
 
     ox = WhisperTranscriber.from_pretrained(tiny_export, device="cpu", variant=variant)
     features = ox.engine.processor.feature_extractor(samples, sampling_rate=16000, return_tensors="pt")
     step = ox.engine.decoder_step(ox.engine.encode(features.input_features).last_hidden_state)
-    assert isinstance(step, LeanDecoderStep) == (variant != "fp16")
+    assert isinstance(step, DecoderStep) == (variant != "fp16")
     results = {}
     for lean in (True, False):
         ox.engine.lean_onnx_decoder = lean

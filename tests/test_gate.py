@@ -22,11 +22,11 @@ class _Gen:
 
 def test_score_speech_matches_hand_computed_values():
     torch.manual_seed(0)
-    table = torch.randn(1, 4, 6)  # positions: prompt(0), then tokens 2, 3, end-of-text
+    table = torch.randn(1, 4, 6).numpy()  # positions: prompt(0), then tokens 2, 3, end-of-text
 
-    scores = score_speech(lambda ids: table.expand(ids.shape[0], -1, -1), [0], [[2, 3]], _Gen(), no_speech_id=4)
+    scores = score_speech(lambda ids: np.repeat(table, ids.shape[0], 0), [0], [[2, 3]], _Gen(), no_speech_id=4)
 
-    t = table[0].double().numpy()
+    t = table[0].astype(np.float64)
     no_speech = math.exp(t[0, 4]) / np.exp(t[0]).sum()  # raw logits at the first position
     masked = t.copy()
     masked[:, 1] = -np.inf  # suppress_tokens masked before the token log-probabilities
@@ -38,8 +38,8 @@ def test_score_speech_matches_hand_computed_values():
 
 def test_score_speech_ignores_padding_of_shorter_sequences():
     torch.manual_seed(1)
-    table = torch.randn(1, 5, 6)
-    fn = lambda ids: table.expand(ids.shape[0], -1, -1)  # noqa: E731
+    table = torch.randn(1, 5, 6).numpy()
+    fn = lambda ids: np.repeat(table[:, : ids.shape[1]], ids.shape[0], 0)  # noqa: E731
     alone = score_speech(fn, [0], [[2]], _Gen(), 4)[0]
     batched = score_speech(fn, [0], [[2], [2, 3, 3]], _Gen(), 4)[0]
     assert batched.avg_logprob == pytest.approx(alone.avg_logprob, rel=1e-6)

@@ -19,7 +19,7 @@ def _reference_and_static(model_dir, audios, max_new_tokens, device="cpu", cuda_
     with torch.inference_mode():
         states = model.get_encoder()(feats.to(device, dtype=dtype)).last_hidden_state
         ref = greedy_decode(torch_step(model, states), len(audios), prompt, gen, max_new_tokens,
-                            model.config.vocab_size, 1.35, device=device)  # fmt: skip
+                            model.config.vocab_size, 1.35)  # fmt: skip
     dec = StaticGreedyDecoder(model, gen, max_len=len(prompt) + max_new_tokens, cuda_graphs=cuda_graphs)
     return ref, dec.decode(states, prompt, max_new_tokens, 1.35), dec
 
@@ -60,8 +60,8 @@ def test_cuda_graph_replay_matches_the_transformers_loop():
     gen = GenerationConfig(eos_token_id=50256, suppress_tokens=[1, 2], begin_suppress_tokens=[220, 50256])
     prompt = [50257, 50362]
     with torch.inference_mode():
-        states = model.get_encoder()(torch.randn(3, 80, 3000, device="cuda")).last_hidden_state
-        ref = greedy_decode(torch_step(model, states), 3, prompt, gen, 24, cfg.vocab_size, device="cuda")
+        states = model.get_encoder()(torch.randn(3, 80, 3000)).last_hidden_state
+        ref = greedy_decode(torch_step(model, states), 3, prompt, gen, 24, cfg.vocab_size)
     dec = StaticGreedyDecoder(model, gen, max_len=40)
     got = dec.decode(states, prompt, 24)
     assert dec.use_graphs and (4, 1500) in dec._graphs, "captured for the batch bucket of 3 clips"

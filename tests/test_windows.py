@@ -96,8 +96,8 @@ def test_greedy_loop_suppresses_stops_and_caps():
 
     def step(ids, past):
         calls.append(ids.tolist())
-        logits = torch.tensor([[0.0, 9.0, 5.0, 7.0], [0.0, 9.0, 5.0, 1.0]])
-        return logits[:, None].repeat(1, ids.shape[1], 1), (past or 0) + 1
+        logits = np.array([[0.0, 9.0, 5.0, 7.0], [0.0, 9.0, 5.0, 1.0]], dtype=np.float32)
+        return np.repeat(logits[:, None], ids.shape[1], axis=1), (past or 0) + 1
 
     out = greedy_decode(step, 2, [0, 0], _Gen, max_new_tokens=4, vocab_size=4)
     # clip 0: step 1 picks 2 (1 and 3 suppressed), step 2 picks eos; clip 1 never ends: capped at 4 tokens
@@ -135,7 +135,7 @@ def test_lean_loop_tokens_equal_generate(tiny_model_dir, buckets):
 
 def test_lean_loop_hands_repetition_loops_to_the_fallback(tiny_model_dir, monkeypatch):
     """A greedy output that fails the compression check is decoded again by generate()."""
-    import mkdeploy.transcription.decoding as dec
+    import mkdeploy.lean.greedy as dec
 
     tr = WhisperTranscriber.from_pretrained(tiny_model_dir, backend="torch", device="cpu")
     calls = []

@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from mkdeploy.lean.sessions import OrtOptions
 from mkdeploy.models.ct2 import read_ct2_model_bin
 from mkdeploy.models.ct2_whisper import CT2Whisper
 from mkdeploy.models.ggml import GgmlWhisper, ggml_param_count
 from mkdeploy.options import scoring_options
-from mkdeploy.transcription.ort import OrtOptions
-from mkdeploy.transcription.runtime import WhisperTranscriber
 
 
 class Runner:
@@ -54,6 +53,8 @@ class WhisperRunner(Runner):
         dtype: str = "auto",
         ort_options: OrtOptions | None = None,
     ):
+        from mkdeploy.transcription.runtime import WhisperTranscriber  # torch: imported only for these models
+
         self.path = path
         extra: dict[str, Any] = {"options": ort_options} if ort_options is not None else {}
         self.tr = WhisperTranscriber.from_pretrained(path, device=device, threads=threads, dtype=dtype, **extra)
@@ -71,6 +72,41 @@ class WhisperRunner(Runner):
     def params(self) -> int:
         if self.backend == "torch":
             return sum(p.numel() for p in self.tr.model.parameters())
+        return onnx_param_count(self.path)
+
+
+class LeanRunner(Runner):
+    """An ONNX export on the torch-free runtime (:class:`mkdeploy.lean.transcriber.OnnxTranscriber`): the
+    process running it never imports torch, transformers or optimum, so its RSS is the base install's."""
+
+    backend = "onnx-lean"
+
+    def __init__(
+        self,
+        path: Path,
+        device: str,
+        language: str,
+        max_new_tokens: int | None = None,
+        buckets: tuple[int, ...] | None = None,
+        threads: int = 0,
+        ort_options: OrtOptions | None = None,
+    ):
+        from mkdeploy.lean.transcriber import OnnxTranscriber
+
+        self.path = path
+        self.tr = OnnxTranscriber.from_pretrained(path, device, threads, options=ort_options)
+        self.device, self.provider = self.tr.device, self.tr.provider
+        self.variant = _onnx_variant(path)
+        self.options = replace(
+            scoring_options(language, batch_size=1), max_new_tokens=max_new_tokens, encoder_buckets=buckets
+        )
+        self.windows = ",".join(str(b) for b in self.tr.windows(self.options).buckets)
+
+    def transcribe_batch(self, audios):
+        opts = replace(self.options, batch_size=len(audios))
+        return [(t.text, len(t.tokens) + 1) for t in self.tr.transcribe_arrays(audios, opts)]  # + end of text
+
+    def params(self) -> int:
         return onnx_param_count(self.path)
 
 

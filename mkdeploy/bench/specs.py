@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mkdeploy.bench.runners import CT2Runner, GgmlRunner, Runner, WhisperRunner
+from mkdeploy.bench.runners import CT2Runner, GgmlRunner, LeanRunner, Runner, WhisperRunner
 from mkdeploy.errors import MkdError, ModelError
+from mkdeploy.lean.sessions import OrtOptions
 from mkdeploy.models.dirs import is_ct2_dir, is_onnx_dir
 from mkdeploy.models.ggml import is_ggml_dir
 from mkdeploy.models.window import parse_buckets
-from mkdeploy.transcription.ort import OrtOptions
+from mkdeploy.transcription.loading import lean_backend
 
 
 @dataclass
@@ -26,6 +27,8 @@ class ModelSpec:
             yardstick. CTranslate2 entries only.
         ort: ONNX Runtime's memory switches, e.g. ``no-arena,no-prepack`` or ``lean``
             (:meth:`mkdeploy.transcription.ort.OrtOptions.from_memory_flags`; None: its defaults). ONNX entries only.
+        backend: ``onnx-lean`` runs an ONNX export on the torch-free runtime (:mod:`mkdeploy.lean`), ``onnx``
+            on optimum's; None: ``auto`` (:func:`mkdeploy.transcription.loading.lean_backend`).
     """
 
     name: str
@@ -33,10 +36,11 @@ class ModelSpec:
     buckets: tuple[int, ...] | None = None
     compute_type: str | None = None
     ort: str | None = None
+    backend: str | None = None
 
 
 #: the ``:key=value`` suffixes a --model entry takes
-SPEC_KEYS = ("buckets", "compute_type", "ort")
+SPEC_KEYS = ("buckets", "compute_type", "ort", "backend")
 
 
 def parse_model_spec(text: str) -> ModelSpec:
@@ -57,7 +61,10 @@ def parse_model_spec(text: str) -> ModelSpec:
     buckets = parse_buckets(opts["buckets"]) if "buckets" in opts else None
     if "ort" in opts:
         OrtOptions.from_memory_flags(opts["ort"])  # a bad flag fails here, before any model loads
-    return ModelSpec(name, Path(path), buckets, opts.get("compute_type"), opts.get("ort"))
+    backend = opts.get("backend")
+    if backend not in (None, "onnx", "onnx-lean"):
+        raise MkdError(f"--model {text!r}: :backend= takes onnx or onnx-lean")
+    return ModelSpec(name, Path(path), buckets, opts.get("compute_type"), opts.get("ort"), backend)
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -100,4 +107,6 @@ def load_runner(
     if spec.ort and not is_onnx_dir(spec.path):
         raise MkdError(f"--model {spec.name}: :ort= sets ONNX Runtime's memory options; {spec.path} is not an export")
     ort = OrtOptions.from_memory_flags(spec.ort) if spec.ort else None  # load_engine adds the threads
+    if lean_backend(spec.path, spec.backend or "auto"):
+        return LeanRunner(spec.path, device, language, max_new_tokens, spec.buckets, threads, ort)
     return WhisperRunner(spec.path, device, language, max_new_tokens, spec.buckets, threads, dtype, ort)

@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from mkdeploy.audio import SAMPLE_RATE
-from mkdeploy.models.window import FULL_WINDOW_S, WindowConfig, window_features
+from mkdeploy.models.window import FULL_WINDOW_S, plan_batches, window_features
+
+__all__ = ["WINDOW_SAMPLES", "ModelInputs", "model_inputs", "plan_batches"]
 from mkdeploy.transcription.engine import Engine
 
 #: Samples in one Whisper window (30 s).
@@ -86,23 +88,3 @@ def model_inputs(engine: Engine, audios: Sequence[np.ndarray], window_s: int = F
     dtype = getattr(engine.model, "dtype", torch.float32)
     features = features.to(engine.device, dtype=dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32)
     return ModelInputs(features, mask.to(engine.device) if mask is not None else None, window_s, longest)
-
-
-def plan_batches(lengths: dict[int, int], windows: WindowConfig, batch_size: int) -> list[tuple[int, list[int]]]:
-    """(encoder window, clip indices) per batch. Batches of similar length waste less padding (long-form
-    pads every clip to the longest), and a batch never mixes encoder windows: each clip is encoded in the
-    smallest bucket that holds it.
-
-    Args:
-        lengths: clip index -> its length in samples (the clips to decode).
-        windows: the encoder buckets.
-        batch_size: clips per batch at most.
-    """
-    groups: dict[int, list[int]] = {}
-    for i in sorted(lengths, key=lambda i: lengths[i]):
-        groups.setdefault(windows.bucket_for(lengths[i] / SAMPLE_RATE), []).append(i)
-    return [
-        (bucket, members[start : start + batch_size])
-        for bucket, members in groups.items()
-        for start in range(0, len(members), batch_size)
-    ]

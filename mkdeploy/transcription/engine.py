@@ -27,7 +27,7 @@ from mkdeploy.models.window import (
 )
 from mkdeploy.options import TranscriptionOptions
 from mkdeploy.transcription.decoding import StepBoundary, StepFn, decoder_prompt, ort_step, torch_step, yielding
-from mkdeploy.transcription.ort import LeanDecoderStep, OrtOptions, lean_decoder_session, load_ort_model
+from mkdeploy.transcription.ort import DecoderStep, OrtOptions, lean_decoder_session, load_ort_model
 
 Backend = Literal["auto", "torch", "onnx"]
 Device = Literal["auto", "cuda", "cpu"]
@@ -88,7 +88,7 @@ class Engine:
         #: encoder cannot change between calls (the trainer scoring dev with a frozen encoder, where
         #: the encoder was half of each evaluation's time)
         self.states_memo: dict[str, Any] | None = None
-        #: ONNX on CPU: drive the merged decoder's session directly (:class:`~mkdeploy.transcription.ort.LeanDecoderStep`);
+        #: ONNX on CPU: drive the merged decoder's session directly (:class:`~mkdeploy.lean.sessions.DecoderStep`);
         #: False goes through optimum's wrapper (benchmarks/cpu_profile.py compares the two)
         self.lean_onnx_decoder = True
 
@@ -162,7 +162,7 @@ class Engine:
             return torch_step(self.model, encoder_hidden_states)
         session = lean_decoder_session(self.model) if self.lean_onnx_decoder else None
         if session is not None:
-            return LeanDecoderStep(session, encoder_hidden_states)
+            return DecoderStep(session, encoder_hidden_states.detach().float().cpu().numpy())
         return ort_step(self.model, encoder_hidden_states)
 
     def encode(self, features):

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from mkdeploy.audio import load_audio_with_info
-from mkdeploy.constants import CHUNK_S, SAMPLE_RATE, TIME_PRECISION_S
+from mkdeploy.constants import CHUNK_S, SAMPLE_RATE
 from mkdeploy.errors import AudioError, MkdError
+from mkdeploy.lean.segments import inside, next_seek, window_spans
 from mkdeploy.models.ct2_whisper import CT2Whisper
 from mkdeploy.models.dirs import is_ct2_dir
 from mkdeploy.models.ggml import GgmlWhisper, is_ggml_dir
@@ -110,7 +111,7 @@ class ExportedTranscriber:
     def _segments(self, audio: np.ndarray, options: TranscriptionOptions) -> list[Segment]:
         if self.ggml is not None:
             spans = self.ggml.segments(audio, options.return_timestamps, options.num_beams, options.initial_prompt)
-            return [Segment(s, e, t) for s, e, t in _inside(spans, round(len(audio) / SAMPLE_RATE, 2))]
+            return [Segment(s, e, t) for s, e, t in inside(spans, round(len(audio) / SAMPLE_RATE, 2))]
         assert self.ct2 is not None
         segments: list[Segment] = []
         seek = 0  # openai/whisper's: the sample the next window starts at
@@ -119,8 +120,7 @@ class ExportedTranscriber:
             t0 = seek / SAMPLE_RATE
             spans, consumed = ct2_window_segments(self.ct2, window, options)
             segments += [Segment(round(t0 + s, 2), round(t0 + e, 2), text) for s, e, text in spans]
-            whole = consumed <= 0 or consumed >= len(window) / SAMPLE_RATE - TIME_PRECISION_S
-            seek += len(window) if whole else round(consumed * SAMPLE_RATE)
+            seek = next_seek(seek, len(window), consumed, SAMPLE_RATE)
         return segments
 
 
@@ -133,7 +133,8 @@ def ct2_window_segments(
     at each pair of timestamp tokens ((id - ``<|0.00|>``'s id) * 0.02 s), as openai/whisper's
     ``transcribe`` does: when the output does not end with a lone timestamp, the text after the last pair is
     a sentence the window cut, so the window counts as consumed only up to that pair and the next window
-    starts there. Without timestamps, the window is one segment, consumed whole.
+    starts there (:func:`mkdeploy.lean.segments.window_spans`). Without timestamps, the window is one
+    segment, consumed whole.
     """
     tok = whisper.tok
     prompt = list(whisper.prompt)
@@ -154,37 +155,4 @@ def ct2_window_segments(
     duration = round(len(window) / SAMPLE_RATE, 2)
     if not options.return_timestamps:
         return [(0.0, duration, tok.decode(ids, skip_special_tokens=True).strip())], duration
-    ts0 = tok.token_to_id("<|0.00|>")
-    is_ts = [i >= ts0 for i in ids]
-
-    def seconds(i: int) -> float:
-        return round((ids[i] - ts0) * TIME_PRECISION_S, 2)
-
-    def span(a: int, b: int) -> tuple[float, float, str]:
-        """ids[a:b] as a segment: its first and last timestamps (the window's bounds when missing)."""
-        text = tok.decode([i for i, t in zip(ids[a:b], is_ts[a:b]) if not t]).strip()
-        return (seconds(a) if is_ts[a] else 0.0, seconds(b - 1) if is_ts[b - 1] else duration, text)
-
-    single_ending = len(ids) >= 2 and is_ts[-1] and not is_ts[-2]
-    pairs = [k for k in range(1, len(ids)) if is_ts[k - 1] and is_ts[k]]
-    if not pairs:
-        spans = [span(0, len(ids))] if ids else []
-        return _inside(spans, duration), duration
-    cuts = pairs + ([len(ids)] if single_ending else [])
-    spans, last = [], 0
-    for cut in cuts:
-        if cut > last:
-            spans.append(span(last, cut))
-        last = cut
-    consumed = duration if single_ending else seconds(pairs[-1] - 1)
-    return _inside(spans, duration), consumed
-
-
-def _inside(spans: list[tuple[float, float, str]], duration: float) -> list[tuple[float, float, str]]:
-    """The spans with text, their times clipped into ``[0, duration]`` and each ending at or after its start
-    (a model's timestamps can point past a short window's audio, into its padding)."""
-    out = []
-    for s, e, t in spans:
-        s = min(max(s, 0.0), duration)
-        out.append((s, min(max(e, s), duration), t))
-    return [x for x in out if x[2]]
+    return window_spans(ids, tok.token_to_id("<|0.00|>"), tok.decode, duration)

@@ -8,24 +8,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mkdeploy.audio import SAMPLE_RATE, SILENCE_PEAK
+from mkdeploy.lean import gates
+from mkdeploy.lean.greedy import SpeechScore, score_speech
 from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Transcription
-from mkdeploy.transcription.decoding import SpeechScore, no_speech_token, ort_logits, score_speech, torch_logits
+from mkdeploy.transcription.decoding import no_speech_token, ort_logits, torch_logits
 from mkdeploy.transcription.engine import Engine
 from mkdeploy.transcription.vad import has_speech
 
+__all__ = ["no_speech_gate", "pre_gate"]
+
 
 def pre_gate(audio: np.ndarray, options: TranscriptionOptions) -> Transcription | None:
-    """An empty result for a clip that must not be decoded (digital silence; no speech by the VAD when
-    ``options.vad_filter``), else None."""
-    duration = len(audio) / SAMPLE_RATE
-    if not len(audio) or float(np.abs(audio).max()) < SILENCE_PEAK:
-        return Transcription("", "", [], duration, silent=True, gate="silence")
-    if options.vad_filter:
-        if not has_speech(audio):
-            return Transcription("", "", [], duration, gate="vad")
-    return None
+    """:func:`mkdeploy.lean.gates.pre_gate` with Silero VAD as the speech detector."""
+    return gates.pre_gate(audio, options, has_speech)
 
 
 def no_speech_gate(
@@ -59,16 +55,9 @@ def no_speech_gate(
             [results[i].tokens for i in todo],
             gen,
             no_speech_token(tok, gen),
-            states.device,
         )
         for i, fresh in zip(todo, found):
             scores[i] = fresh
-    assert options.no_speech_threshold is not None
     for r, sc in zip(results, scores):
         assert sc is not None
-        r.no_speech_prob, r.avg_logprob = sc.no_speech_prob, sc.avg_logprob
-        skip = sc.no_speech_prob > options.no_speech_threshold
-        if options.logprob_threshold is not None and sc.avg_logprob > options.logprob_threshold:
-            skip = False
-        if skip:
-            r.text, r.segments, r.tokens, r.gate = "", [], [], "no_speech"
+        gates.apply_no_speech(r, sc, options)

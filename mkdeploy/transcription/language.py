@@ -3,53 +3,31 @@
 every token but the language tokens masked, a softmax over what is left.
 
 faster-whisper does the same (``WhisperModel.detect_language``) and reports the winner with its
-probability (``TranscriptionInfo.language`` / ``language_probability``); so does this module.
+probability (``TranscriptionInfo.language`` / ``language_probability``); so does this module. The ranking,
+the code check and the names are :mod:`mkdeploy.lean.languages`' and :mod:`mkdeploy.lean.greedy`'s, shared with
+the ONNX Runtime engine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mkdeploy.errors import MkdError
+from mkdeploy.lean.greedy import rank_languages
+from mkdeploy.lean.languages import AUTO, LanguageGuess, codes_of, language_name, normalise_language
 from mkdeploy.transcription.batching import WINDOW_SAMPLES, model_inputs
 from mkdeploy.transcription.decoding import ort_logits, torch_logits
 from mkdeploy.transcription.engine import Engine
 
-#: what a caller passes (CLI, server, library) to ask for detection instead of a language code
-AUTO = "auto"
-
-
-@dataclass
-class LanguageGuess:
-    """The detected language of one clip.
-
-    Attributes:
-        language: Whisper's language code ("en", "fr", ...).
-        probability: its softmax probability among the model's language tokens.
-        top: the five most probable codes with their probabilities, most probable first.
-    """
-
-    language: str
-    probability: float
-    top: list[tuple[str, float]]
+__all__ = ["AUTO", "LanguageGuess", "check_language", "detect_languages", "language_codes", "language_name"]
 
 
 def language_codes(engine: Engine) -> dict[str, int]:
     """Language code -> token id of a multilingual model (``{}`` for an English-only one)."""
-    lang_to_id = getattr(engine.model.generation_config, "lang_to_id", None) or {}
-    return {tok[2:-2]: int(i) for tok, i in lang_to_id.items()} if engine.multilingual else {}
-
-
-def language_name(code: str | None) -> str:
-    """The English name OpenAI's ``verbose_json`` gives (``"english"`` for ``"en"``); the code itself when
-    Whisper's table lacks it; "english" for None (an ``.en`` model)."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES  # Whisper's code -> name table
-
-    return LANGUAGES.get(code or "en", code or "english")
+    return codes_of(getattr(engine.model.generation_config, "lang_to_id", None), engine.multilingual)
 
 
 def check_language(engine: Engine, language: str | None) -> str | None:
@@ -58,16 +36,7 @@ def check_language(engine: Engine, language: str | None) -> str | None:
     Raises:
         MkdError: a code the model does not know, or a language other than English on an ``.en`` model.
     """
-    if language is None or language.lower() == AUTO:
-        return None
-    lang = language.lower()
-    if not engine.multilingual:
-        if lang != "en":
-            raise MkdError(f"language {lang!r}: {engine.path or 'this model'} is English-only; pass en or auto")
-        return lang
-    if lang not in language_codes(engine):
-        raise MkdError(f"language {lang!r}: not a Whisper language code (en, de, fr, ...; or auto)")
-    return lang
+    return normalise_language(language, language_codes(engine), engine.path)
 
 
 def detect_languages(engine: Engine, audios: Sequence[np.ndarray], batch_size: int = 8) -> list[LanguageGuess]:
@@ -87,7 +56,6 @@ def detect_languages(engine: Engine, audios: Sequence[np.ndarray], batch_size: i
     codes = language_codes(engine)
     if not codes:
         raise MkdError(f"{engine.path or 'model'}: an English-only model; it has no language to detect")
-    names, ids = list(codes), torch.tensor(list(codes.values()))
     sot = engine.processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
     out: list[LanguageGuess] = []
     for start in range(0, len(audios), batch_size):
@@ -97,11 +65,8 @@ def detect_languages(engine: Engine, audios: Sequence[np.ndarray], batch_size: i
         with torch.inference_mode():
             states = engine.encode(inputs.features).last_hidden_state
             fn = (torch_logits if engine.backend == "torch" else ort_logits)(engine.model, states)
-            first = torch.full((len(chunk), 1), sot, dtype=torch.long, device=states.device)
-            logits = fn(first)[:, 0, :].float().cpu()
-        probs = torch.softmax(logits[:, ids], dim=-1)
-        for row in probs:
-            top = torch.topk(row, k=min(5, len(names)))
-            ranked = [(names[int(j)], float(p)) for p, j in zip(top.values, top.indices)]
+            logits = fn(np.full((len(chunk), 1), sot, dtype=np.int64))[:, 0, :]
+        for row in logits:
+            ranked = rank_languages(row, codes)
             out.append(LanguageGuess(ranked[0][0], ranked[0][1], ranked))
     return out

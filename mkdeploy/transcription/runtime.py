@@ -14,7 +14,7 @@ spirit), composed of small parts:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from mkdeploy.models.dirs import export_source
 from mkdeploy.models.student import load_whisper
 from mkdeploy.models.window import WindowConfig, segment_frames
 from mkdeploy.options import TranscriptionOptions
-from mkdeploy.results import Segment, Transcription
+from mkdeploy.results import FileFailure, Segment, Transcription
 from mkdeploy.transcription.alignment import add_words
 from mkdeploy.transcription.batching import WINDOW_SAMPLES, model_inputs, plan_batches
 from mkdeploy.transcription.engine import (
@@ -58,14 +58,6 @@ __all__ = [
     "resolve_dtype",
     "set_torch_threads",
 ]
-
-
-@dataclass
-class FileFailure:
-    """An input that could not be transcribed, with a one-line reason naming the file."""
-
-    path: str
-    reason: str
 
 
 class WhisperTranscriber:

@@ -100,7 +100,6 @@ class LeanGreedy:
                 kw["max_new_tokens"],
                 engine.model.config.vocab_size,
                 options.compression_ratio_threshold,
-                device=states.device,
                 no_speech_id=(
                     no_speech_token(engine.processor.tokenizer, gen)
                     if options.no_speech_threshold is not None
@@ -191,7 +190,6 @@ def decode_timestamped(engine: Engine, inputs: ModelInputs, options: Transcripti
             gen,
             engine.token_limit,
             ts_begin,
-            states.device,
         )
     special = set(tok.all_special_ids)
     return [_timestamp_segments(seq, ts_begin, special, tok) for seq in sequences]
