@@ -67,3 +67,14 @@ def next_seek(seek: int, window_samples: int, consumed_s: float, sample_rate: in
     its last complete segment's end."""
     whole = consumed_s <= 0 or consumed_s >= window_samples / sample_rate - TIME_PRECISION_S
     return seek + window_samples if whole else seek + round(consumed_s * sample_rate)
+
+
+def consumed_tokens(ids: Sequence[int], ts_begin: int, consumed: float, duration: float) -> list[int]:
+    """The window's tokens up to its last timestamp at or before ``consumed`` seconds (a sentence the window
+    cut is decoded again from the next window); all of them when the window was consumed whole."""
+    if consumed >= duration - TIME_PRECISION_S:
+        return list(ids)
+    for k in range(len(ids) - 1, -1, -1):
+        if ids[k] >= ts_begin and (ids[k] - ts_begin) * TIME_PRECISION_S <= consumed + 1e-6:
+            return list(ids[:k])
+    return list(ids)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from mkdeploy.audio import load_audio_with_info
-from mkdeploy.constants import CHUNK_S, MEL_FRAMES_PER_S, SAMPLE_RATE, TIME_PRECISION_S
+from mkdeploy.constants import CHUNK_S, MEL_FRAMES_PER_S, SAMPLE_RATE
 from mkdeploy.errors import AudioError, MkdError, ModelError
 from mkdeploy.lean.features import log_mel
 from mkdeploy.lean.gates import SpeechCheck, apply_no_speech, pre_gate
@@ -43,7 +43,7 @@ from mkdeploy.lean.greedy import (
 )
 from mkdeploy.lean.languages import LanguageGuess, codes_of, normalise_language
 from mkdeploy.lean.onnx_whisper import OnnxWhisper
-from mkdeploy.lean.segments import next_seek, window_spans
+from mkdeploy.lean.segments import consumed_tokens, next_seek, window_spans
 from mkdeploy.lean.sessions import OrtOptions
 from mkdeploy.lean.windows import (
     FULL_WINDOW_S,
@@ -119,7 +119,6 @@ class OnnxTranscriber:
         return cls(OnnxWhisper(path, device, variant, opts), has_speech)
 
     def windows(self, options: TranscriptionOptions | None = None) -> WindowConfig:
-        """The encoder windows used with ``options``."""
         buckets = (options.encoder_buckets if options else None) or self.model_buckets or (FULL_WINDOW_S,)
         win = WindowConfig(tuple(buckets))
         if win.windowed and not self.model.short_windows:
@@ -129,11 +128,10 @@ class OnnxTranscriber:
             )
         return win
 
-    def language_codes(self) -> dict[str, int]:
+    def language_codes(self) -> dict[str, int]:  # code -> token id ({} for an .en model)
         return codes_of(self.vocab.lang_to_id, self.multilingual)
 
     def check_language(self, language: str | None) -> str | None:
-        """``language`` as a code, None for detection (:func:`mkdeploy.lean.languages.normalise_language`)."""
         return normalise_language(language, self.language_codes(), self.path)
 
     # -- decoding ---------------------------------------------------------------------------------
@@ -329,25 +327,12 @@ class OnnxTranscriber:
             else:
                 t0 = seek / SAMPLE_RATE
                 segments += [Segment(round(t0 + s, 3), round(t0 + e, 3), text, []) for s, e, text in spans]
-                text_ids += self._consumed_ids(tokens, consumed, duration)
+                text_ids += self.vocab.text_ids(consumed_tokens(tokens, self.vocab.timestamp_begin, consumed, duration))
             seek = next_seek(seek, n_samples, consumed, SAMPLE_RATE)
         kept = segments if options.return_timestamps else []
         t = Transcription("", self.vocab.decode(text_ids).strip(), kept, len(audio) / SAMPLE_RATE, tokens=text_ids)
         t.language, t.language_probability = opts.language, probability
         return t
-
-    def _consumed_ids(self, tokens: list[int], consumed: float, duration: float) -> list[int]:
-        """The text tokens up to the window's last timestamp at or before ``consumed`` seconds (a sentence
-        the window cut is decoded again from the next window); all of them when the window was consumed whole."""
-        ts0 = self.vocab.timestamp_begin
-        last = len(tokens)
-        if consumed >= duration - TIME_PRECISION_S:
-            return self.vocab.text_ids(tokens)
-        for k in range(len(tokens) - 1, -1, -1):
-            if tokens[k] >= ts0 and (tokens[k] - ts0) * TIME_PRECISION_S <= consumed + 1e-6:
-                last = k
-                break
-        return self.vocab.text_ids(tokens[:last])
 
     def _scores(self, batch: _Batch, sequences: list[list[int]], options: TranscriptionOptions) -> list[SpeechScore]:
         """The no-speech signals of each row's tokens, from one teacher-forced pass."""

@@ -154,9 +154,7 @@ def align_words(
     Returns:
         One list of :class:`Word` per clip (empty for a clip with no tokens).
     """
-    weights, logits = cross_attention(
-        model, states, torch.from_numpy(forced_ids(prompt, token_seqs, eot)).to(states.device), heads
-    )
+    weights, logits = cross_attention(model, states, forced_ids(prompt, token_seqs, eot, states.device), heads)
     probs = torch.softmax(logits, dim=-1)
     out: list[list[Word]] = []
     p0 = len(prompt)
@@ -305,9 +303,7 @@ def choose_alignment_heads(
     """
     cfg = model.config
     every = [[layer, head] for layer in range(cfg.decoder_layers) for head in range(cfg.decoder_attention_heads)]
-    weights, _ = cross_attention(
-        model, states, torch.from_numpy(forced_ids(prompt, token_seqs, eot)).to(states.device), every
-    )
+    weights, _ = cross_attention(model, states, forced_ids(prompt, token_seqs, eot, states.device), every)
     p0 = len(prompt)
     score = np.zeros(len(every))
     for b, seq in enumerate(token_seqs):

@@ -8,6 +8,8 @@ re-exports them for the callers that drive a PyTorch or optimum model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -19,7 +21,6 @@ from mkdeploy.lean.greedy import (
     StepFn,
     between_steps,
     compression_ratio,
-    forced_ids,
     greedy_decode,
     greedy_decode_timestamps,
     greedy_results,
@@ -29,6 +30,7 @@ from mkdeploy.lean.greedy import (
     token_cap,
     yielding,
 )
+from mkdeploy.lean.greedy import forced_ids as forced_id_rows
 
 __all__ = [
     "DecodeCancelled",
@@ -83,6 +85,13 @@ def no_speech_token(tokenizer, generation_config) -> int:
         if isinstance(tid, int) and tid != tokenizer.unk_token_id:
             return tid
     return int(generation_config.no_timestamps_token_id) - 1
+
+
+def forced_ids(
+    prompt: Sequence[int], sequences: Sequence[Sequence[int]], eot: int, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """:func:`mkdeploy.lean.greedy.forced_ids` as a tensor on ``device`` (the PyTorch alignment pass)."""
+    return torch.from_numpy(forced_id_rows(prompt, sequences, eot)).to(device)
 
 
 def _numpy(logits: torch.Tensor) -> np.ndarray:
