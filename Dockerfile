@@ -16,15 +16,19 @@ COPY models models
 COPY exporters exporters
 RUN pip install --no-cache-dir build && python -m build --wheel --outdir /dist
 
-# --- runtime: torch (pinned) + the wheel with the [serve] extra, run as an unprivileged user
+# --- runtime: the base install (ONNX Runtime, numpy, tokenizers, the server; no torch, transformers or optimum:
+# mkdeploy/lean/), run as an unprivileged user. It serves ONNX exports (`mkd export` them with the full install);
+# Silero VAD and PyTorch models need the [serve] and [train] extras: build with --build-arg EXTRAS=train,serve
 FROM python:3.11-slim
 # libsndfile decodes uploads (wav, flac, ogg/opus, mp3)
 RUN apt-get update && apt-get install -y --no-install-recommends libsndfile1 && rm -rf /var/lib/apt/lists/*
-# set TORCH to a CPU or CUDA build as your registry offers
-ARG TORCH="torch==2.13.0"
+# EXTRAS="train,serve" adds torch (set TORCH to a CPU or CUDA build as your registry offers)
+ARG EXTRAS=""
+ARG TORCH="none"
 COPY .ci/install_wheel.sh /usr/local/bin/mkd-install-wheel
 COPY --from=build /dist /dist
-RUN TORCH="$TORCH" mkd-install-wheel /dist/mkdeploy-*.whl serve && rm -rf /dist
+RUN TORCH="$([ -n "$EXTRAS" ] && [ "$TORCH" = none ] && echo torch==2.13.0 || echo "$TORCH")" \
+    mkd-install-wheel /dist/mkdeploy-*.whl "$EXTRAS" && rm -rf /dist
 RUN useradd --create-home --uid 10001 mkd
 USER mkd
 WORKDIR /home/mkd

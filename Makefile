@@ -32,7 +32,7 @@ sysdeps:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,demo,lint,serve,ray]"
+	$(BIN)/pip install -q -e ".[train,test,demo,lint,serve,ray]"
 	$(BIN)/pip install -q --no-deps piper-tts==1.8.0
 	touch $(STAMP)
 

@@ -142,7 +142,7 @@ def profile_ct2(path: Path, audios, threads: int, repeats: int) -> dict:
     run = load_runner(ModelSpec("ct2", path, compute_type="int8"), "cpu", "en", threads=threads)
     enc_s, clip_s, tokens = [], [], []
     for a in audios:
-        feats = run.fe([a], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+        feats = run.features([a])
         sv = run.ct2.StorageView.from_array(np.ascontiguousarray(feats))
         enc_s.append(median_time(lambda sv=sv: run.model.encode(sv, to_cpu=True), repeats))
         clip_s.append(median_time(lambda a=a: run.transcribe(a), repeats))

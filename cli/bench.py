@@ -38,7 +38,8 @@ def bench_cmd(
     memory: str = typer.Option(
         "fresh",
         "--memory",
-        help="RSS per model: fresh (a process of its own) or inline (this one, load order matters).",
+        help="RSS per model: fresh (a process of its own, the engines' libraries imported first), process (the "
+        "whole process of the model run alone, and its cold start) or inline (this one, load order matters).",
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
 ) -> None:

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from mkdeploy.errors import MissingExtraError, MkdError
+from mkdeploy.transcription.loading import installed
 
 # markup=False: what we print holds brackets ("mkdeploy[serve]", "[default: x]", paths); rich would read
 # them as markup tags and drop them (../shared/DESIGN.md §8). Styles go through `style=` / `error_line`.
@@ -33,20 +34,19 @@ def error_line(message: object, label: str = "error:") -> Text:
 
 
 def quiet_libraries() -> None:
-    """Silence transformers' advisory warnings: users see our messages, not library chatter."""
+    """Silence transformers' advisory warnings: users see our messages, not library chatter. Nothing is
+    imported for it: the base install has no transformers, and the torch-free runtime must not load it."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # imported on use, so `mkd --help` stays fast
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read by transformers when it is imported
     logging.getLogger("optimum").setLevel(logging.ERROR)
-    try:  # optimum keeps its own library root logger (it resets the level set above on first use)
-        # imported on use, so `mkd --help` stays fast
-        from optimum.utils import logging as optimum_logging
+    if installed("optimum"):
+        try:  # optimum keeps its own library root logger (it resets the level set above on first use)
+            # imported on use, so `mkd --help` stays fast
+            from optimum.utils import logging as optimum_logging
 
-        optimum_logging.set_verbosity_error()
-    except ImportError:
-        pass
+            optimum_logging.set_verbosity_error()
+        except ImportError:
+            pass
     # imported on use, so `mkd --help` stays fast
     import warnings
 
@@ -65,6 +65,28 @@ def cli_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         console.print("interrupted")
         raise typer.Exit(130) from None
+
+
+#: what the [train] extra installs (pyproject.toml): a command that imports one of them needs it
+TRAIN_MODULES = ("torch", "transformers", "optimum", "peft", "accelerate", "onnx", "onnx_ir", "safetensors", "yaml")
+
+
+def needs_train_extra(command: Callable) -> Callable:
+    """``command``, stopping with one line that names the [train] extra when it reaches for the training
+    stack in the base install (which has no torch, transformers or optimum), wherever it imports it."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ModuleNotFoundError as exc:
+            top = (exc.name or "").split(".")[0]
+            if top not in TRAIN_MODULES:
+                raise
+            console.print(error_line(MissingExtraError("train", "this command", top)), highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mkdeploy.cli.bench import bench_cmd
+from mkdeploy.cli.common import needs_train_extra
 from mkdeploy.cli.demo import demo_cmd
 from mkdeploy.cli.eval import eval_cmd
 from mkdeploy.cli.export import export_cmd
@@ -42,16 +43,18 @@ def _root(
     """mkdeploy: distil Whisper, export to ONNX, transcribe and benchmark."""
 
 
-app.command("import-ct2")(import_ct2)
-app.command("transcribe")(transcribe)
-app.command("eval")(eval_cmd)
-app.command("export")(export_cmd)
-app.command("bench")(bench_cmd)
-app.command("serve")(serve_cmd)
-app.command("train")(train_cmd)
-app.command("merge")(merge_cmd)
+app.command("import-ct2")(needs_train_extra(import_ct2))
+app.command("transcribe")(needs_train_extra(transcribe))
+app.command("eval")(needs_train_extra(eval_cmd))
+app.command("export")(needs_train_extra(export_cmd))
+app.command("bench")(needs_train_extra(bench_cmd))
+app.command("serve")(needs_train_extra(serve_cmd))
+app.command("train")(needs_train_extra(train_cmd))
+app.command("merge")(needs_train_extra(merge_cmd))
+for _sub in student_app.registered_commands:
+    _sub.callback = needs_train_extra(_sub.callback)
 app.add_typer(student_app, name="student")
-app.command("demo")(demo_cmd)
+app.command("demo")(needs_train_extra(demo_cmd))
 
 
 def main() -> None:

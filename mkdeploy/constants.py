@@ -9,6 +9,8 @@ from __future__ import annotations
 SAMPLE_RATE = 16000
 #: One encoder window (Whisper's chunk): 30 s of log-mel frames.
 CHUNK_S = 30
+#: Samples in one Whisper window (30 s).
+WINDOW_SAMPLES = CHUNK_S * SAMPLE_RATE
 #: Log-mel frames per second (hop 160 at 16 kHz).
 MEL_FRAMES_PER_S = 100
 #: Audio samples per encoder frame (hop 160, conv stride 2): 1500 frames per 30 s window.

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mkdeploy.constants import CHUNK_S, SAMPLE_RATE
+from mkdeploy.lean.features import log_mel
+
 
 class CT2Whisper:
     """A CTranslate2 Whisper directory (faster-whisper's format) decoding greedily without timestamps, as the
@@ -42,7 +45,6 @@ class CT2Whisper:
                 f"{path}: a CTranslate2 model, but ctranslate2 is not installed (pip install ctranslate2)"
             ) from None
         from tokenizers import Tokenizer  # only the CTranslate2 paths need it
-        from transformers import WhisperFeatureExtractor  # heavy; imported on use so the core import stays light
 
         self.ct2, self.path = ctranslate2, Path(path)
         dev = "cuda" if device in ("cuda", "auto") and ctranslate2.get_cuda_device_count() > 0 else "cpu"
@@ -55,7 +57,6 @@ class CT2Whisper:
             )
         except ValueError as exc:  # an unsupported compute type on this device
             raise MkdError(f"{path}: compute_type={compute_type}: {str(exc).splitlines()[0]}") from None
-        self.fe = WhisperFeatureExtractor(feature_size=self.model.n_mels)
         self.tok = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         self.max_length = (max_new_tokens + 4) if max_new_tokens else 448
         self.prompt = (
@@ -64,9 +65,13 @@ class CT2Whisper:
             + ["<|notimestamps|>"]
         )
 
+    def features(self, audios) -> np.ndarray:
+        """Log-mel features of 16 kHz clips in Whisper's 30 s window (numpy, as faster-whisper computes them)."""
+        return log_mel(list(audios), self.model.n_mels, CHUNK_S * SAMPLE_RATE)
+
     def transcribe_batch(self, audios) -> list[tuple[str, int]]:
         """(text, generated tokens + end-of-text) per 16 kHz clip of at most 30 s."""
-        feats = self.fe(list(audios), sampling_rate=16000, return_tensors="np").input_features
+        feats = self.features(audios)
         res = self.model.generate(
             self.ct2.StorageView.from_array(np.ascontiguousarray(feats)),
             [self.prompt] * len(audios),

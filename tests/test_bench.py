@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from mkdeploy.bench import ModelSpec, parse_model_spec, run_bench, write_report
+from mkdeploy.bench import ModelSpec, markdown_table, parse_model_spec, run_bench, write_report
 from mkdeploy.cli.main import app
 from mkdeploy.data import Utterance, write_manifest
 from mkdeploy.errors import MkdError
@@ -103,7 +103,7 @@ def test_bench_cli_and_errors(clips_manifest, tiny_model_dir, tiny_onnx, tmp_pat
     assert r.exit_code == 2 and "no such directory" in r.output and not (tmp_path / "p").exists()
     with pytest.raises(MkdError, match="reference"):
         run_bench(clips_manifest, [parse_model_spec(f"a={tiny_model_dir}")], reference="zzz")
-    with pytest.raises(MkdError, match="fresh or inline"):
+    with pytest.raises(MkdError, match="fresh, process or inline"):
         run_bench(clips_manifest, [parse_model_spec(f"a={tiny_model_dir}")], memory="peak")
     with pytest.raises(MkdError, match="unique"):
         run_bench(clips_manifest, [parse_model_spec(f"a={tiny_model_dir}")] * 2)
@@ -167,3 +167,22 @@ def test_threads_compute_types_and_throughput(clips_manifest, tiny_model_dir, ti
     assert ct2.whisper.model.compute_type.startswith("int8")  # CTranslate2 names it int8_float32 on CPU
     with pytest.raises(MkdError, match="compute_type"):
         load_runner(ModelSpec("x", tiny_model_dir, compute_type="int8"), "cpu", "en")
+
+
+def test_bench_runs_an_export_on_the_lean_runtime_with_whole_process_memory(clips_manifest, tiny_onnx):
+    """``:backend=onnx-lean`` runs the export on the torch-free runtime, with the same transcripts as optimum's
+    engine; ``--memory process`` gives each model's whole-process RSS and its cold start."""
+    specs = [
+        parse_model_spec(f"lean={tiny_onnx}:backend=onnx-lean"),
+        parse_model_spec(f"ort={tiny_onnx}:backend=onnx"),
+    ]
+    report = run_bench(clips_manifest, specs, reference="ort", repeats=1, max_new_tokens=16, memory="process")
+    by = {m.name: m for m in report.models}
+    assert by["lean"].backend == "onnx-lean" and by["ort"].backend == "onnx"
+    assert report.transcripts["lean"] == report.transcripts["ort"]
+    for m in report.models:
+        # a whole process holds at least the interpreter, numpy and ONNX Runtime; it starts in well under a minute
+        assert m.rss_mb > 50 and m.cold_start_s is not None and 0 < m.cold_start_s < 120
+    assert "Cold start" in markdown_table(report)
+    with pytest.raises(MkdError, match="backend"):
+        parse_model_spec(f"x={tiny_onnx}:backend=tensorrt")

@@ -190,3 +190,100 @@ def test_real_exports_give_the_full_runtimes_tokens(teacher, request, speech_cli
     [a], [b] = lean.transcribe_arrays([long], detect), full.transcribe_arrays([long], detect)
     _same([a], [b])
     assert a.language == b.language == "en"
+
+
+BASE_INSTALL = textwrap.dedent("""
+    import json, sys
+    blocked = json.loads(sys.argv[1])
+    for name in blocked:
+        sys.modules[name] = None  # how Python spells "not installed"
+    from typer.testing import CliRunner
+    from mkdeploy.cli.main import app
+    out = []
+    for args in json.loads(sys.argv[2]):
+        r = CliRunner().invoke(app, args)
+        out.append({"code": r.exit_code, "out": r.output[-1500:]})
+    heavy = [m for m in blocked if sys.modules.get(m) is not None]
+    print(json.dumps({"runs": out, "heavy": heavy}))
+""")
+
+
+def test_cli_without_the_training_stack_transcribes_an_export_and_names_the_extra(
+    lean_export, tiny_model_dir, tmp_path
+):
+    """The base install: `mkd transcribe` runs an export on the lean runtime (backend auto) and writes what the
+    lean runtime gives in the full install (which gives the full runtime's tokens: the tests above; on real
+    weights, tests/test_packaging.py); `mkd export` stops with the command that installs the [train] extra."""
+    import soundfile as sf
+
+    audio = (np.random.default_rng(3).standard_normal(16000 * 2) * 0.1).astype(np.float32)
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, audio, 16000)
+    flags = ["-f", "json", "--no-timestamps", "--device", "cpu"]
+    runs = [
+        ["transcribe", str(lean_export), str(clip), "-o", str(tmp_path / "lean"), *flags],
+        ["export", str(tiny_model_dir), str(tmp_path / "again")],
+    ]
+    r = subprocess.run(
+        [sys.executable, "-c", BASE_INSTALL, json.dumps(HEAVY + ["silero_vad"]), json.dumps(runs)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["heavy"] == []
+    transcribed, exported = out["runs"]
+    assert transcribed["code"] == 0, transcribed["out"]
+    assert "onnx-lean" in transcribed["out"]
+    assert exported["code"] == 2 and "pip install 'mkdeploy[train]'" in exported["out"], exported["out"]
+    lean = OnnxTranscriber.from_pretrained(lean_export, device="cpu")
+    [ref], _ = lean.transcribe_files([clip], TranscriptionOptions(return_timestamps=False))
+    assert json.loads((tmp_path / "lean" / "clip.json").read_text())["text"] == ref.text
+
+
+SERVE_BASE = textwrap.dedent("""
+    import io, json, sys
+    for name in json.loads(sys.argv[1]):
+        sys.modules[name] = None
+    from fastapi.testclient import TestClient
+    from mkdeploy.serve.app import create_app
+    from mkdeploy.serve.config import ServeConfig
+    from mkdeploy.serve.served_model import Engine
+    config = ServeConfig(model=sys.argv[2], device="cpu", threads=2)
+    engine = Engine(config)
+    with TestClient(create_app(config, engine)) as client:
+        assert engine.ready.wait(300), engine.error
+        with open(sys.argv[3], "rb") as f:
+            r = client.post("/v1/audio/transcriptions", files={"file": ("clip.wav", f, "audio/wav")},
+                            data={"model": config.served_id, "response_format": "json"})
+        bad = client.post("/v1/audio/transcriptions", files={"file": ("x.wav", io.BytesIO(b"not audio"), "audio/wav")},
+                          data={"model": config.served_id})
+    print(json.dumps({"status": r.status_code, "body": r.json(), "bad": bad.status_code,
+                      "backend": engine.transcriber.backend, "vad": config.vad,
+                      "heavy": [m for m in json.loads(sys.argv[1]) if sys.modules.get(m) is not None]}))
+""")
+
+
+def test_server_without_the_training_stack_answers_as_the_full_install(lean_export, tmp_path):
+    """`mkd serve`'s app where torch, transformers, optimum and silero-vad cannot be imported: the export is
+    served by the lean runtime (the VAD off, said in the log), a clip gets the lean runtime's text, bad audio
+    gets a 4xx. The full install's text on real weights: tests/test_packaging.py."""
+    import soundfile as sf
+
+    audio = (np.random.default_rng(4).standard_normal(16000 * 2) * 0.1).astype(np.float32)
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, audio, 16000)
+    r = subprocess.run(
+        [sys.executable, "-c", SERVE_BASE, json.dumps(HEAVY + ["silero_vad"]), str(lean_export), str(clip)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["heavy"] == [] and out["backend"] == "onnx-lean" and out["vad"] is False
+    assert out["status"] == 200 and 400 <= out["bad"] < 500
+    # the server's json request: greedy, the fallback ladder, no timestamps, the no-speech gate
+    lean = OnnxTranscriber.from_pretrained(lean_export, device="cpu", threads=2)
+    [mine] = lean.transcribe_arrays([audio], TranscriptionOptions(return_timestamps=False, language="en"))
+    assert out["body"]["text"] == mine.text

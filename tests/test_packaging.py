@@ -100,7 +100,7 @@ def _commands() -> list[list[str]]:
 @pytest.mark.integration
 def test_the_built_wheel_in_a_fresh_venv_runs_every_command(tmp_path, speech_clips):
     """Build sdist and wheel; the wheel built from the sdist goes into a fresh venv (torch pinned, the
-    [serve] extra, as the Dockerfile installs it, by the same script); from outside the checkout every
+    [train,serve] extras, by the script the Dockerfile runs); from outside the checkout every
     command starts, and a real tiny.en is imported, exported to ONNX int8 and transcribes speech."""
     dist = tmp_path / "dist"
     sdist = _build("sdist", dist)
@@ -124,7 +124,7 @@ def test_the_built_wheel_in_a_fresh_venv_runs_every_command(tmp_path, speech_cli
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py, mkd = venv / "bin" / "python", venv / "bin" / "mkd"
     subprocess.run(
-        ["bash", str(ROOT / ".ci" / "install_wheel.sh"), str(wheel), "serve"],
+        ["bash", str(ROOT / ".ci" / "install_wheel.sh"), str(wheel), "train,serve"],
         check=True,
         env={**os.environ, "PYTHON": str(py)},
     )
@@ -217,3 +217,77 @@ def test_missing_extra_errors_name_the_extra(blocked, args, extra, tiny_model_di
     assert code == "2", r.stdout + r.stderr
     assert f"pip install 'mkdeploy[{extra}]'" in output, output
     assert "  extra" not in output  # nothing swallowed between the words
+
+
+def _tree_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) / 1e6
+
+
+@pytest.mark.integration
+def test_the_base_wheel_serves_an_export_without_torch(tmp_path, tiny_en_teacher, speech_clips):
+    """The wheel with no extras and no torch (the Dockerfile's serving image) in a fresh venv: torch,
+    transformers and optimum cannot be imported there, and `mkd transcribe` and `mkd serve` on tiny.en's
+    ONNX export give the full install's texts. The two venvs' sizes on disk are printed."""
+    import httpx
+
+    from mkdeploy.exporters.onnx import ExportOptions, export_onnx
+    from mkdeploy.options import scoring_options
+    from mkdeploy.testing.load import ServerProcess
+    from mkdeploy.transcription.runtime import WhisperTranscriber
+
+    wheel = _build("wheel", tmp_path / "dist")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py, mkd = venv / "bin" / "python", venv / "bin" / "mkd"
+    subprocess.run(
+        ["bash", str(ROOT / ".ci" / "install_wheel.sh"), str(wheel), ""],
+        check=True,
+        env={**os.environ, "PYTHON": str(py), "TORCH": "none"},
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", PATH=f"{venv / 'bin'}:{env.get('PATH', '')}")
+    stack = subprocess.run(
+        [str(py), "-c", "import importlib.util as u; print([m for m in ('torch', 'transformers', 'optimum', "
+         "'peft', 'accelerate', 'silero_vad') if u.find_spec(m)])"],  # fmt: skip
+        capture_output=True, text=True, env=env, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert stack.stdout.strip() == "[]", stack.stdout
+    print(
+        f"\nvenv size on disk: base install {_tree_mb(venv):.0f} MB, full (this one) {_tree_mb(Path(sys.prefix)):.0f} MB"
+    )
+
+    export = tmp_path / "tiny.en-onnx"
+    export_onnx(tiny_en_teacher, export, ExportOptions(validate=False))
+    clips = [p for p, _ in speech_clips]
+    full = WhisperTranscriber.from_pretrained(export, backend="onnx", device="cpu", threads=2)
+    timestamped, _ = full.transcribe_files(clips)  # mkd transcribe's defaults
+    scored, _ = full.transcribe_files(clips, scoring_options())  # what the server decodes for json
+
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [str(mkd), "transcribe", str(export), *map(str, clips), "-o", str(out), "-f", "json", "--device", "cpu"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-3000:]
+    assert "onnx-lean" in r.stdout + r.stderr
+    for clip, ref in zip(clips, timestamped):
+        got = json.loads((out / f"{clip.stem}.json").read_text())
+        assert got["text"] == ref.text
+        assert [(s["start"], s["end"]) for s in got["segments"]] == [(s.start, s.end) for s in ref.segments]
+
+    server = ServerProcess(
+        export, "--device", "cpu", "--threads", "2", log=tmp_path / "serve.log", python=py, env=env, cwd=tmp_path
+    )
+    try:
+        for clip, ref in zip(clips, scored):
+            resp = httpx.post(
+                f"{server.url}/v1/audio/transcriptions",
+                files={"file": (clip.name, clip.read_bytes(), "audio/wav")},
+                data={"model": export.name, "response_format": "json"},
+                timeout=120,
+            )
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["text"] == ref.text
+        assert "silero-vad is not installed" in server.log_tail(20000)
+    finally:
+        assert server.stop() == 0

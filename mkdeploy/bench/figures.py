@@ -41,6 +41,8 @@ class ModelResult:
     speedup: float | None = None
     load_s: float = 0.0
     windows: str = "30"
+    #: seconds from starting a process to its first transcript (``--memory process`` only)
+    cold_start_s: float | None = None
 
 
 @dataclass
@@ -78,5 +80,6 @@ class BenchReport:
 
 MEMORY_NOTES = {
     "fresh": "each model in a fresh process that has imported the engines' libraries first",
+    "process": "the whole process of each model run alone, its libraries included (what a server running it holds)",
     "inline": "one process, models loaded in turn: a model can reuse memory an earlier one freed",
 }

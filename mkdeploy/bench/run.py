@@ -58,26 +58,30 @@ def run_bench(
             intra_threads); 0 leaves each its default.
         dtype: PyTorch weights ("auto": float16 on CUDA, float32 on CPU).
         batch_sizes: also decode all clips in batches of each size and report clips/s (throughput).
-        memory: "fresh": each model's RSS in a process of its own (:func:`fresh_rss_mb`); "inline": in
-            this one, models loaded in turn (no extra load, but the figures depend on the order).
+        memory: "fresh": each model's RSS in a process of its own (:func:`fresh_rss_mb`); "process": the
+            whole RSS of a process that runs only that model, nothing imported first, and its cold start
+            (process start to first transcript); "inline": in this one, models loaded in turn (no extra
+            load, but the figures depend on the order).
 
     Returns:
         the report (write it with :func:`write_report`).
     """
     progress = on_progress or (lambda _: None)
-    if memory not in ("fresh", "inline"):
-        raise MkdError(f"--memory {memory}: choose fresh or inline")
+    if memory not in ("fresh", "process", "inline"):
+        raise MkdError(f"--memory {memory}: choose fresh, process or inline")
     reference = _check_names(specs, reference)
     rows = load_manifest(manifest)[:limit]
     audios = [load_audio(r.audio) for r in rows]
     audio_seconds = sum(len(a) for a in audios) / SAMPLE_RATE
     args = (device, language, max_new_tokens, threads, dtype, audios[0], warmup, progress)
     loaded = {s.name: _load(s, *args) for s in specs}
-    if memory == "fresh":
+    cold: dict[str, float] = {}
+    if memory in ("fresh", "process"):
         for s in specs:
             progress(f"memory of {s.name} (fresh process)")
             run, load_s, _ = loaded[s.name]
-            loaded[s.name] = (run, load_s, fresh_rss_mb(s, args[:5], audios[0], warmup))
+            rss, cold[s.name] = fresh_rss_mb(s, args[:5], audios[0], warmup, whole=memory == "process")
+            loaded[s.name] = (run, load_s, rss)
     env = environment(device, threads)
     runners = {n: run for n, (run, _, _) in loaded.items()}
     timed = _time_runs(runners, audios, repeats, progress)
@@ -90,6 +94,8 @@ def run_bench(
         rates = error_rates([t or "" for t in refs], texts) if all(t is not None for t in refs) else None
         vs = error_rates(timed.texts[reference], texts)
         report.models.append(_model_result(s, run, timed, audio_seconds, load_s, rss, rates, vs))
+        if memory == "process":
+            report.models[-1].cold_start_s = round(cold[s.name], 2)
         report.transcripts[s.name] = texts
     _set_speedups(report.models, reference)
     report.throughput = [r for b in batch_sizes for r in _throughput(runners, audios, b, progress)]

@@ -9,6 +9,7 @@ from pathlib import Path
 from mkdeploy.bench.figures import MEMORY_NOTES, BenchReport
 from mkdeploy.fsutil import atomic_output_dir
 from mkdeploy.stats import pct
+from mkdeploy.transcription.loading import installed
 
 
 def markdown_table(report: BenchReport) -> str:
@@ -41,6 +42,14 @@ def markdown_table(report: BenchReport) -> str:
         "Speed-up: reference p50 / model p50.",
         "",
     ]
+    cold = [m for m in report.models if m.cold_start_s is not None]
+    if cold:
+        lines += [
+            "Cold start (a fresh process: start, imports, load, first transcript of the first clip): "
+            + ", ".join(f"{m.name} {m.cold_start_s:.2f} s" for m in cold)
+            + ".",
+            "",
+        ]
     if report.throughput:
         lines += [
             "## Throughput (all clips in batches, after one warm-up batch)",
@@ -86,5 +95,6 @@ def write_report(report: BenchReport, out: str | Path, force: bool = False) -> P
     with atomic_output_dir(out, force=force) as tmp:
         (tmp / "bench.json").write_text(json.dumps(asdict(report), indent=2, ensure_ascii=False) + "\n")
         (tmp / "bench.md").write_text(markdown_table(report))
-        plot(report, tmp / "latency_vs_wer.png")
+        if installed("matplotlib"):  # the [train] extra; the base install writes the tables only
+            plot(report, tmp / "latency_vs_wer.png")
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,14 @@ class OnnxWhisper:
     def _open(self, providers: list[str], options: OrtOptions) -> None:
         import onnxruntime as ort  # a compiled extension; loaded with the model
 
-        so = session_options(options)
+        enc = replace(options, cpu_mem_arena=options.cpu_mem_arena and options.encoder_arena)
         try:
-            self.encoder = ort.InferenceSession(str(self.path / "encoder_model.onnx"), so, providers=providers)
-            self.decoder = ort.InferenceSession(str(self.path / "decoder_model_merged.onnx"), so, providers=providers)
+            self.encoder = ort.InferenceSession(
+                str(self.path / "encoder_model.onnx"), session_options(enc), providers=providers
+            )
+            self.decoder = ort.InferenceSession(
+                str(self.path / "decoder_model_merged.onnx"), session_options(options), providers=providers
+            )
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(

@@ -35,6 +35,10 @@ class OrtOptions:
             decoder whose sequence length changes every step gains little from it.
         prepacking: repack the int8/fp32 GEMM weights into MLAS's layout at load
             (``session.disable_prepacking`` off): a second, packed copy of each weight matrix.
+        encoder_arena: the arena for the encoder's session too (the torch-free runtime only; optimum opens
+            both sessions with one setting). Off by default: the encoder's activations are one large block
+            per call, which the arena keeps for good. Measured on tiny.en int8, 2 threads, one process per
+            setting: 566 MB with it, 321 MB without, at 8% more time per clip (384 against 415 ms).
         benchmarks/ort_memory.py measures each against CTranslate2 in fresh processes.
     """
 
@@ -44,18 +48,24 @@ class OrtOptions:
     cpu_mem_arena: bool = True
     mem_pattern: bool = True
     prepacking: bool = True
+    encoder_arena: bool = False
 
     @classmethod
     def from_memory_flags(cls, flags: str, threads: int = 0) -> OrtOptions:
-        """``"no-arena,no-pattern"`` (any of :data:`MEMORY_FLAGS`, or ``lean`` for all three) -> options.
+        """``"no-arena,no-pattern"`` (any of :data:`MEMORY_FLAGS`, ``lean`` for all three, ``encoder-arena``
+        to give the torch-free runtime's encoder the arena too) -> options.
 
         Raises:
             MkdError: an unknown flag (the message lists the known ones).
         """
         opts = cls(threads=threads)
+        known = [*MEMORY_FLAGS, "lean", "encoder-arena"]
         for flag in (f.strip() for f in flags.split(",") if f.strip()):
-            if flag != "lean" and flag not in MEMORY_FLAGS:
-                raise MkdError(f"ONNX Runtime memory option {flag!r}: choose from {', '.join([*MEMORY_FLAGS, 'lean'])}")
+            if flag not in known:
+                raise MkdError(f"ONNX Runtime memory option {flag!r}: choose from {', '.join(known)}")
+            if flag == "encoder-arena":  # the one switch that turns something on (the lean runtime's)
+                opts.encoder_arena = True
+                continue
             for name in MEMORY_FLAGS.values() if flag == "lean" else [MEMORY_FLAGS[flag]]:
                 setattr(opts, name, False)
         return opts

@@ -36,10 +36,11 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from mkdeploy.audio import SAMPLE_RATE
+from mkdeploy.constants import WINDOW_SAMPLES
+from mkdeploy.lean.greedy import DecodeCancelled, between_steps
+from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Transcription
 from mkdeploy.serve.metrics import Metrics
-from mkdeploy.transcription.decoding import DecodeCancelled, between_steps
-from mkdeploy.transcription.runtime import WINDOW_SAMPLES, TranscriptionOptions
 
 logger = logging.getLogger("mkdeploy.serve")
 

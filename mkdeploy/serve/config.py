@@ -21,7 +21,9 @@ class ServeConfig:
 
     model: str = field(metadata={"help": "HF Whisper directory or ONNX export directory."})
     model_name: str = field(default="", metadata={"help": "Model id served (default: the directory's name)."})
-    backend: str = field(default="auto", metadata={"help": "auto, torch or onnx."})
+    backend: str = field(
+        default="auto", metadata={"help": "auto, torch, onnx or onnx-lean (see mkd transcribe --backend)."}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cuda or cpu."})
     variant: str | None = field(default=None, metadata={"help": "ONNX variant: fp32, int8 or fp16."})
     threads: int = field(default=0, metadata={"help": THREADS_HELP})

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from mkdeploy.lean import greedy
 from mkdeploy.results import Transcription
-from mkdeploy.transcription import decoding
 
 RESPONSE_FORMATS: tuple[str, ...] = ("json", "text", "srt", "vtt", "verbose_json")
 
@@ -108,5 +108,5 @@ class Health(BaseModel):
 
 
 def text_compression_ratio(text: str) -> float:
-    """:func:`mkdeploy.transcription.decoding.text_compression_ratio`, rounded for the response."""
-    return round(decoding.text_compression_ratio(text), 4)
+    """:func:`mkdeploy.lean.greedy.text_compression_ratio`, rounded for the response."""
+    return round(greedy.text_compression_ratio(text), 4)

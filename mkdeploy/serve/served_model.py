@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from mkdeploy.audio import reference_clips
+from mkdeploy.options import TranscriptionOptions
 from mkdeploy.serve.config import ServeConfig
-from mkdeploy.transcription.packing import transcribe_packed
-from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.loading import installed, load_transcriber
 
 logger = logging.getLogger("mkdeploy.serve")
 
@@ -25,7 +26,8 @@ class Engine:
 
     def __init__(self, config: ServeConfig):
         self.config = config
-        self.transcriber: WhisperTranscriber | None = None
+        #: a WhisperTranscriber, or the torch-free OnnxTranscriber (mkdeploy.transcription.loading)
+        self.transcriber: Any = None
         self.ready = threading.Event()
         self.error: str | None = None
 
@@ -33,9 +35,15 @@ class Engine:
         """Load and warm the model (blocking; the app runs it on a thread so /health answers meanwhile)."""
         c = self.config
         t0 = time.perf_counter()
+        if (c.vad or c.batched_long_form) and not installed("silero_vad"):
+            # the base install: Silero VAD runs on torch, which is not there
+            logger.warning(
+                "--vad and --batched-long-form are off: silero-vad is not installed (pip install 'mkdeploy[serve]'); "
+                "long audio is decoded window by window"
+            )
+            c.vad = c.batched_long_form = False
         try:
-            kw = {"variant": c.variant} if c.variant else {}
-            tr = WhisperTranscriber.from_pretrained(c.model, c.backend, c.device, c.threads, c.dtype, **kw)
+            tr = load_transcriber(c.model, c.backend, c.device, c.threads, c.dtype, c.variant)
             # The first calls allocate and (ORT) optimise; a warm-up keeps that out of the first user's latency.
             buckets = tuple(c.encoder_buckets) if c.encoder_buckets else None
             clips = [audio for audio, _ in reference_clips()]
@@ -65,13 +73,20 @@ class Engine:
         buffers of its own, and not with ``--no-yield-steps``."""
         return self.config.yield_steps and not self._on_gpu()
 
+    def packs(self) -> bool:
+        """Whether ``--pack`` applies: the PyTorch/optimum engine's one timestamped pass over packed windows
+        (the torch-free runtime decodes every clip in its own window)."""
+        return hasattr(self.transcriber, "decode_timestamped")
+
     def _on_gpu(self) -> bool:
         return self.transcriber is not None and self.transcriber.device == "cuda"
 
     def decode(self, audios, options: TranscriptionOptions):
         assert self.transcriber is not None, "decode before the model was loaded"
         # packed windows hold several callers' clips: words are aligned per clip, so those requests decode unpacked
-        if self.config.pack and len(audios) > 1 and not options.word_timestamps:
+        if self.config.pack and len(audios) > 1 and not options.word_timestamps and self.packs():
+            from mkdeploy.transcription.packing import transcribe_packed  # the PyTorch/optimum engine's
+
             results, redone = transcribe_packed(self.transcriber, audios, options)
             if redone:
                 logger.info(

@@ -43,17 +43,29 @@ class ServerProcess:
         flags: further ``mkd serve`` options.
         log: file that receives the server's output.
         ready_timeout: seconds to wait for /health.
+        python: the interpreter (another venv's, to serve from that install).
+        env: the server's environment (None: this process's).
+        cwd: its working directory (outside the checkout, to run an installed wheel).
 
     Raises:
         RuntimeError: the server exited or was not ready in time (the message ends with its log's tail).
     """
 
-    def __init__(self, model: str | Path, *flags: str, log: Path, ready_timeout: float = 300.0):
+    def __init__(
+        self,
+        model: str | Path,
+        *flags: str,
+        log: Path,
+        ready_timeout: float = 300.0,
+        python: str | Path = sys.executable,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        cmd = [sys.executable, "-m", "mkdeploy.cli.main", "serve", str(model), "--port", str(self.port), *flags]
-        self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        cmd = [str(python), "-m", "mkdeploy.cli.main", "serve", str(model), "--port", str(self.port), *flags]
+        self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=cwd)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

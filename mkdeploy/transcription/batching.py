@@ -10,13 +10,11 @@ import numpy as np
 import torch
 
 from mkdeploy.audio import SAMPLE_RATE
+from mkdeploy.constants import WINDOW_SAMPLES
 from mkdeploy.models.window import FULL_WINDOW_S, plan_batches, window_features
 
 __all__ = ["WINDOW_SAMPLES", "ModelInputs", "model_inputs", "plan_batches"]
 from mkdeploy.transcription.engine import Engine
-
-#: Samples in one Whisper window (30 s).
-WINDOW_SAMPLES = FULL_WINDOW_S * SAMPLE_RATE
 
 
 @dataclass

@@ -25,8 +25,7 @@ from mkdeploy.models.ct2_whisper import CT2Whisper
 from mkdeploy.models.dirs import is_ct2_dir
 from mkdeploy.models.ggml import GgmlWhisper, is_ggml_dir
 from mkdeploy.options import TranscriptionOptions
-from mkdeploy.results import Segment, Transcription
-from mkdeploy.transcription.runtime import FileFailure
+from mkdeploy.results import FileFailure, Segment, Transcription
 
 
 def is_exported_dir(path: str | Path) -> bool:
@@ -145,7 +144,7 @@ def ct2_window_segments(
         # openai/whisper gives the prompt at most half of the 448-token context
         previous = tok.encode(" " + options.initial_prompt.strip(), add_special_tokens=False).ids[-223:]
         prompt_ids = [tok.token_to_id("<|startofprev|>"), *previous, *prompt_ids]
-    feats = whisper.fe([window], sampling_rate=SAMPLE_RATE, return_tensors="np").input_features
+    feats = whisper.features([window])
     ids = whisper.model.generate(
         whisper.ct2.StorageView.from_array(np.ascontiguousarray(feats)),
         [prompt_ids],

@@ -119,6 +119,10 @@ class WhisperTranscriber:
     def windows(self, options: TranscriptionOptions | None = None) -> WindowConfig:
         return self.engine.windows(options)
 
+    def check_language(self, language: str | None) -> str | None:
+        """:func:`mkdeploy.transcription.language.check_language` on this model."""
+        return check_language(self.engine, language)
+
     def encode(self, features):
         return self.engine.encode(features)
 

@@ -13,15 +13,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from mkdeploy.audio import decode_audio_bytes
+from mkdeploy.constants import WINDOW_SAMPLES
 from mkdeploy.errors import AudioError, AudioTooLong, MkdError
+from mkdeploy.lean.languages import language_name
 from mkdeploy.options import TranscriptionOptions, temperature_ladder
 from mkdeploy.results import Transcription
 from mkdeploy.serve.auth import require_api_key
 from mkdeploy.serve.batcher import QueueFull
 from mkdeploy.serve.openai_errors import OpenAIError, error_body
 from mkdeploy.serve.schemas import RESPONSE_FORMATS, TranscriptionJson, TranscriptionVerbose
-from mkdeploy.transcription.batching import WINDOW_SAMPLES
-from mkdeploy.transcription.language import check_language, language_name
+from mkdeploy.transcription.loading import installed
 from mkdeploy.transcription.longform import Piece, cut_at_pauses, join
 from mkdeploy.transcription.writers import WRITERS
 
@@ -103,7 +104,8 @@ async def handle_audio(
     long = len(audio) > WINDOW_SAMPLES and state.config.batched_long_form
     if stream:
         # streamed, even a long file with --no-batched-long-form is cut into pieces: deltas need pieces
-        pieces = await run_in_threadpool(cut_at_pauses, audio) if len(audio) > WINDOW_SAMPLES else None
+        cut = len(audio) > WINDOW_SAMPLES and installed("silero_vad")  # the cuts need Silero VAD
+        pieces = await run_in_threadpool(cut_at_pauses, audio) if cut else None
         return StreamingResponse(_events(request, state, audio, pieces, options, t0), media_type="text/event-stream")
     if long:
         pieces = await run_in_threadpool(cut_at_pauses, audio)
@@ -248,7 +250,7 @@ def _check_request(state, model: str, fmt: str, temperature: float, granularitie
 def _options(state, language: str | None, prompt: str | None, fmt: str, temperature: float) -> TranscriptionOptions:
     try:
         # none given: a multilingual model detects it per request (OpenAI's API does), an .en model is English
-        lang = check_language(state.engine.transcriber.engine, language)
+        lang = state.engine.transcriber.check_language(language)
     except MkdError as exc:
         raise OpenAIError(400, str(exc), "bad_request", param="language") from None
     return TranscriptionOptions(
