@@ -52,7 +52,8 @@ app.command("serve")(needs_train_extra(serve_cmd))
 app.command("train")(needs_train_extra(train_cmd))
 app.command("merge")(needs_train_extra(merge_cmd))
 for _sub in student_app.registered_commands:
-    _sub.callback = needs_train_extra(_sub.callback)
+    if _sub.callback is not None:
+        _sub.callback = needs_train_extra(_sub.callback)
 app.add_typer(student_app, name="student")
 app.command("demo")(needs_train_extra(demo_cmd))
 
