@@ -16,6 +16,8 @@ if (_root / "cli" / "__init__.py").exists() and not (_Path(__file__).parent / "c
 #: ``from mkdeploy import WhisperTranscriber, TranscriptionOptions``
 _PUBLIC = {
     "WhisperTranscriber": "mkdeploy.transcription.runtime",
+    "OnnxTranscriber": "mkdeploy.lean.transcriber",
+    "load_transcriber": "mkdeploy.transcription.loading",
     "TranscriptionOptions": "mkdeploy.options",
     "Transcription": "mkdeploy.results",
     "Segment": "mkdeploy.results",
