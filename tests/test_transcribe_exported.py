@@ -25,14 +25,15 @@ class _Scripted:
 
     def __init__(self, tokenizer_dir, words: list[str | float]):
         from tokenizers import Tokenizer
-        from transformers import WhisperFeatureExtractor
+
+        from mkdeploy.lean.features import log_mel
 
         self.tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
         ts0 = self.tok.token_to_id("<|0.00|>")
         self.ids: list[int] = []
         for w in words:  # floats are timestamps, strings text
             self.ids += [ts0 + round(w / 0.02)] if isinstance(w, float) else self.tok.encode(w).ids
-        self.fe = WhisperFeatureExtractor(feature_size=80)
+        self.features = lambda audios: log_mel(audios, 80, 30 * 16000)
         self.prompt = ["<|startoftranscript|>", "<|notimestamps|>"]
         self.ct2 = SimpleNamespace(StorageView=SimpleNamespace(from_array=lambda a: a))
         self.model = SimpleNamespace(generate=self.generate)

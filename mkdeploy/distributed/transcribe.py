@@ -24,15 +24,16 @@ from mkdeploy.distributed.cluster import BatchHook, actor_gpus, connect, stream_
 from mkdeploy.distributed.config import RayConfig
 from mkdeploy.errors import AudioError, MkdError, OutputExistsError
 from mkdeploy.fsutil import atomic_write_text
+from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import Transcription
-from mkdeploy.transcription.runtime import TranscriptionOptions, WhisperTranscriber
+from mkdeploy.transcription.loading import load_transcriber
 
 JOB_FILE = "job.json"
 
 
 @dataclass
 class ModelSpec:
-    """The model each actor loads (the arguments of ``WhisperTranscriber.from_pretrained``)."""
+    """The model each actor loads (the arguments of :func:`mkdeploy.transcription.loading.load_transcriber`)."""
 
     path: str
     backend: str = "auto"
@@ -146,9 +147,8 @@ class TranscribeActor:
 
     def __init__(self, model: dict, options: dict, before_batch: BatchHook | None = None):
         spec = ModelSpec(**model)
-        kw = {"variant": spec.variant} if spec.variant else {}
-        self.transcriber = WhisperTranscriber.from_pretrained(
-            spec.path, spec.backend, spec.device, spec.threads, spec.dtype, **kw
+        self.transcriber = load_transcriber(
+            spec.path, spec.backend, spec.device, spec.threads, spec.dtype, spec.variant
         )
         self.options = TranscriptionOptions(**options)
         self.before_batch = before_batch
