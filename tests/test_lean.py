@@ -110,6 +110,21 @@ def test_lean_transcripts_are_the_full_runtimes(lean_export, rng, options):
     _same(lean.transcribe_arrays(audios, options), full.transcribe_arrays(audios, options))
 
 
+def test_both_engines_feed_an_export_the_same_features(lean_export, rng):
+    """Dynamic int8 scales each activation by its batch's range, so the ~1e-5 differences between two STFTs
+    (transformers' torch STFT, numpy's here) become different tokens: the full install's ONNX engine reads the
+    lean runtime's features, bit for bit, in the 30 s window (with generate's frame mask) and in short ones."""
+    from mkdeploy.transcription.batching import model_inputs
+
+    full = WhisperTranscriber.from_pretrained(lean_export, backend="onnx", device="cpu")
+    audios = _audios(rng)
+    inputs = model_inputs(full.engine, audios)
+    assert np.array_equal(inputs.features.numpy(), log_mel(audios, 80, 480000))
+    assert inputs.attention_mask is not None and inputs.attention_mask.sum(-1).tolist() == [300, 700, 1200]
+    short = [a[: 16000 * 4] for a in audios]
+    assert np.array_equal(model_inputs(full.engine, short, 5).features.numpy(), log_mel(short, 80, 80000))
+
+
 def test_lean_refuses_what_it_does_not_run_naming_the_fix(lean_export, rng):
     lean = OnnxTranscriber.from_pretrained(lean_export, device="cpu")
     audio = _audios(rng)[:1]

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from mkdeploy.audio import SAMPLE_RATE
-from mkdeploy.constants import WINDOW_SAMPLES
+from mkdeploy.constants import MEL_FRAMES_PER_S, WINDOW_SAMPLES
+from mkdeploy.lean.features import HOP, log_mel
 from mkdeploy.models.window import FULL_WINDOW_S, plan_batches, window_features
 
 __all__ = ["WINDOW_SAMPLES", "ModelInputs", "model_inputs", "plan_batches"]
@@ -72,13 +73,29 @@ def _features(fe, audios: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Ten
     return inputs.input_features, inputs.attention_mask
 
 
+def frame_mask(audios: Sequence[np.ndarray], frames: int) -> torch.Tensor:
+    """``WhisperFeatureExtractor``'s attention mask: 1 for each hop-160 frame that starts inside the clip."""
+    mask = torch.zeros(len(audios), frames, dtype=torch.int32)
+    for b, a in enumerate(audios):
+        mask[b, : -(-len(a) // HOP)] = 1
+    return mask
+
+
 def model_inputs(engine: Engine, audios: Sequence[np.ndarray], window_s: int = FULL_WINDOW_S) -> ModelInputs:
     """Mel features (and the long-form attention mask) of ``audios`` on the engine's device, in
     ``window_s`` when every clip fits it, else Whisper's 30 s window (or long-form)."""
     longest = max(len(a) for a in audios)
     fe = engine.processor.feature_extractor
     mask = None
-    if window_s < FULL_WINDOW_S and longest <= window_s * SAMPLE_RATE:
+    if engine.backend == "onnx" and longest <= WINDOW_SAMPLES:
+        # an ONNX export reads the torch-free runtime's features (mkdeploy.lean.features), so both engines feed
+        # its sessions the same numbers: an int8 graph's dynamic activation scales turn the ~1e-5 differences
+        # of another STFT into different tokens
+        if not (window_s < FULL_WINDOW_S and longest <= window_s * SAMPLE_RATE):
+            window_s = FULL_WINDOW_S
+            mask = frame_mask(audios, FULL_WINDOW_S * MEL_FRAMES_PER_S)
+        features = torch.from_numpy(log_mel(audios, fe.feature_size, window_s * SAMPLE_RATE))
+    elif window_s < FULL_WINDOW_S and longest <= window_s * SAMPLE_RATE:
         features = window_features(fe, audios, window_s)
     else:
         window_s = FULL_WINDOW_S
