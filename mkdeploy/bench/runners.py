@@ -42,6 +42,8 @@ class Runner:
 class WhisperRunner(Runner):
     """PyTorch or ONNX Runtime through :class:`mkdeploy.transcription.runtime.WhisperTranscriber`."""
 
+    tr: Any  # the WhisperTranscriber (LeanRunner: the OnnxTranscriber)
+
     def __init__(
         self,
         path: Path,
@@ -60,6 +62,10 @@ class WhisperRunner(Runner):
         self.tr = WhisperTranscriber.from_pretrained(path, device=device, threads=threads, dtype=dtype, **extra)
         self.backend, self.device, self.provider = self.tr.backend, self.tr.device, self.tr.provider or ""
         self.variant = _onnx_variant(path) if self.backend == "onnx" else str(self.tr.model.dtype).split(".")[-1]
+        self._scoring(language, max_new_tokens, buckets)
+
+    def _scoring(self, language: str, max_new_tokens: int | None, buckets: tuple[int, ...] | None) -> None:
+        """The bench's decoding options (the scores' greedy configuration) and the windows they use."""
         self.options = replace(
             scoring_options(language, batch_size=1), max_new_tokens=max_new_tokens, encoder_buckets=buckets
         )
@@ -75,7 +81,7 @@ class WhisperRunner(Runner):
         return onnx_param_count(self.path)
 
 
-class LeanRunner(Runner):
+class LeanRunner(WhisperRunner):
     """An ONNX export on the torch-free runtime (:class:`mkdeploy.lean.transcriber.OnnxTranscriber`): the
     process running it never imports torch, transformers or optimum, so its RSS is the base install's."""
 
@@ -97,14 +103,7 @@ class LeanRunner(Runner):
         self.tr = OnnxTranscriber.from_pretrained(path, device, threads, options=ort_options)
         self.device, self.provider = self.tr.device, self.tr.provider
         self.variant = _onnx_variant(path)
-        self.options = replace(
-            scoring_options(language, batch_size=1), max_new_tokens=max_new_tokens, encoder_buckets=buckets
-        )
-        self.windows = ",".join(str(b) for b in self.tr.windows(self.options).buckets)
-
-    def transcribe_batch(self, audios):
-        opts = replace(self.options, batch_size=len(audios))
-        return [(t.text, len(t.tokens) + 1) for t in self.tr.transcribe_arrays(audios, opts)]  # + end of text
+        self._scoring(language, max_new_tokens, buckets)
 
     def params(self) -> int:
         return onnx_param_count(self.path)
