@@ -56,6 +56,16 @@ def _build(kind: str, out: Path) -> Path:
     return path
 
 
+def _venv_with(wheel: Path, extras: str, venv: Path, torch: str | None = None) -> tuple[Path, Path, Path]:
+    """A fresh venv with the wheel installed by .ci/install_wheel.sh (the Dockerfile's step): (venv, python, mkd).
+    ``torch="none"`` leaves torch out (the base install)."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    env = {**os.environ, "PYTHON": str(py), **({"TORCH": torch} if torch else {})}
+    subprocess.run(["bash", str(ROOT / ".ci" / "install_wheel.sh"), str(wheel), extras], check=True, env=env)
+    return venv, py, venv / "bin" / "mkd"
+
+
 def _source_files() -> dict[str, str]:
     """Every module and package-data file of the checkout, by its path inside the installed package."""
     files = {}
@@ -120,14 +130,7 @@ def test_the_built_wheel_in_a_fresh_venv_runs_every_command(tmp_path, speech_cli
     (w2,) = (tmp_path / "w2").glob("*.whl")
     assert set(zipfile.ZipFile(w2).namelist()) == set(zipfile.ZipFile(wheel).namelist())
 
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    py, mkd = venv / "bin" / "python", venv / "bin" / "mkd"
-    subprocess.run(
-        ["bash", str(ROOT / ".ci" / "install_wheel.sh"), str(wheel), "train,serve"],
-        check=True,
-        env={**os.environ, "PYTHON": str(py)},
-    )
+    venv, py, mkd = _venv_with(wheel, "train,serve", tmp_path / "venv")
     work = tmp_path / "outside"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -236,14 +239,7 @@ def test_the_base_wheel_serves_an_export_without_torch(tmp_path, tiny_en_teacher
     from mkdeploy.transcription.runtime import WhisperTranscriber
 
     wheel = _build("wheel", tmp_path / "dist")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    py, mkd = venv / "bin" / "python", venv / "bin" / "mkd"
-    subprocess.run(
-        ["bash", str(ROOT / ".ci" / "install_wheel.sh"), str(wheel), ""],
-        check=True,
-        env={**os.environ, "PYTHON": str(py), "TORCH": "none"},
-    )
+    venv, py, mkd = _venv_with(wheel, "", tmp_path / "venv", torch="none")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", PATH=f"{venv / 'bin'}:{env.get('PATH', '')}")
     stack = subprocess.run(
@@ -252,6 +248,9 @@ def test_the_base_wheel_serves_an_export_without_torch(tmp_path, tiny_en_teacher
         capture_output=True, text=True, env=env, check=True, cwd=tmp_path,
     )  # fmt: skip
     assert stack.stdout.strip() == "[]", stack.stdout
+    for cmd in _commands():  # every command starts in the base install
+        r = subprocess.run([str(mkd), *cmd, "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert r.returncode == 0 and "Usage:" in r.stdout, (cmd, r.stderr[-1500:])
     print(
         f"\nvenv size on disk: base install {_tree_mb(venv):.0f} MB, full (this one) {_tree_mb(Path(sys.prefix)):.0f} MB"
     )

@@ -25,17 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from mkdeploy.audio import load_audio_with_info
-from mkdeploy.constants import CHUNK_S, MEL_FRAMES_PER_S, SAMPLE_RATE
-from mkdeploy.errors import AudioError, MkdError, ModelError
+from mkdeploy.constants import MEL_FRAMES_PER_S, SAMPLE_RATE, WINDOW_SAMPLES
+from mkdeploy.errors import MkdError, ModelError
 from mkdeploy.lean.features import log_mel
+from mkdeploy.lean.files import transcribe_files
 from mkdeploy.lean.gates import SpeechCheck, apply_no_speech, pre_gate
 from mkdeploy.lean.greedy import (
-    GreedyResult,
     SpeechScore,
-    compression_ratio,
     greedy_decode,
     greedy_decode_timestamps,
+    greedy_results,
     no_speech_verdict,
     rank_languages,
     score_speech,
@@ -52,8 +51,6 @@ from mkdeploy.lean.windows import (
 )
 from mkdeploy.options import TranscriptionOptions
 from mkdeploy.results import FileFailure, Segment, Transcription
-
-WINDOW_SAMPLES = CHUNK_S * SAMPLE_RATE
 
 
 @dataclass
@@ -243,7 +240,9 @@ class OnnxTranscriber:
                 seqs = greedy_decode_timestamps(
                     step, len(todo), prompt, vocab, cap, vocab.timestamp_begin, temperature, rng
                 )
-                greedy = [GreedyResult(s) for s in seqs]
+                eos = vocab.eos_token_id
+                threshold = options.compression_ratio_threshold
+                greedy = greedy_results([[*q, eos] for q in seqs], eos, self.model.vocab_size, threshold)
             else:
                 greedy = greedy_decode(
                     step,
@@ -259,11 +258,7 @@ class OnnxTranscriber:
                 )
             again = []
             for row, g in zip(todo, greedy):
-                ratio_ok = options.compression_ratio_threshold is None or (
-                    compression_ratio([*g.tokens, vocab.eos_token_id], self.model.vocab_size)
-                    <= options.compression_ratio_threshold
-                )
-                if ratio_ok or last:
+                if not g.needs_fallback or last:  # the compression check, made once by the core
                     spans = self._spans(g.tokens, duration, options)
                     done[row] = (g.tokens, spans, g.score if temperature == 0 else None)
                 else:
@@ -347,29 +342,13 @@ class OnnxTranscriber:
         options: TranscriptionOptions | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> tuple[list[Transcription], list[FileFailure]]:
-        """Transcribe files in batches fixed by position; bad files are reported, never fatal to the rest.
+        """Transcribe files; bad files are reported, never fatal to the rest
+        (:func:`mkdeploy.lean.files.transcribe_files`, which both engines share).
 
         Returns:
             (transcriptions of the readable files in input order, failures with one-line reasons).
         """
-        options = options or TranscriptionOptions()
-        done: list[Transcription] = []
-        failures: list[FileFailure] = []
-        for start in range(0, len(paths), options.batch_size):
-            pending: list[tuple[str, np.ndarray, float]] = []
-            for p in paths[start : start + options.batch_size]:
-                try:
-                    audio, info = load_audio_with_info(p)
-                except AudioError as exc:
-                    failures.append(FileFailure(str(p), str(exc)))
-                    continue
-                pending.append((str(p), audio, info.duration))
-            for (p, _, dur), t in zip(pending, self.transcribe_arrays([a for _, a, _ in pending], options)):
-                t.path, t.duration = p, dur
-                done.append(t)
-            if on_progress:
-                on_progress(len(paths[start : start + options.batch_size]))
-        return done, failures
+        return transcribe_files(self.transcribe_arrays, paths, options or TranscriptionOptions(), on_progress)
 
 
 def _refuse(options: TranscriptionOptions, path: str) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mkdeploy.audio import SAMPLE_RATE, load_audio_with_info
-from mkdeploy.errors import AudioError
+from mkdeploy.audio import SAMPLE_RATE
+from mkdeploy.lean.files import transcribe_files
 from mkdeploy.models.dirs import export_source
 from mkdeploy.models.student import load_whisper
 from mkdeploy.models.window import WindowConfig, segment_frames
@@ -255,52 +255,10 @@ class WhisperTranscriber:
         options: TranscriptionOptions | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> tuple[list[Transcription], list[FileFailure]]:
-        """Transcribe files; bad files are reported, never fatal to the rest.
-
-        Args:
-            paths: audio files.
-            options: decoding options.
-            on_progress: called with the number of files just finished.
+        """Transcribe files; bad files are reported, never fatal to the rest
+        (:func:`mkdeploy.lean.files.transcribe_files`, which both engines share).
 
         Returns:
             (transcriptions of the readable files in input order, failures with one-line reasons).
         """
-        options = options or TranscriptionOptions()
-        done: list[Transcription] = []
-        failures: list[FileFailure] = []
-        pending: list[tuple[str, np.ndarray, float]] = []
-
-        def flush() -> None:
-            if not pending:
-                return
-            for (p, _, dur), t in zip(pending, self.transcribe_arrays([a for _, a, _ in pending], options)):
-                t.path, t.duration = p, dur
-                done.append(t)
-            if on_progress:
-                on_progress(len(pending))
-            pending.clear()
-
-        # Batches are fixed by position: inputs [k * batch_size, (k + 1) * batch_size), less the silent and
-        # unreadable ones. A transcript then depends only on its input's neighbours (an int8 model's dynamic
-        # quantisation scales by the whole batch), and `mkd transcribe --ray` forms the same batches.
-        for i, p in enumerate(paths):
-            if i % options.batch_size == 0:
-                flush()
-            try:
-                audio, info = load_audio_with_info(p)
-            except AudioError as exc:
-                failures.append(FileFailure(str(p), str(exc)))
-                if on_progress:
-                    on_progress(1)
-                continue
-            if info.silent:
-                # Whisper hallucinates whole sentences on silence (README, Troubleshooting): report nothing instead.
-                done.append(Transcription.of_silence(str(p), info.duration))
-                if on_progress:
-                    on_progress(1)
-                continue
-            pending.append((str(p), audio, info.duration))
-        flush()
-        order = {str(p): i for i, p in enumerate(paths)}
-        done.sort(key=lambda t: order.get(t.path, 0))
-        return done, failures
+        return transcribe_files(self.transcribe_arrays, paths, options or TranscriptionOptions(), on_progress)
